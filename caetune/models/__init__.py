@@ -1,0 +1,25 @@
+"""The CAE family, datasets and the training loop."""
+
+from caetune.models._cae import ACTIVATIONS, CAE, MODEL_DEPTHS, CAEShape, cae_shape
+from caetune.models._config import TrainConfig, read_yaml_mapping
+from caetune.models._data import ImageData
+from caetune.models._seed import resolve_device, seed_everything
+from caetune.models._train import EpochMetrics, Trainer, TrainingDiverged, build_model, to_float_images
+
+__all__ = [
+    "ACTIVATIONS",
+    "CAE",
+    "CAEShape",
+    "EpochMetrics",
+    "ImageData",
+    "MODEL_DEPTHS",
+    "TrainConfig",
+    "Trainer",
+    "TrainingDiverged",
+    "build_model",
+    "cae_shape",
+    "read_yaml_mapping",
+    "resolve_device",
+    "seed_everything",
+    "to_float_images",
+]
