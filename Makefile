@@ -1,0 +1,31 @@
+# Two commands on a fresh machine (Python >= 3.10 and pip):
+#   make demo   sets up .venv and runs the main job
+#   make test   sets up .venv and runs the tests
+# On machines with a local torch wheel cache (see README), torch comes from disk.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned to the newest release the project allows, so pip takes it from a local
+	# wheel cache where there is one instead of resolving a multi-GB build of its own choosing.
+	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/caetune train --dataset mnist-10k --n-neurons 2560 --n-maps 32 --n-epochs 3 --out runs/demo-train
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
