@@ -1,0 +1,507 @@
+"""Where runs live: a local folder or ``s3://bucket/prefix``, behind pyarrow filesystems.
+
+Search, analysis and export all go through :func:`parse_storage` and the
+helpers here, so a run on S3 reads and writes exactly like one on disk. Ray
+Tune gets the same filesystem::
+
+    storage = parse_storage(args.storage)
+    storage.check_reachable()
+    RunConfig(name=NAME, storage_path=storage.fs_path, storage_filesystem=storage.filesystem())
+
+Paths given to the helpers are relative to the storage when the first
+argument is a :class:`Storage`, or paths within the filesystem when it is a
+``pyarrow.fs.FileSystem``. Credentials come from the usual AWS environment
+(variables, ``~/.aws``, instance roles) and are never written or logged here;
+``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` point at an S3-compatible server.
+
+Importing this module does not import torch or ray (pyarrow only when used).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Iterable, Union
+from urllib.parse import urlsplit
+
+from caetune._errors import InputError
+from caetune._runlayout import STUDY_FILE
+
+if TYPE_CHECKING:
+    import pyarrow.fs
+
+EXPECTED_URL = "a local folder or s3://bucket/prefix"
+# https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # the AWS SDKs' order of precedence
+_REGION_VARS = ("AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A parsed storage location; build it with :func:`parse_storage`.
+
+    Attributes:
+        url: The canonical form: an absolute local path or ``s3://bucket/prefix``.
+        bucket: The S3 bucket; ``None`` for a local folder.
+        prefix: The key prefix inside the bucket, without leading or trailing
+            slashes (``""`` for the bucket root and for local folders).
+        local_path: The absolute local folder; ``None`` on S3.
+    """
+
+    url: str
+    bucket: str | None = None
+    prefix: str = ""
+    local_path: Path | None = None
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def is_s3(self) -> bool:
+        return self.bucket is not None
+
+    @property
+    def fs_path(self) -> str:
+        """The location as a path within :meth:`filesystem` (``bucket/prefix`` on S3)."""
+        if self.local_path is not None:
+            return str(self.local_path)
+        return f"{self.bucket}/{self.prefix}" if self.prefix else str(self.bucket)
+
+    def filesystem(self) -> pyarrow.fs.FileSystem:
+        """A pyarrow filesystem for this storage (S3 options read from the environment now)."""
+        if not self.is_s3:
+            import pyarrow.fs
+
+            return pyarrow.fs.LocalFileSystem()
+        return _s3_filesystem(*_s3_options(self.bucket))
+
+    def join(self, *parts: str) -> str:
+        """The :meth:`filesystem` path of ``parts`` below this storage.
+
+        Raises:
+            InputError: A part is absolute or climbs out with ``..``.
+        """
+        rel = _relative_key(parts)
+        return f"{self.fs_path}/{rel}" if rel else self.fs_path
+
+    def child(self, *parts: str) -> Storage:
+        """The storage of a sub-folder, e.g. ``storage.child(NAME)`` for one run."""
+        rel = _relative_key(parts)
+        if not rel:
+            return self
+        if self.local_path is not None:
+            path = self.local_path.joinpath(*rel.split("/"))
+            return Storage(url=str(path), local_path=path)
+        prefix = f"{self.prefix}/{rel}" if self.prefix else rel
+        return Storage(url=f"s3://{self.bucket}/{prefix}", bucket=self.bucket, prefix=prefix)
+
+    def check_reachable(self, *, timeout: float = 5.0) -> None:
+        """Fails fast, before anything is written, when the storage cannot be used.
+
+        S3: credentials must exist, the endpoint must answer and the bucket
+        must exist (within about ``timeout`` seconds). Local: the folder, or
+        its nearest existing parent, must be a writable directory.
+
+        Raises:
+            InputError: ``--storage: cannot reach s3://bucket: <reason>`` or
+                ``--storage: a writable folder ...``.
+        """
+        if self.local_path is not None:
+            _check_local_writable(self.local_path)
+            return
+        reason = _with_deadline(lambda: _s3_unusable_reason(self, timeout), timeout=timeout + 1.0)
+        if reason:
+            raise InputError("--storage", f"cannot reach s3://{self.bucket}: {reason}")
+
+
+def parse_storage(url: str, *, field: str = "--storage") -> Storage:
+    """Parses a local folder path or an ``s3://bucket/prefix`` URL.
+
+    Local paths are expanded (``~``) and made absolute; nothing is created.
+
+    Args:
+        url: What the user gave.
+        field: The flag or setting to name in errors.
+
+    Raises:
+        InputError: Another scheme, a bad bucket name, ``.``/``..``/empty key
+            parts, a query or fragment, or credentials in the URL.
+    """
+    if not isinstance(url, (str, os.PathLike)):
+        raise InputError(field, f"{EXPECTED_URL}, got {type(url).__name__}")
+    text = os.fspath(url).strip()
+    if not text or "\0" in text:
+        raise InputError(field, EXPECTED_URL)
+    scheme = _SCHEME_RE.match(text)
+    if scheme is None:
+        path = Path(text).expanduser().resolve()
+        return Storage(url=str(path), local_path=path)
+    if scheme.group(1).lower() != "s3":
+        raise InputError(field, f"{EXPECTED_URL}, not a {scheme.group(1)}:// URL")
+    parts = urlsplit(text)
+    if "@" in parts.netloc:
+        # Never echo the URL: what precedes '@' may be a secret.
+        raise InputError(field, "s3://bucket/prefix without credentials (use the AWS environment or ~/.aws)")
+    if parts.query or parts.fragment or "?" in text or "#" in text:
+        raise InputError(field, "s3://bucket/prefix without '?' or '#'")
+    bucket = parts.netloc
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise InputError(field, f"s3://bucket/prefix with a valid bucket name (3-63 of a-z 0-9 . -), got {bucket!r}")
+    keys = parts.path.strip("/")
+    if keys and any(part in ("", ".", "..") for part in keys.split("/")):
+        raise InputError(field, f"s3://bucket/prefix without empty, '.' or '..' parts, got {keys!r}")
+    return Storage(url=f"s3://{bucket}/{keys}" if keys else f"s3://{bucket}", bucket=bucket, prefix=keys)
+
+
+# --- file helpers -----------------------------------------------------------
+
+Target = Union[Storage, "pyarrow.fs.FileSystem"]
+
+
+def write_bytes(target: Target, path: str, data: bytes) -> None:
+    """Writes a whole file so that readers see the old content or the new, never a part.
+
+    Local: a temporary file beside it, flushed and renamed over it. S3: one
+    object put (S3 makes an object visible only when its upload completes).
+    Parent folders are created as needed.
+    """
+    fs, fs_path = _resolve(target, path)
+    if fs.type_name == "local":
+        _atomic_local_write(Path(fs_path), data)
+        return
+    with fs.open_output_stream(fs_path) as stream:
+        stream.write(data)
+
+
+def read_bytes(target: Target, path: str) -> bytes:
+    """The whole content of a file.
+
+    Raises:
+        FileNotFoundError: There is no such file.
+    """
+    fs, fs_path = _resolve(target, path)
+    if fs.get_file_info(fs_path).type.name != "File":
+        raise FileNotFoundError(fs_path)
+    with fs.open_input_stream(fs_path) as stream:
+        return stream.readall()
+
+
+def exists(target: Target, path: str) -> bool:
+    """Whether a file or folder is there."""
+    fs, fs_path = _resolve(target, path)
+    return fs.get_file_info(fs_path).type.name != "NotFound"
+
+
+def upload_file(target: Target, local_file: str | os.PathLike, path: str) -> None:
+    """Copies a local file to ``path``, atomically as :func:`write_bytes` does."""
+    import pyarrow as pa
+
+    # One buffer for the whole file: a failed read can never leave a partial object behind.
+    with pa.memory_map(os.fspath(local_file)) as source:
+        write_bytes(target, path, source.read_buffer())
+
+
+def sync_file_to(local_file: str | os.PathLike, target: Target, path: str) -> bool:
+    """Makes ``path`` hold ``local_file``'s bytes; a no-op when it is that very file.
+
+    Lets a writer keep a file locally and mirror it, whether the storage is a
+    local folder (often the same file) or S3.
+
+    Returns:
+        Whether anything was copied.
+    """
+    fs, fs_path = _resolve(target, path)
+    if fs.type_name == "local" and Path(fs_path).exists() and Path(fs_path).samefile(local_file):
+        return False
+    upload_file(fs, local_file, fs_path)
+    return True
+
+
+def download_dir(
+    target: Target,
+    prefix: str,
+    local_dir: str | os.PathLike,
+    *,
+    include: Iterable[str] | None = None,
+) -> list[Path]:
+    """Copies the files under ``prefix`` into ``local_dir``, keeping relative paths.
+
+    Args:
+        target: The storage or filesystem to read.
+        prefix: The folder to copy (relative to a storage; ``""`` for all of it).
+        local_dir: Where the files go (created as needed).
+        include: ``fnmatch`` patterns on the relative POSIX path
+            (``["results.csv", "trials/*/metrics.json"]``); ``None``: all files.
+
+    Returns:
+        The local files written, sorted.
+    """
+    import pyarrow.fs
+
+    fs, root = _resolve(target, prefix)
+    root = root.rstrip("/")
+    patterns = None if include is None else list(include)
+    out = Path(local_dir)
+    written = []
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True)):
+        if info.type.name != "File":
+            continue
+        rel = info.path[len(root) + 1 :]
+        if patterns is not None and not any(fnmatch.fnmatchcase(rel, p) for p in patterns):
+            continue
+        local = out.joinpath(*_relative_key([rel]).split("/"))
+        with fs.open_input_stream(info.path) as stream:
+            _atomic_local_write(local, stream.readall())
+        written.append(local)
+    return sorted(written)
+
+
+# --- the Optuna study on S3 ---------------------------------------------------
+
+
+class StudySync:
+    """Keeps a run's Optuna SQLite file usable locally and safe on its storage.
+
+    Optuna needs a local SQLite file. On a local storage that is simply
+    ``STORAGE/NAME/study.db`` and :meth:`pull`/:meth:`push` do nothing. On S3
+    the file lives in a cache folder (``CACHE/<bucket>/<prefix>/NAME/study.db``),
+    :meth:`push` uploads a consistent snapshot (sqlite3's backup API) after
+    every trial, and :meth:`pull` fetches the storage's copy on resume unless
+    the local one is at least as new (it is when the storage still holds the
+    snapshot this cache pushed last; a marker file beside it records its hash).
+
+    Args:
+        storage: The search's storage.
+        name: The run's name (``STORAGE/NAME``).
+        cache_dir: Root of the local cache; default ``$XDG_CACHE_HOME/caetune``
+            or ``~/.cache/caetune``.
+    """
+
+    def __init__(self, storage: Storage, name: str, *, cache_dir: str | os.PathLike | None = None) -> None:
+        self.storage = storage
+        self.remote_path = storage.join(name, STUDY_FILE)
+        if storage.local_path is not None:
+            self.local_path = Path(self.remote_path)
+        else:
+            root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+            self.local_path = root.joinpath(str(storage.bucket), *storage.prefix.split("/"), name, STUDY_FILE)
+        self._marker = self.local_path.with_name(STUDY_FILE + ".pushed")
+
+    @property
+    def url(self) -> str:
+        """The Optuna storage URL of the local file."""
+        return f"sqlite:///{self.local_path}"
+
+    def pull(self) -> bool:
+        """Before opening the study: makes its folder, brings the storage's copy when newer.
+
+        Returns:
+            Whether the local file was replaced by the storage's copy.
+        """
+        self.local_path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.storage.is_s3:
+            return False
+        try:
+            remote = read_bytes(self.storage.filesystem(), self.remote_path)
+        except FileNotFoundError:
+            return False
+        if self.local_path.exists() and self._pushed_hash() == _sha256(remote):
+            return False  # the storage holds our last push; the local file may be newer still
+        _atomic_local_write(self.local_path, remote)
+        self._marker.unlink(missing_ok=True)
+        return True
+
+    def push(self) -> bool:
+        """After a trial: uploads a consistent snapshot of the local file.
+
+        Returns:
+            Whether anything was uploaded (never on a local storage).
+        """
+        if not self.storage.is_s3 or not self.local_path.exists():
+            return False
+        snapshot = sqlite_snapshot(self.local_path)
+        write_bytes(self.storage.filesystem(), self.remote_path, snapshot)
+        _atomic_local_write(self._marker, json.dumps({"sha256": _sha256(snapshot)}).encode())
+        return True
+
+    def _pushed_hash(self) -> str | None:
+        try:
+            return json.loads(self._marker.read_text())["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def sqlite_snapshot(path: str | os.PathLike) -> bytes:
+    """A consistent copy of a live SQLite database, through sqlite3's backup API.
+
+    Unlike copying the file, this never catches a write half-done (and it
+    includes what a WAL journal holds).
+    """
+    source_uri = Path(path).resolve().as_uri() + "?mode=ro"
+    with tempfile.TemporaryDirectory(prefix="caetune-db-") as tmp:
+        copy = Path(tmp) / "snapshot.db"
+        source = sqlite3.connect(source_uri, uri=True)
+        target = sqlite3.connect(copy)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+        return copy.read_bytes()
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/caetune``, else ``~/.cache/caetune``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "caetune"
+
+
+# --- internals ----------------------------------------------------------------
+
+
+def _relative_key(parts: Iterable[str]) -> str:
+    """``parts`` joined with ``/``; refuses absolute parts and ``..`` (the storage must contain them)."""
+    pieces = []
+    for part in parts:
+        text = os.fspath(part)
+        if text.startswith("/") or "\\" in text:
+            raise InputError("path", f"a relative path inside the storage, got {text!r}")
+        for piece in text.split("/"):
+            if piece == "..":
+                raise InputError("path", f"a path inside the storage without '..', got {text!r}")
+            if piece not in ("", "."):
+                pieces.append(piece)
+    return "/".join(pieces)
+
+
+def _resolve(target: Target, path: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    if isinstance(target, Storage):
+        return target.filesystem(), target.join(path)
+    return target, os.fspath(path)
+
+
+def _atomic_local_write(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_local_writable(path: Path) -> None:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError("--storage", f"a folder, but {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError("--storage", f"a writable folder, but {probe} is not writable")
+
+
+def _s3_options(bucket: str, timeout: float | None = None) -> tuple:
+    """The S3FileSystem options the environment asks for, as a hashable tuple."""
+    endpoint, scheme = None, None
+    raw = next((os.environ[v] for v in _ENDPOINT_VARS if os.environ.get(v)), None)
+    if raw:
+        parts = urlsplit(raw if "://" in raw else f"https://{raw}")
+        if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
+            raise InputError("AWS_ENDPOINT_URL", "http(s)://host[:port] of an S3-compatible server")
+        endpoint, scheme = parts.netloc, parts.scheme
+    region = next((os.environ[v] for v in _REGION_VARS if os.environ.get(v)), None)
+    if region is None:
+        # A custom endpoint has no AWS region to look up; on AWS itself ask S3 where the bucket is.
+        region = "us-east-1" if endpoint else _bucket_region(bucket)
+    return endpoint, scheme, region, timeout
+
+
+@functools.lru_cache(maxsize=32)
+def _s3_filesystem(endpoint: str | None, scheme: str | None, region: str | None, timeout: float | None):
+    import pyarrow.fs
+
+    kwargs = {}
+    if timeout is not None:
+        kwargs = dict(
+            connect_timeout=timeout,
+            request_timeout=timeout,
+            retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=1),
+        )
+    return pyarrow.fs.S3FileSystem(endpoint_override=endpoint, scheme=scheme, region=region, **kwargs)
+
+
+@functools.lru_cache(maxsize=32)
+def _bucket_region(bucket: str) -> str | None:
+    import pyarrow.fs
+
+    try:
+        return pyarrow.fs.resolve_s3_region(bucket)
+    except OSError:
+        return None  # check_reachable reports the real problem
+
+
+def _s3_unusable_reason(storage: Storage, timeout: float) -> str | None:
+    """Why ``storage`` cannot be used right now, or ``None`` when it can."""
+    import botocore.session
+
+    # pyarrow falls back to unsigned requests without credentials; say so plainly instead.
+    if botocore.session.get_session().get_credentials() is None:
+        return "no AWS credentials found (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws)"
+    fs = _s3_filesystem(*_s3_options(storage.bucket, timeout))
+    try:
+        bucket = fs.get_file_info(storage.bucket)
+        if bucket.type.name == "NotFound":
+            return "no such bucket"
+        if storage.prefix and fs.get_file_info(storage.fs_path).type.name == "File":
+            return f"s3://{storage.bucket}/{storage.prefix} is an object, not a prefix"
+    except OSError as err:
+        return _first_line(str(err))
+    return None
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unknown error"
+
+
+def _with_deadline(func, *, timeout: float):
+    """``func()``, or a timeout reason if it has not returned within ``timeout`` seconds.
+
+    pyarrow documents its read timeout as ignored on Linux; this bounds the
+    check even for a server that accepts but never answers (the worker
+    thread is then left behind).
+    """
+    result: list = []
+    error: list = []
+
+    def run() -> None:
+        try:
+            result.append(func())
+        except BaseException as err:  # re-raised in the caller's thread
+            error.append(err)
+
+    worker = threading.Thread(target=run, name="caetune-storage-check", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if error:
+        raise error[0]
+    if not result:
+        return f"no answer within {timeout:g} s"
+    return result[0]
