@@ -14,6 +14,7 @@ from caetune.analysis import (
     collect_activations,
     combined_objective,
     dead_fraction,
+    fit_mse_curve,
     layer_summary,
     local_entropy,
     model_utilisation,
@@ -171,3 +172,45 @@ def test_combined_objective_rejects_bad_weights(weight):
 def test_combined_objective_rejects_utilisation_outside_unit_range():
     with pytest.raises(InputError, match="utilisation"):
         combined_objective(0.02, 1.5, weight=1.0)
+
+
+# -- the learning curve k * exp(-a * Ne) + c ---------------------------------
+
+
+@pytest.mark.parametrize("k, a, c", [(0.3, 0.08, 0.01), (0.05, 0.5, 0.004), (0.2, 0.2, 0.02)])
+def test_fit_recovers_known_curves(k, a, c):
+    epochs = np.arange(1, 31)
+    fit = fit_mse_curve(epochs, k * np.exp(-a * epochs) + c)
+    assert fit.ok
+    assert (fit.k, fit.a, fit.c) == pytest.approx((k, a, c), rel=1e-4)
+    assert fit.level_epoch == math.ceil(math.log(20) / fit.a)  # 95% of the drop done
+    assert fit.k * math.exp(-fit.a * fit.level_epoch) <= 0.05 * fit.k < fit.k * math.exp(-fit.a * (fit.level_epoch - 1))
+    np.testing.assert_allclose(fit.predict(epochs), k * np.exp(-a * epochs) + c, rtol=1e-4)
+
+
+def test_fit_tolerates_noise_and_missing_points():
+    epochs = np.arange(1, 26)
+    mse = 0.2 * np.exp(-0.2 * epochs) + 0.02 + np.random.default_rng(0).normal(0, 3e-4, epochs.size)
+    mse[4] = np.nan
+    fit = fit_mse_curve(epochs, mse)
+    assert fit.ok and fit.rmse < 1e-3
+    assert (fit.k, fit.a, fit.c) == pytest.approx((0.2, 0.2, 0.02), rel=0.05)
+
+
+def test_fit_of_too_few_points_fails_gracefully():
+    fit = fit_mse_curve([1, 2], [0.1, 0.05])
+    assert not fit.ok and math.isnan(fit.k) and math.isnan(fit.a)
+    assert fit.c == 0.05 and fit.level_epoch is None
+    assert not fit_mse_curve([], []).ok
+
+
+def test_a_flat_history_is_level_from_its_first_epoch():
+    fit = fit_mse_curve([3, 4, 5, 6], [0.1] * 4)
+    assert fit.ok and fit.c == pytest.approx(0.1) and fit.level_epoch == 3
+
+
+def test_fit_rejects_mismatched_lengths():
+    with pytest.raises(InputError, match="mse"):
+        fit_mse_curve([1, 2, 3], [0.1, 0.2])
+    with pytest.raises(InputError, match="level_fraction"):
+        fit_mse_curve([1, 2, 3], [0.3, 0.2, 0.1], level_fraction=1.5)
