@@ -2,7 +2,7 @@
 
 from caetune.models._cae import ACTIVATIONS, CAE, MODEL_DEPTHS, CAEShape, cae_shape
 from caetune.models._config import TrainConfig, read_yaml_mapping
-from caetune.models._data import ImageData
+from caetune.models._data import DATASETS, DatasetEntry, ImageData, dataset_names, default_data_dir, load_data, load_dataset
 from caetune.models._seed import resolve_device, seed_everything
 from caetune.models._train import EpochMetrics, Trainer, TrainingDiverged, build_model, to_float_images
 
@@ -10,6 +10,8 @@ __all__ = [
     "ACTIVATIONS",
     "CAE",
     "CAEShape",
+    "DATASETS",
+    "DatasetEntry",
     "EpochMetrics",
     "ImageData",
     "MODEL_DEPTHS",
@@ -18,6 +20,10 @@ __all__ = [
     "TrainingDiverged",
     "build_model",
     "cae_shape",
+    "dataset_names",
+    "default_data_dir",
+    "load_data",
+    "load_dataset",
     "read_yaml_mapping",
     "resolve_device",
     "seed_everything",
