@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from caetune._errors import InputError
@@ -68,8 +69,13 @@ def check_writable_dir(path: Path, *, field: str) -> None:
     probe = path
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(field, f"cannot write to {path} ({probe} is not writable)")
+    if not probe.is_dir():
+        raise InputError(field, f"cannot write to {path} ({probe} is not a folder)")
+    try:  # a real write: os.access() says yes to root even on read-only mounts
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise InputError(field, f"cannot write to {path} ({probe}: {err.strerror})") from None
 
 
 def register(subparsers) -> None:

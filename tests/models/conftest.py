@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-# `tests.fixtures` needs the repository root on sys.path, which pytest's
-# default import mode does not give to tests/models.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from tests import fixtures  # noqa: E402
+from tests import fixtures  # the repo root is on sys.path via pytest's `pythonpath`
 
 
 @pytest.fixture
