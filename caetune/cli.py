@@ -19,6 +19,9 @@ from caetune._errors import InputError
 # `caetune --help` does not import torch or ray.
 COMMANDS: dict[str, str] = {
     "train": "caetune.models._cli",
+    "search": "caetune.search._cli",
+    "report": "caetune.analysis._cli",
+    "reproduce": "caetune.analysis._cli",
 }
 
 EXIT_BAD_INPUT = 2
@@ -36,7 +39,8 @@ def build_parser(commands: dict[str, str] | None = None) -> argparse.ArgumentPar
     parser.add_argument("--version", action="version", version=f"caetune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in (commands or COMMANDS).values():
+    # dict.fromkeys: a module that serves several commands registers them all, once.
+    for module in dict.fromkeys((commands or COMMANDS).values()):
         importlib.import_module(module).register(sub)
     return parser
 

@@ -1,0 +1,23 @@
+"""The search service: Ray Tune runs the trials, Optuna proposes them, ASHA stops weak ones.
+
+Imports :mod:`caetune.models` and :mod:`caetune.analysis`; nothing imports it.
+Importing this package is cheap: Ray, Optuna and torch load when a search runs.
+"""
+
+from caetune.search._objective import OBJECTIVES, Objective
+from caetune.search._run import DEFAULTS, SearchOutcome, SearchSettings, run_search
+from caetune.search._space import Param, SearchSpace, load_space, preset_names, space_from_dict
+
+__all__ = [
+    "DEFAULTS",
+    "OBJECTIVES",
+    "Objective",
+    "Param",
+    "SearchOutcome",
+    "SearchSettings",
+    "SearchSpace",
+    "load_space",
+    "preset_names",
+    "run_search",
+    "space_from_dict",
+]

@@ -1,0 +1,91 @@
+"""``caetune search``: run, or resume, a hyperparameter search."""
+
+from __future__ import annotations
+
+import argparse
+
+# Imported by `caetune search --help`: keep module-level imports light (no torch, ray, optuna).
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "search",
+        help="search Nn, Nm, Ne ... with Ray Tune + Optuna + ASHA",
+        description=(
+            "Search a CAE's hyperparameters: Optuna's TPE proposes, Ray Tune runs the trials, ASHA stops weak "
+            "ones, the top configs are re-trained with extra seeds. Writes STORAGE/NAME/ (results.csv, study.db, "
+            "trials/, confirm.csv, report/). Running the same command again, or --resume NAME, continues it."
+        ),
+    )
+    what = parser.add_argument_group("what to search")
+    what.add_argument("--space", metavar="PRESET|FILE.yaml", help="a preset (paper-mnist, cifar10, caltech101) or a space file (default paper-mnist)")
+    what.add_argument("--dataset", help="override the space's dataset (mnist-10k, cifar10, npz:PATH, folder:PATH ...)")
+    what.add_argument("--subset", type=int, metavar="N", help="use only N images of the dataset")
+    what.add_argument("--max-epochs", type=int, metavar="NE", help="cap Ne, a trial's epochs (default 6)")
+    what.add_argument("--objective", choices=("mse", "combined", "pareto"), help="what to minimise (default combined)")
+    what.add_argument(
+        "--utilisation-weight", type=float, metavar="W",
+        help="combined objective = val_mse * (1 + W * (1 - U)); 0 is pure MSE (default 0.5)",
+    )
+    what.add_argument("--seed", type=int, help="seeds the sampler and the trials (default 0)")
+    what.add_argument(
+        "--start-point", action=argparse.BooleanOptionalAction, default=None,
+        help="evaluate the paper's own choice first (default on)",
+    )
+    budget = parser.add_argument_group("budget and resources")
+    budget.add_argument("--num-samples", type=int, metavar="N", help="trials in total (default 12)")
+    budget.add_argument("--max-concurrent", type=int, metavar="N", help="at most N trials at once")
+    budget.add_argument("--cpus-per-trial", type=float, metavar="C", help="CPUs (and torch threads) per trial (default 1)")
+    budget.add_argument("--gpus-per-trial", type=float, metavar="G", help="GPUs per trial, e.g. 0.25 to share one (default 0: CPU)")
+    budget.add_argument("--grace-period", type=int, metavar="E", help="ASHA: epochs before a trial may be stopped (default 1)")
+    budget.add_argument("--reduction-factor", type=float, metavar="R", help="ASHA's reduction factor (default 3)")
+    budget.add_argument("--max-failures", type=int, metavar="N", help="retries of a trial whose node died (default 2)")
+    budget.add_argument("--util-images", type=int, metavar="N", help="validation images for U (default 256)")
+    budget.add_argument("--confirm-seeds", type=int, metavar="K", help="re-train the top configs with K more seeds (default 2, 0: off)")
+    budget.add_argument("--top-k", type=int, metavar="K", help="configs to confirm and show (default 3)")
+    where = parser.add_argument_group("where")
+    where.add_argument("--name", help="the run's name, STORAGE/NAME (default: the space's name)")
+    where.add_argument("--storage", metavar="DIR|s3://bucket/prefix", help="where runs live (default runs)")
+    where.add_argument("--study-storage", metavar="URL", help="an Optuna RDB URL (default: sqlite in the run folder)")
+    where.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    where.add_argument("--resume", metavar="NAME", help="continue the run NAME (settings not given are kept)")
+    where.add_argument(
+        "--report", action=argparse.BooleanOptionalAction, default=True, help="write the analysis report at the end"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from caetune._errors import InputError
+    from caetune.search._run import SearchSettings, run_search
+
+    if args.resume and args.name and args.name != args.resume:
+        raise InputError("--resume", f"names the run {args.resume!r} but --name says {args.name!r}")
+    settings = SearchSettings(
+        space=args.space,
+        dataset=args.dataset,
+        subset=args.subset,
+        max_epochs=args.max_epochs,
+        objective=args.objective,
+        utilisation_weight=args.utilisation_weight,
+        seed=args.seed,
+        start_point=args.start_point,
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
+        util_images=args.util_images,
+        study_storage=args.study_storage,
+        num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        max_failures=args.max_failures,
+        confirm_seeds=args.confirm_seeds,
+        top_k=args.top_k,
+        name=args.resume or args.name,
+        storage=args.storage,
+        address=args.address,
+        resume=bool(args.resume),
+        report=args.report,
+    )
+    outcome = run_search(settings)
+    return 130 if outcome.interrupted else 0

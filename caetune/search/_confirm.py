@@ -1,0 +1,172 @@
+"""Seed confirmation: re-train the best configs with other seeds, rank them by the mean.
+
+On real MNIST digits the seed-to-seed spread of val_mse is as large as the
+effect of Nn between 160 and 2560, so one lucky seed can win a search. After
+the search, the top ``top_k`` complete trials (by objective; for ``pareto``
+the Pareto front, by val_mse) are trained again, each for its full Ne with no
+early stopping, with seeds ``seed+1 .. seed+K`` (``--confirm-seeds K``). Each
+config's search run counts as one more seed. The configs are ranked by their
+mean objective; the spread is the sample standard deviation over the seeds.
+
+Runs are Ray tasks sharing the dataset already in the object store. Each
+finished run is a row of ``confirm_runs.csv`` at once, so a resumed search
+only trains the runs that are missing; ``confirm.csv`` holds the ranking.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+import time
+from typing import Any, TextIO
+
+from caetune._runlayout import CONFIRM_CSV
+
+CONFIRM_RUNS_CSV = "confirm_runs.csv"
+
+
+def confirm_run(config: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """Trains one config to its full Ne; a Ray task. Failures are a row, not an exception."""
+    import torch
+
+    from caetune.models import TrainConfig, Trainer
+    from caetune.search._objective import Objective
+    from caetune.search._trainable import epoch_metrics, failure_reason, image_data
+
+    torch.set_num_threads(int(config["threads"]))
+    start = time.perf_counter()
+    row: dict[str, Any] = {"trial_id": config["trial_id"], "seed": config["train"]["seed"]}
+    try:
+        trainer = Trainer(TrainConfig.from_dict(dict(config["train"])), image_data(data))
+        trainer.fit()
+        metrics = epoch_metrics(trainer, Objective(**config["objective"]), util_images=int(config["util_images"]))
+        row.update(status="complete", error=None, **metrics)
+    except Exception as err:  # noqa: BLE001 -- a failed seed is part of the evidence
+        row.update(status="failed", error=failure_reason(err))
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def candidates(frame, *, top_k: int, pareto: bool) -> list[str]:
+    """Trial ids of the configs to confirm, best first."""
+    done = frame[frame["status"] == "complete"]
+    if done.empty:
+        return []
+    if pareto and "pareto" in done.columns:
+        done = done[done["pareto"].astype(bool)]
+    key = "val_mse" if pareto else "objective"
+    return list(done.sort_values([key, "trial_id"])["trial_id"][:top_k])
+
+
+def run_confirm(
+    *,
+    files,
+    table,
+    factory,
+    data_ref,
+    seeds: list[int],
+    top_k: int,
+    pareto: bool,
+    resources: dict[str, float],
+    stream: TextIO | None = None,
+):
+    """Runs the missing confirmation runs and writes ``confirm_runs.csv`` and ``confirm.csv``.
+
+    Args:
+        files: The run folder.
+        table: The search's results table.
+        factory: Builds trial configs (the seed is replaced per run).
+        data_ref: The dataset's object ref.
+        seeds: The extra seeds.
+        top_k: How many configs to confirm.
+        pareto: Confirm the Pareto front (by val_mse) instead of the best objectives.
+        resources: Ray resources of one run (``num_cpus``, ``num_gpus``).
+        stream: Where progress lines go.
+
+    Returns:
+        The ranking (a DataFrame), or ``None`` when no trial completed.
+    """
+    import pandas as pd
+    import ray
+
+    stream = stream or sys.stderr
+    frame = table.frame()
+    chosen = candidates(frame, top_k=top_k, pareto=pareto)
+    if not chosen:
+        print("  confirm: no complete trial to confirm", file=stream)
+        return None
+    runs = _load_runs(files)
+    done = {(r["trial_id"], int(r["seed"])) for r in runs}
+    rows = {r["trial_id"]: r for r in frame.to_dict(orient="records")}
+    task = ray.remote(confirm_run).options(**resources)
+    futures = {}
+    for trial_id in chosen:
+        params = {k: rows[trial_id][k] for k in factory.space.params}
+        for seed in seeds:
+            if (trial_id, seed) in done:
+                continue
+            config = factory.config(int(rows[trial_id]["trial_number"]), params)
+            config["train"] = {**config["train"], "seed": seed}
+            futures[task.remote(config, data_ref)] = (trial_id, seed)
+    if futures:
+        print(f"  confirm: {len(futures)} runs ({len(chosen)} configs x {len(seeds)} seeds)", file=stream, flush=True)
+    pending = list(futures)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        row = ray.get(ready[0])
+        runs.append(row)
+        _write_csv(files, CONFIRM_RUNS_CSV, pd.DataFrame(runs))
+        value = row.get("objective")
+        shown = f"objective {value:.4g}" if row["status"] == "complete" else row["error"]
+        print(f"  confirm {row['trial_id']} seed {row['seed']}: {shown}", file=stream, flush=True)
+
+    ranking = rank(frame, runs, chosen, params=list(factory.space.params))
+    _write_csv(files, CONFIRM_CSV, ranking)
+    return ranking
+
+
+def rank(frame, runs: list[dict], chosen: list[str], *, params: list[str]):
+    """One row per config: its search run plus its confirmation runs, mean and sd, ranked by mean objective."""
+    import pandas as pd
+
+    search_rows = {r["trial_id"]: r for r in frame.to_dict(orient="records")}
+    out = []
+    for trial_id in chosen:
+        first = search_rows[trial_id]
+        samples = [first] + [r for r in runs if r["trial_id"] == trial_id and r["status"] == "complete"]
+        row = {"trial_id": trial_id, **{p: first.get(p) for p in params}}
+        row["seeds"] = " ".join(str(int(s["seed"])) for s in samples)
+        row["n_seeds"] = len(samples)
+        row["failed_seeds"] = sum(1 for r in runs if r["trial_id"] == trial_id and r["status"] != "complete")
+        for key in ("objective", "val_mse", "utilisation"):
+            mean, sd = _mean_sd([s.get(key) for s in samples])
+            row[f"{key}_mean"], row[f"{key}_sd"] = mean, sd
+        row["search_objective"] = first.get("objective")
+        out.append(row)
+    ranking = pd.DataFrame(out).sort_values(["objective_mean", "trial_id"]).reset_index(drop=True)
+    ranking.insert(0, "rank", range(1, len(ranking) + 1))
+    return ranking
+
+
+def _mean_sd(values: list[Any]) -> tuple[float | None, float | None]:
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not xs:
+        return None, None
+    mean = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return mean, sd
+
+
+def _load_runs(files) -> list[dict]:
+    if not files.exists(CONFIRM_RUNS_CSV):
+        return []
+    import pandas as pd
+
+    frame = pd.read_csv(io.BytesIO(files.read_bytes(CONFIRM_RUNS_CSV)))
+    frame = frame.astype(object).where(frame.notna(), None)
+    return frame.to_dict(orient="records")
+
+
+def _write_csv(files, rel: str, frame) -> None:
+    files.write_text(rel, frame.to_csv(index=False))

@@ -1,0 +1,283 @@
+"""The driver-side record of a search: study, results table, trial folders, progress lines.
+
+A :class:`ray.tune.Callback` sees every trial start, result, checkpoint and
+end on the driver. When a trial ends, the recorder, in this order,
+
+1. copies its last checkpoint's ``model.pt`` into ``trials/<id>/`` and
+   writes ``config.yaml`` and ``metrics.json`` beside it,
+2. rewrites ``results.csv``/``results.parquet``,
+3. tells the Optuna study how the trial ended (and uploads the study when
+   the run lives on S3),
+4. deletes the trial's Ray checkpoints: only unfinished trials need them.
+
+The study is what a resumed search trusts, so it hears after the files are
+written: a driver killed half-way leaves the trial ``RUNNING`` there, and it
+is run again from its last checkpoint (all epochs done: it only re-reports).
+
+How a trial ended: ``failed`` when it reported a ``failed`` reason (or Ray
+gave up on it), ``complete`` when it ran its own ``n_epochs``, ``pruned``
+when ASHA stopped it before that. A trial that stopped for none of these
+reasons (the search was interrupted) stays ``running``, to be resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+import yaml
+from ray.tune import Callback
+from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+
+from caetune._runlayout import TRIAL_MODEL
+from caetune.search._objective import Objective
+from caetune.search._results import ResultsTable, RunFiles, model_path, write_trial_files
+from caetune.search._searcher import CHECKPOINT_ATTR, FAILED_ATTR, STATUS_ATTR, report_epoch
+
+STATUS_EVERY_S = 30.0
+
+
+class RecordingASHA(AsyncHyperBandScheduler):
+    """ASHA that remembers which trials it stopped, so they can be told apart from interrupted ones."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stopped: set[str] = set()
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP:
+            self.stopped.add(trial.trial_id)
+        return action
+
+
+class Recorder(Callback):
+    """Writes everything a search produces as its trials run.
+
+    Args:
+        study: The open Optuna study.
+        objective: The search's objective.
+        files: The run folder.
+        table: The results table (rows of earlier sessions loaded).
+        scheduler: The ASHA scheduler (to know which trials it stopped).
+        total: Trials the study will hold at the end (for progress lines).
+        on_study_change: Called after each tell (uploads the study on S3).
+        stream: Where progress lines go.
+    """
+
+    def __init__(
+        self,
+        *,
+        study,
+        objective: Objective,
+        files: RunFiles,
+        table: ResultsTable,
+        scheduler: RecordingASHA,
+        total: int,
+        on_study_change=None,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.study = study
+        self.objective = objective
+        self.files = files
+        self.table = table
+        self.scheduler = scheduler
+        self.total = total
+        self.on_study_change = on_study_change or (lambda: None)
+        self.stream = stream or sys.stderr
+        self.started = time.monotonic()
+        self._last_status = time.monotonic()
+        self.finished_this_session: list[str] = []
+
+    def __getstate__(self) -> dict:
+        # Tuner pickles its RunConfig for Tuner.restore, which caetune does not use.
+        return {"total": self.total}
+
+    # -- Ray Tune hooks ----------------------------------------------------
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        config = trial.config
+        self.table.update(config["trial_id"], status="running", error=None, **_row_params(config))
+        self.table.write()
+        self._say(f"{config['trial_id']} start     {_describe(config['params'])}")
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        if "failed" not in result:
+            report_epoch(self.study, trial.config["trial_number"], int(result["epoch"]), float(result["objective"]))
+
+    def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
+        number = trial.config["trial_number"]
+        self.study._storage.set_trial_user_attr(self._trial_key(number), CHECKPOINT_ATTR, self._relative(checkpoint.path))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        result = trial.last_result or {}
+        if result.get("failed"):
+            self._finish(trial, "failed", reason=str(result["failed"]))
+        elif "epoch" in result and int(result["epoch"]) >= int(trial.config["train"]["n_epochs"]):
+            self._finish(trial, "complete")
+        elif trial.trial_id in self.scheduler.stopped:
+            self._finish(trial, "pruned")
+        # else: stopped by an interruption; it stays RUNNING in the study and resumes later.
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._finish(trial, "failed", reason=_ray_error(trial))
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        if time.monotonic() - self._last_status >= STATUS_EVERY_S:
+            self._last_status = time.monotonic()
+            self._say(self.status_line())
+
+    # -- the record ----------------------------------------------------------
+
+    def _finish(self, trial, status: str, *, reason: str | None = None) -> None:
+        config = trial.config
+        trial_id, number = config["trial_id"], config["trial_number"]
+        result = dict(trial.last_result or {})
+        metrics = self._collect_metrics(trial)
+        if metrics:
+            result.update({k: v for k, v in metrics.items() if k != "history"})
+        epochs_run = int(result.get("epoch", 0) or 0)
+
+        row = {
+            "status": status,
+            "error": reason,
+            **_row_params(config),
+            "val_mse": result.get("val_mse"),
+            "best_val_mse": result.get("best_val_mse"),
+            "objective": None if status == "failed" else result.get("objective"),
+            "utilisation": result.get("utilisation"),
+            "epochs_run": epochs_run,
+            "seconds": result.get("seconds"),
+            **{k: v for k, v in result.items() if k.startswith(("layer3_", "layer4_"))},
+        }
+        write_trial_files(
+            self.files,
+            trial_id,
+            config_yaml=yaml.safe_dump(config["train"], sort_keys=False),
+            metrics={**(metrics or {}), **row, "trial_id": trial_id, "history": (metrics or {}).get("history", [])},
+        )
+        self.table.update(trial_id, **row)
+        self.table.write()
+        self._tell(number, status, row, reason)
+        self._delete_checkpoints(trial)
+        self.finished_this_session.append(trial_id)
+
+        if status == "failed":
+            detail = reason
+        else:
+            detail = (
+                f"epochs {epochs_run}/{config['train']['n_epochs']}  val_mse {_num(row['val_mse'])}  "
+                f"U {_num(row['utilisation'], 3)}  objective {_num(row['objective'])}"
+            )
+        self._say(f"{trial_id} {status:<9} {detail}  ({_num(row['seconds'], 0)} s)")
+
+    def _collect_metrics(self, trial) -> dict[str, Any] | None:
+        """The last checkpoint's metrics.json; its model.pt is copied into trials/<id>/."""
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            return None
+        fs = self.files.fs()
+        with fs.open_input_stream(f"{checkpoint.path}/metrics.json") as stream:
+            metrics = json.loads(stream.readall())
+        self.files.copy_in(f"{checkpoint.path}/{TRIAL_MODEL}", model_path(trial.config["trial_id"]))
+        return metrics
+
+    def _delete_checkpoints(self, trial) -> None:
+        """A finished trial's Ray checkpoints, of this session and of earlier ones it continued."""
+        import pyarrow.fs
+
+        fs = self.files.fs()
+        prefix = f"{trial.config['trial_id']}-"
+        tune_dir = trial.storage.trial_fs_path.rsplit("/", 1)[0]
+        for folder in fs.get_file_info(pyarrow.fs.FileSelector(tune_dir, allow_not_found=True)):
+            if folder.type.name != "Directory" or not folder.base_name.startswith(prefix):
+                continue
+            for info in fs.get_file_info(pyarrow.fs.FileSelector(folder.path, allow_not_found=True)):
+                if info.type.name == "Directory" and info.base_name.startswith("checkpoint_"):
+                    fs.delete_dir(info.path)
+
+    def _tell(self, number: int, status: str, row: dict, reason: str | None) -> None:
+        from optuna.trial import TrialState
+
+        key = self._trial_key(number)
+        storage = self.study._storage
+        storage.set_trial_user_attr(key, STATUS_ATTR, status)
+        storage.set_trial_user_attr(key, CHECKPOINT_ATTR, None)  # deleted: finished trials never resume
+        storage.set_trial_user_attr(key, "epochs_run", row["epochs_run"])
+        storage.set_trial_user_attr(key, "seconds", row["seconds"])
+        if row.get("utilisation") is not None:
+            storage.set_trial_user_attr(key, "utilisation", row["utilisation"])
+            storage.set_trial_user_attr(key, "val_mse", row["val_mse"])
+        if status == "complete":
+            self.study.tell(number, self.objective.values(row), skip_if_finished=True)
+        elif status == "pruned":
+            self.study.tell(number, state=TrialState.PRUNED, skip_if_finished=True)
+        else:
+            storage.set_trial_user_attr(key, FAILED_ATTR, reason)
+            self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        self.on_study_change()
+
+    def _trial_key(self, number: int) -> int:
+        return self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+
+    def _relative(self, fs_path: str) -> str:
+        root = self.files.path()
+        return fs_path[len(root) + 1 :] if fs_path.startswith(root + "/") else fs_path
+
+    # -- progress ------------------------------------------------------------
+
+    def status_line(self) -> str:
+        counts = self.table.counts()
+        best = self.table.best("val_mse" if self.objective.multi else "objective")
+        text = (
+            f"[{_clock(time.monotonic() - self.started)}] {counts['complete']} complete, {counts['pruned']} pruned, "
+            f"{counts['failed']} failed, {counts['running']} running of {self.total}"
+        )
+        if best is not None:
+            text += f"; best {best['trial_id']} objective {_num(best['objective'])}"
+        return text
+
+    def _say(self, line: str) -> None:
+        print(f"  {line}", file=self.stream, flush=True)
+
+
+def _row_params(config: dict) -> dict[str, Any]:
+    train = config["train"]
+    return {**config["params"], "n_epochs": train["n_epochs"], "seed": train["seed"], "trial_number": config["trial_number"]}
+
+
+def _describe(params: dict[str, Any]) -> str:
+    short = {"n_neurons": "Nn", "n_maps": "Nm", "n_epochs": "Ne", "batch_size": "bs"}
+    parts = []
+    for key, value in params.items():
+        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+        parts.append(f"{short.get(key, key)}={shown}")
+    return " ".join(parts)
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    """Four significant digits (``0.01234``); ``digits=0`` for whole seconds."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.0f}" if digits == 0 else f"{value:.{digits}g}"
+    return str(value)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes:02d}:{secs:02d}"
+
+
+def _ray_error(trial) -> str:
+    """The last line of the error Ray recorded for a trial it gave up on."""
+    text = ""
+    try:
+        text = trial.get_error() or ""
+    except Exception:  # noqa: BLE001 -- an unreadable error file must not stop the search
+        pass
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    tail = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else "the trial's worker died")
+    return tail[:300]

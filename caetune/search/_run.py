@@ -1,0 +1,646 @@
+"""``run_search``: one search from settings to results, resumable.
+
+The order matters:
+
+1. Validate everything that can be checked without writing: the settings,
+   the space, the storage (reachable), the name, an existing run's settings,
+   the Ray cluster (reachable), the dataset (loads). Bad input here is an
+   :class:`~caetune.InputError` and nothing has been written.
+2. Take the run's lock, open (or create) the Optuna study, write
+   ``experiment.yaml``.
+3. Run the trials (Ray Tune + the study's searcher + ASHA + the recorder).
+4. Confirm the top configs with extra seeds, write the report, print the
+   summary.
+
+A run is ``STORAGE/NAME``. Running the same command again, or
+``--resume NAME``, continues it: settings not given are taken from its
+``experiment.yaml``, and settings that define the search (the space, the
+dataset, the objective, the seed ...) must not change. Finished trials are
+never run again; cut-off ones continue from their last checkpoint;
+``--num-samples`` may grow to extend a search.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import yaml
+
+from caetune._errors import InputError
+from caetune._runlayout import EXPERIMENT_FILE, RESULTS_CSV
+from caetune.search._objective import DEFAULT_WEIGHT, OBJECTIVES, Objective
+from caetune.search._space import SearchSpace, load_space, space_from_dict
+
+DEFAULT_SPACE = "paper-mnist"
+DEFAULT_STORAGE = "runs"
+LOCK_FILE = ".lock"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+ADDRESS_TIMEOUT_S = 5.0
+
+# What the flags default to on a new run. The main job (`caetune search` with no
+# flags) must finish within 15 minutes on a 2-core CPU, confirmation included.
+DEFAULTS: dict[str, Any] = {
+    "space": DEFAULT_SPACE,
+    "dataset": None,
+    "subset": None,
+    "max_epochs": 6,
+    "objective": "combined",
+    "utilisation_weight": DEFAULT_WEIGHT,
+    "seed": 0,
+    "start_point": True,
+    "grace_period": 1,
+    "reduction_factor": 3.0,
+    "util_images": 256,
+    "study_storage": None,
+    "num_samples": 12,
+    "max_concurrent": None,
+    "cpus_per_trial": 1.0,
+    "gpus_per_trial": 0.0,
+    "max_failures": 2,
+    "confirm_seeds": 2,
+    "top_k": 3,
+}
+# Settings that define what is searched: a resumed run must keep them.
+DEFINITION = (
+    "space",
+    "dataset",
+    "subset",
+    "max_epochs",
+    "objective",
+    "utilisation_weight",
+    "seed",
+    "start_point",
+    "grace_period",
+    "reduction_factor",
+    "util_images",
+    "study_storage",
+)
+
+
+@dataclass
+class SearchSettings:
+    """Everything ``caetune search`` takes; ``None`` means "the run's value, else the default".
+
+    Attributes:
+        space: A preset name or a space YAML file.
+        dataset: Overrides the space's dataset.
+        subset: Use only this many images of the dataset.
+        max_epochs: Caps Ne (``n_epochs``) and ASHA's ``max_t``.
+        objective: ``mse``, ``combined`` or ``pareto``.
+        utilisation_weight: The combined objective's weight (0: pure MSE).
+        seed: Seeds Optuna's sampler and every trial's training.
+        start_point: Evaluate the space's start points (the paper's choice) first.
+        grace_period: ASHA's first rung, in epochs.
+        reduction_factor: ASHA's reduction factor.
+        util_images: Validation images the utilisation is computed on.
+        study_storage: An Optuna RDB URL; default SQLite in the run folder.
+        num_samples: Trials in the study at the end.
+        max_concurrent: At most this many trials at once (default: as resources allow).
+        cpus_per_trial: CPUs per trial (also torch's thread count).
+        gpus_per_trial: GPUs per trial, fractional to share one (> 0 trains on CUDA).
+        max_failures: Ray retries of a trial whose worker or node died.
+        confirm_seeds: Extra seeds for the top configs (0: no confirmation).
+        top_k: How many configs to confirm and show.
+        name: The run's name (default: the space's name).
+        storage: A local folder or ``s3://bucket/prefix`` (default ``runs``).
+        address: A Ray cluster to join (default: ``RAY_ADDRESS`` or a local one).
+        resume: The run must exist (``--resume NAME``).
+        report: Write the analysis report at the end.
+    """
+
+    space: str | None = None
+    dataset: str | None = None
+    subset: int | None = None
+    max_epochs: int | None = None
+    objective: str | None = None
+    utilisation_weight: float | None = None
+    seed: int | None = None
+    start_point: bool | None = None
+    grace_period: int | None = None
+    reduction_factor: float | None = None
+    util_images: int | None = None
+    study_storage: str | None = None
+    num_samples: int | None = None
+    max_concurrent: int | None = None
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None
+    max_failures: int | None = None
+    confirm_seeds: int | None = None
+    top_k: int | None = None
+    name: str | None = None
+    storage: str | None = None
+    address: str | None = None
+    resume: bool = False
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        for field, low in (
+            ("num_samples", 1),
+            ("max_epochs", 1),
+            ("max_concurrent", 1),
+            ("grace_period", 1),
+            ("util_images", 1),
+            ("top_k", 1),
+            ("subset", 2),
+            ("seed", 0),
+            ("max_failures", 0),
+            ("confirm_seeds", 0),
+        ):
+            _check_int(field, getattr(self, field), low)
+        for field, low, strict in (
+            ("cpus_per_trial", 0.0, True),
+            ("gpus_per_trial", 0.0, False),
+            ("utilisation_weight", 0.0, False),
+            ("reduction_factor", 1.0, True),
+        ):
+            _check_number(field, getattr(self, field), low, strict)
+        if self.objective is not None and self.objective not in OBJECTIVES:
+            raise InputError("--objective", f"expected one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.name is not None and not NAME_RE.match(self.name):
+            raise InputError("--name", f"letters, digits, '.', '_' and '-' (a folder name), got {self.name!r}")
+
+
+@dataclass
+class SearchOutcome:
+    """What a finished (or interrupted) search left behind."""
+
+    run: str
+    name: str
+    results: Any  # pandas.DataFrame, one row per trial
+    confirm: Any = None  # pandas.DataFrame ranking, or None
+    report: str | None = None
+    interrupted: bool = False
+
+
+def run_search(
+    settings: SearchSettings,
+    *,
+    stream: TextIO | None = None,
+    out: TextIO | None = None,
+    callbacks: list | None = None,
+) -> SearchOutcome:
+    """Runs (or resumes) a search; see the module docstring.
+
+    Args:
+        settings: The validated settings.
+        stream: Progress lines (default stderr).
+        out: The final summary (default stdout).
+        callbacks: Extra Ray Tune callbacks (for tests and tools).
+
+    Raises:
+        InputError: Bad input, before anything is written.
+    """
+    from caetune._storage import StudySync, parse_storage
+    from caetune.search._results import RunFiles
+
+    stream = stream or sys.stderr
+    out = out or sys.stdout
+    storage = parse_storage(settings.storage or DEFAULT_STORAGE)
+    name = settings.name or _default_name(settings)
+    storage.check_reachable()
+    files = RunFiles(storage.child(name))
+    stored = _read_experiment(files)
+    if settings.resume and stored is None:
+        raise InputError("--resume", f"no run named {name!r} in {storage.url}")
+    values = _resolve(settings, stored)
+    space = _space_of(values, stored)
+    objective = Objective(values["objective"], values["utilisation_weight"])
+    sync = StudySync(storage, name)
+    study_url = values["study_storage"] or sync.url
+
+    owns_ray = _connect_ray(settings.address)
+    try:
+        data = _load_data(space)
+        with _RunLock(files, sync.local_path.parent):
+            return _search(
+                settings, values, space, objective, files, sync, study_url, data, name, stored, stream, out, callbacks
+            )
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _search(settings, values, space, objective, files, sync, study_url, data, name, stored, stream, out, callbacks):
+    import ray
+    from ray import tune
+
+    from caetune.search._confirm import run_confirm
+    from caetune.search._recorder import Recorder, RecordingASHA
+    from caetune.search._results import ResultsTable
+    from caetune.search._searcher import (
+        StudySearcher,
+        TrialFactory,
+        default_startup_trials,
+        open_study,
+        resumable_trials,
+        started_trials,
+    )
+    from caetune.search._trainable import data_payload, train_trial
+
+    sync.pull()
+    study = open_study(
+        study_url,
+        name=name,
+        objective=objective,
+        seed=values["seed"],
+        n_startup_trials=default_startup_trials(values["num_samples"]),
+        start_points=space.start if values["start_point"] else (),
+    )
+    _write_experiment(files, name, values, space, objective, study_url, data, stored)
+    sync.push()
+
+    gpus = float(values["gpus_per_trial"])
+    cpus = float(values["cpus_per_trial"])
+    factory = TrialFactory(
+        space=space,
+        objective=objective,
+        seed=values["seed"],
+        device="cuda" if gpus > 0 else "cpu",
+        threads=max(1, int(cpus)),
+        util_images=values["util_images"],
+    )
+    fs = files.fs()
+    resumable = resumable_trials(
+        study, checkpoint_of=lambda rel: _checkpoint_if_exists(fs, files.path(rel))
+    )
+    searcher = StudySearcher(study, factory, num_samples=values["num_samples"], resumable=resumable)
+    table = ResultsTable(files, space.params)
+    table.load()
+    data_ref = ray.put(data_payload(data))
+
+    pending = searcher.pending()
+    started = started_trials(study)
+    total = started + pending - len(resumable)
+    print(
+        f"search {name}: space {space.name} on {data.name} ({len(data.train)} train / {len(data.val)} val images), "
+        f"{objective.formula}; {values['num_samples']} trials, Ne <= {space.max_epochs()}",
+        file=stream,
+    )
+    print(f"  run folder {files.url}  (study {_display_url(study_url)})", file=stream, flush=True)
+    if started:
+        print(f"  resuming: {started - len(resumable)} trials finished, {len(resumable)} to continue", file=stream)
+
+    interrupted = False
+    if pending:
+        scheduler = RecordingASHA(
+            time_attr="epoch",
+            metric=objective.scheduler_metric,
+            mode="min",
+            max_t=space.max_epochs(),
+            grace_period=min(values["grace_period"], space.max_epochs()),
+            reduction_factor=values["reduction_factor"],
+        )
+        recorder = Recorder(
+            study=study,
+            objective=objective,
+            files=files,
+            table=table,
+            scheduler=scheduler,
+            total=total,
+            on_study_change=sync.push,
+            stream=stream,
+        )
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, data=data_ref), {"cpu": cpus, "gpu": gpus}
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=pending,
+                max_concurrent_trials=values["max_concurrent"],
+                reuse_actors=True,
+                trial_dirname_creator=lambda trial: f"{trial.config['trial_id']}-{trial.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=files.path(),
+                storage_filesystem=fs,
+                callbacks=[recorder, *(callbacks or [])],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                failure_config=tune.FailureConfig(max_failures=values["max_failures"]),
+                verbose=0,
+            ),
+        )
+        with _quiet_ray():
+            tuner.fit()
+        sync.push()
+        interrupted = _unfinished(study, values["num_samples"])
+    if pareto := objective.multi:
+        _mark_pareto(study, table)
+    table.write()
+    if interrupted:
+        print(f"interrupted: continue with  caetune search --resume {name}" + _storage_flag(settings), file=stream)
+        return SearchOutcome(files.url, name, table.frame(), interrupted=True)
+
+    ranking = None
+    if values["confirm_seeds"] > 0:
+        seeds = [values["seed"] + k for k in range(1, values["confirm_seeds"] + 1)]
+        resources = {"num_cpus": cpus, "num_gpus": gpus}
+        ranking = run_confirm(
+            files=files,
+            table=table,
+            factory=factory,
+            data_ref=data_ref,
+            seeds=seeds,
+            top_k=values["top_k"],
+            pareto=pareto,
+            resources=resources,
+            stream=stream,
+        )
+    report = _write_report(files, values["top_k"], stream) if settings.report else None
+    _print_summary(out, files, table, ranking, space, values, study_url, report)
+    return SearchOutcome(files.url, name, table.frame(), ranking, report)
+
+
+# -- settings ------------------------------------------------------------------
+
+
+def _default_name(settings: SearchSettings) -> str:
+    spec = settings.space or DEFAULT_SPACE
+    return load_space(spec).name
+
+
+def _resolve(settings: SearchSettings, stored: dict | None) -> dict[str, Any]:
+    """Each setting: as given, else as the run had it, else the default; definitions must agree."""
+    before = (stored or {}).get("settings", {})
+    values, changed = {}, []
+    for key, default in DEFAULTS.items():
+        given = getattr(settings, key)
+        if stored is not None and key in DEFINITION and given is not None and given != before.get(key):
+            changed.append(f"{key} {before.get(key)!r} -> {given!r}")
+        values[key] = given if given is not None else before.get(key, default) if stored is not None else default
+    if changed:
+        raise InputError(
+            "--name",
+            f"run {stored['name']!r} exists with other settings ({'; '.join(changed)}); "
+            "resume it without them or choose another --name",
+        )
+    return values
+
+
+def _space_of(values: dict, stored: dict | None) -> SearchSpace:
+    """The resolved space: the stored one on resume, else the preset/file with overrides and caps."""
+    if stored is not None:
+        return space_from_dict(stored["space"], name=stored["space_name"], source=stored["settings"]["space"])
+    space = load_space(values["space"])
+    space = space.with_fixed(dataset=values["dataset"], subset=values["subset"])
+    return space.capped(values["max_epochs"])
+
+
+def _check_int(field: str, value: Any, low: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InputError("--" + field.replace("_", "-"), f"expected an integer >= {low}, got {value!r}")
+
+
+def _check_number(field: str, value: Any, low: float, strict: bool) -> None:
+    if value is None:
+        return
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    ok = ok and (value > low if strict else value >= low)
+    if not ok:
+        relation = ">" if strict else ">="
+        raise InputError("--" + field.replace("_", "-"), f"expected a number {relation} {low:g}, got {value!r}")
+
+
+# -- the run folder --------------------------------------------------------------
+
+
+def _read_experiment(files) -> dict | None:
+    if not files.exists(EXPERIMENT_FILE):
+        return None
+    try:
+        stored = yaml.safe_load(files.read_bytes(EXPERIMENT_FILE))
+    except yaml.YAMLError:
+        stored = None
+    if not isinstance(stored, dict) or "settings" not in stored or "space" not in stored:
+        raise InputError("--name", f"{files.url} holds a {EXPERIMENT_FILE} caetune cannot read; choose another --name")
+    return stored
+
+
+def _write_experiment(files, name, values, space: SearchSpace, objective: Objective, study_url, data, stored) -> None:
+    from caetune import __version__
+
+    doc = {
+        "name": name,
+        "created": (stored or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+        "caetune": __version__,
+        "settings": {k: values[k] for k in DEFAULTS},
+        "objective": objective.to_dict(),
+        "space_name": space.name,
+        "space": space.to_dict(),
+        "dataset": {
+            "name": data.name,
+            "train": len(data.train),
+            "val": len(data.val),
+            "channels": data.channels,
+            "image_size": list(data.image_size),
+        },
+        "study": {"storage": _display_url(study_url), "name": name},
+        "asha": {
+            "time_attr": "epoch",
+            "metric": objective.scheduler_metric,
+            "max_t": space.max_epochs(),
+            "grace_period": min(values["grace_period"], space.max_epochs()),
+            "reduction_factor": values["reduction_factor"],
+        },
+    }
+    files.write_text(EXPERIMENT_FILE, yaml.safe_dump(doc, sort_keys=False))
+
+
+class _RunLock:
+    """One search per run at a time: a lock file holding the owner's host and pid.
+
+    The lock sits beside the local study file (the run folder itself for a
+    local storage, the cache folder for S3). A lock whose process is gone (a
+    killed driver) is taken over.
+    """
+
+    def __init__(self, files, folder) -> None:
+        self.files = files
+        self.path = folder / LOCK_FILE
+        self.mine = f"{socket.gethostname()} {os.getpid()}"
+
+    def __enter__(self) -> "_RunLock":
+        if self.path.exists():
+            owner = self.path.read_text().split()
+            if len(owner) == 2 and owner[0] == socket.gethostname() and _alive(int(owner[1])) and int(owner[1]) != os.getpid():
+                raise InputError("--name", f"run {self.files.url} is in use by process {owner[1]}; wait for it or stop it")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(self.mine)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.path.exists() and self.path.read_text() == self.mine:
+            self.path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _checkpoint_if_exists(fs, fs_path: str):
+    from ray.tune import Checkpoint
+
+    if fs.get_file_info(fs_path).type.name != "Directory":
+        return None  # gone: the trial starts over
+    return Checkpoint(fs_path, filesystem=fs)
+
+
+def _unfinished(study, num_samples: int) -> bool:
+    import optuna
+
+    from caetune.search._searcher import started_trials
+
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    return bool(running) or started_trials(study) < num_samples
+
+
+def _mark_pareto(study, table) -> None:
+    front = {t.user_attrs.get("trial_id") for t in study.best_trials}
+    for trial_id in table.rows:
+        table.update(trial_id, pareto=trial_id in front)
+
+
+# -- Ray, data, report ---------------------------------------------------------------
+
+
+def _connect_ray(address: str | None) -> bool:
+    """Joins ``address`` (or ``RAY_ADDRESS``), else starts a local Ray; True when this call started it.
+
+    A Ray already initialised in this process (a test's, a notebook's) is used as is.
+
+    Raises:
+        InputError: The cluster cannot be reached.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    field = "--address" if address else "RAY_ADDRESS"
+    if target and target != "auto":
+        _check_reachable(target, field)
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    try:
+        ray.init(address=target, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise InputError(field, f"cannot join the Ray cluster at {target}: {str(err).splitlines()[0]}") from None
+    return True
+
+
+def _check_reachable(address: str, field: str) -> None:
+    """A TCP connect to the cluster's host:port within a few seconds (ray.init itself waits far longer)."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise InputError(field, f"expected host:port, ray://host:port or auto, got {address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S):
+            pass
+    except OSError as err:
+        raise InputError(field, f"cannot reach a Ray cluster at {hostport}: {err.strerror or err}") from None
+
+
+def _load_data(space: SearchSpace):
+    from caetune.models import TrainConfig
+    from caetune.models._data import load_data
+
+    return load_data(TrainConfig.from_dict(dict(space.fixed), source=f"space {space.name}"))
+
+
+class _quiet_ray:
+    """Keeps Ray Tune's own console output to errors while trials run (the recorder prints progress)."""
+
+    def __enter__(self):
+        self.logger = logging.getLogger("ray.tune")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+
+
+def _write_report(files, top_k: int, stream) -> str | None:
+    try:
+        from caetune.analysis import write_report
+    except ImportError:
+        print("  report: skipped (caetune.analysis.write_report is not available)", file=stream)
+        return None
+    path = write_report(files.url, top=top_k)
+    return str(path)
+
+
+def _display_url(url: str) -> str:
+    from caetune.search._searcher import _redact
+
+    return _redact(url)
+
+
+def _storage_flag(settings: SearchSettings) -> str:
+    return f" --storage {settings.storage}" if settings.storage else ""
+
+
+def _print_summary(out, files, table, ranking, space, values, study_url, report) -> None:
+    counts = table.counts()
+    params = list(space.params)
+    print("", file=out)
+    if ranking is not None and len(ranking):
+        n = int(ranking["n_seeds"].max())
+        print(f"Top configs, ranked by the mean over up to {n} seeds (mean ± sd):", file=out)
+        for row in ranking.to_dict(orient="records"):
+            described = "  ".join(f"{p}={_fmt(row[p])}" for p in params)
+            print(
+                f"  {row['rank']}. {row['trial_id']}  {described}\n"
+                f"     objective {_pm(row['objective_mean'], row['objective_sd'])}  "
+                f"val_mse {_pm(row['val_mse_mean'], row['val_mse_sd'])}  "
+                f"U {_pm(row['utilisation_mean'], row['utilisation_sd'])}  seeds {row['seeds']}",
+                file=out,
+            )
+    else:
+        frame = table.frame()
+        done = frame[frame["status"] == "complete"].sort_values("objective") if len(frame) else frame
+        print("Top configs (one seed each):", file=out)
+        for i, row in enumerate(done.head(values["top_k"]).to_dict(orient="records"), 1):
+            described = "  ".join(f"{p}={_fmt(row[p])}" for p in params)
+            print(f"  {i}. {row['trial_id']}  {described}  objective {_fmt(row['objective'])}", file=out)
+    print(
+        f"\nTrials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed. Written:",
+        file=out,
+    )
+    print(f"  {files.url}/{RESULTS_CSV} (and .parquet), trials/<id>/", file=out)
+    if ranking is not None:
+        print(f"  {files.url}/confirm.csv", file=out)
+    print(f"  study: {_display_url(study_url)}  (optuna-dashboard {_display_url(study_url)})", file=out)
+    if report:
+        print(f"  report: {report}", file=out)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _pm(mean: Any, sd: Any) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    return f"{mean:.4g} ± {sd:.2g}"

@@ -1,0 +1,230 @@
+"""Optuna proposes, Ray Tune runs: a small :class:`ray.tune.search.Searcher` over an Optuna study.
+
+The study lives in a real Optuna storage (SQLite in the run folder, or any
+RDB URL), so it holds every trial of the search, across sessions:
+
+* its params (asked with ``study.ask(distributions)``, the preset's start
+  points first via ``study.enqueue_trial``),
+* one intermediate value per epoch (``objective``; ``pareto`` searches skip
+  them, Optuna takes none for several objectives),
+* its end: ``COMPLETE`` with its value(s), ``PRUNED`` when ASHA stopped it
+  before its own Ne, ``FAIL`` with the reason in the user attribute
+  ``failed_reason``,
+* user attributes ``trial_id`` (``t0007``, the Optuna trial number: the same
+  id in results.csv, ``trials/`` and the dashboard) and ``checkpoint`` (its
+  latest checkpoint, relative to the run folder).
+
+The trial number is the search's stable trial id; Ray's own trial ids change
+from session to session. A resumed search re-opens the study by name: trials
+still ``RUNNING`` there were cut off and are proposed again, first, with
+their params and their last checkpoint; new trials are asked until the study
+holds ``num_samples``. Sampling is seeded multivariate TPE with the constant
+liar (so concurrent trials are not proposed on top of each other); with
+concurrent trials the order results arrive in, hence the proposals, can still
+vary from run to run.
+
+Only :meth:`StudySearcher.suggest` lives here; the recorder
+(:mod:`caetune.search._recorder`) writes results and tells the study, so
+that a trial's files are written before the study calls it finished.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ray.tune.search import Searcher
+
+from caetune._errors import InputError
+from caetune.search._objective import Objective
+from caetune.search._space import SearchSpace
+
+TRIAL_ATTR = "trial_id"
+CHECKPOINT_ATTR = "checkpoint"
+FAILED_ATTR = "failed_reason"
+STATUS_ATTR = "status"
+
+
+def trial_name(number: int) -> str:
+    """The stable id of the study's trial ``number``: ``t0007``."""
+    return f"t{number:04d}"
+
+
+def default_startup_trials(num_samples: int) -> int:
+    """Random trials before TPE models the results: a third of the budget, 3 to 10.
+
+    Optuna's default (10) would leave a 12-trial search almost all random.
+    """
+    return max(3, min(10, num_samples // 3))
+
+
+def open_study(
+    url: str,
+    *,
+    name: str,
+    objective: Objective,
+    seed: int,
+    n_startup_trials: int,
+    start_points: tuple[dict, ...] = (),
+):
+    """Creates the study, or loads it when the storage already holds one of that name.
+
+    Start points are enqueued only into a new study (a resumed one has them already).
+
+    Raises:
+        InputError: The storage cannot be opened, or holds a study of that
+            name with other directions (another objective).
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, constant_liar=True, n_startup_trials=n_startup_trials
+    )
+    try:
+        storage = optuna.storages.RDBStorage(url)
+    except Exception as err:  # noqa: BLE001 -- SQLAlchemy raises many kinds
+        raise InputError("--study-storage", f"cannot open {_redact(url)}: {_first_line(err)}") from None
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            directions=objective.directions,
+            sampler=sampler,
+            load_if_exists=True,
+        )
+    except ValueError as err:
+        raise InputError("--study-storage", f"study {name!r}: {_first_line(err)}") from None
+    wanted = [d.upper() for d in objective.directions]
+    if [d.name for d in study.directions] != wanted:
+        raise InputError("--objective", f"study {name!r} optimises {study.directions}, not {wanted}")
+    if not study.trials:
+        for point in start_points:
+            study.enqueue_trial(dict(point), user_attrs={"start_point": True})
+    return study
+
+
+@dataclass
+class TrialFactory:
+    """Turns a study trial into the config of one Ray Tune trial."""
+
+    space: SearchSpace
+    objective: Objective
+    seed: int
+    device: str
+    threads: int
+    util_images: int
+
+    def config(self, number: int, params: dict[str, Any], resume_from: Any = None) -> dict[str, Any]:
+        train = self.space.train_config(params, seed=self.seed, device=self.device)
+        return {
+            "trial_number": number,
+            "trial_id": trial_name(number),
+            "params": dict(params),
+            "train": train.to_dict(),
+            "objective": {"kind": self.objective.kind, "weight": self.objective.weight},
+            "threads": self.threads,
+            "util_images": self.util_images,
+            "resume_from": resume_from,
+        }
+
+
+@dataclass
+class Resumable:
+    """A study trial cut off by an earlier session, to be run again from its checkpoint."""
+
+    number: int
+    params: dict[str, Any]
+    checkpoint: Any = None  # a ray.tune.Checkpoint, or None to start over
+
+
+class StudySearcher(Searcher):
+    """Ray Tune's searcher interface over an Optuna study (ask-and-tell).
+
+    Args:
+        study: The open study (:func:`open_study`).
+        factory: Builds trial configs.
+        num_samples: Trials the study should hold when the search is done.
+        resumable: Trials of an earlier session to run first.
+    """
+
+    def __init__(self, study, factory: TrialFactory, *, num_samples: int, resumable: list[Resumable] = ()):
+        super().__init__(metric=None, mode=None)
+        self.study = study
+        self.factory = factory
+        self.num_samples = num_samples
+        self.resumable = list(resumable)
+        self.distributions = factory.space.distributions()
+        self.asked: dict[int, Any] = {}  # trial number -> optuna.Trial (for intermediate values)
+
+    def __getstate__(self) -> dict:
+        # Tuner pickles its config once for Tuner.restore, which caetune does not use (it
+        # resumes from the study); the live study and sampler cannot be pickled.
+        return {"num_samples": self.num_samples}
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self.resumable:
+            job = self.resumable.pop(0)
+            return self.factory.config(job.number, job.params, job.checkpoint)
+        if started_trials(self.study) >= self.num_samples:
+            return Searcher.FINISHED
+        trial = self.study.ask(self.distributions)
+        self.asked[trial.number] = trial
+        trial.set_user_attr(TRIAL_ATTR, trial_name(trial.number))
+        return self.factory.config(trial.number, dict(trial.params))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        # The recorder tells the study, once the trial's files are written.
+        pass
+
+    def pending(self) -> int:
+        """Trials this session will still run (for Tune's ``num_samples``)."""
+        return len(self.resumable) + max(0, self.num_samples - started_trials(self.study))
+
+
+def started_trials(study) -> int:
+    """Trials asked so far (enqueued start points not yet asked do not count)."""
+    import optuna
+
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING)
+
+
+def resumable_trials(study, *, checkpoint_of: Callable[[str], Any]) -> list[Resumable]:
+    """The study's ``RUNNING`` trials, with their last checkpoint (``checkpoint_of(relpath)``)."""
+    import optuna
+
+    jobs = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        rel = trial.user_attrs.get(CHECKPOINT_ATTR)
+        jobs.append(Resumable(trial.number, dict(trial.params), checkpoint_of(rel) if rel else None))
+    return jobs
+
+
+def report_epoch(study, number: int, step: int, value: float) -> None:
+    """Records one epoch's value as the trial's intermediate value (single objective only)."""
+    import math
+
+    if len(study.directions) > 1 or not math.isfinite(value):
+        return
+    from optuna.trial import Trial
+
+    with warnings.catch_warnings():
+        # A trial resumed from its last checkpoint may report that epoch again.
+        warnings.simplefilter("ignore")
+        Trial(study, study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)).report(
+            value, step
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _redact(url: str) -> str:
+    """An RDB URL without its password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url

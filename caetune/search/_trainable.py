@@ -1,0 +1,144 @@
+"""The Ray Tune trainable: one trial trains one CAE, reporting and checkpointing every epoch.
+
+The dataset reaches the trainable through :func:`ray.tune.with_parameters`,
+which puts it in Ray's object store once; :func:`data_payload` makes it a dict
+of NumPy arrays so every trial on a node maps the same memory (zero-copy)
+instead of unpickling its own copy. Actors are reused between trials
+(``reuse_actors``), so torch is imported once per worker, not per trial.
+
+Every epoch the trainable computes the utilisation metrics on validation
+images, reports ``epoch``, ``val_mse``, ``objective``, ``utilisation`` and the
+``layer3_*``/``layer4_*`` metrics, and a checkpoint holding the full
+:class:`~caetune.models.Trainer` state (``model.pt``) and ``metrics.json``.
+A trial resumes from ``ray.tune.get_checkpoint()`` (Ray restarted it, e.g.
+after a node was lost) or from ``config["resume_from"]`` (an earlier session
+of the search was interrupted).
+
+A trial that raises (NaN loss, a config the images cannot take, out of
+memory ...) does not raise to Ray: it reports a last result with ``failed``
+set to the reason and returns, so the search records it as failed at once and
+goes on. Ray's own retries (``FailureConfig``) are thus kept for what they are
+for: a worker or node that died under the trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_MODEL = "model.pt"
+CHECKPOINT_METRICS = "metrics.json"
+
+
+def data_payload(data) -> dict[str, Any]:
+    """An :class:`~caetune.models.ImageData` as plain NumPy arrays for the object store."""
+    payload = {"name": data.name, "train": data.train.numpy(), "val": data.val.numpy()}  # uint8 [N, C, H, W]
+    return payload
+
+
+def image_data(payload: dict[str, Any]):
+    """The :class:`~caetune.models.ImageData` of a payload, sharing its (read-only) memory."""
+    import torch
+
+    from caetune.models import ImageData
+
+    with warnings.catch_warnings():
+        # The arrays are read-only views of the object store; the Trainer copies them
+        # into float tensors at once, so nothing ever writes through these tensors.
+        warnings.simplefilter("ignore", UserWarning)
+        train = torch.from_numpy(payload["train"])  # uint8 [N, C, H, W]
+        val = torch.from_numpy(payload["val"])  # uint8 [M, C, H, W]
+    return ImageData(name=payload["name"], train=train, val=val)
+
+
+def train_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
+    """Trains one trial's CAE for its own ``n_epochs`` (Ne), reporting every epoch.
+
+    Args:
+        config: ``trial_id``, ``train`` (a TrainConfig dict), ``objective``
+            (``kind``, ``weight``), ``threads``, ``util_images`` and
+            ``resume_from`` (a ``ray.tune.Checkpoint`` or ``None``).
+        data: The shared dataset, from :func:`data_payload`.
+    """
+    import torch
+    from ray import tune
+
+    from caetune.models import TrainConfig, Trainer
+    from caetune.search._objective import Objective
+
+    torch.set_num_threads(int(config["threads"]))
+    objective = Objective(**config["objective"])
+    train_config = TrainConfig.from_dict(dict(config["train"]))
+    state = {"epoch": 0, "val_mse": math.nan, "seconds": 0.0}
+    start = time.perf_counter()
+    try:
+        trainer = Trainer(train_config, image_data(data))
+        checkpoint = tune.get_checkpoint() or config.get("resume_from")
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                trainer.load_checkpoint(Path(folder) / CHECKPOINT_MODEL)
+                state["seconds"] = json.loads((Path(folder) / CHECKPOINT_METRICS).read_text())["seconds"]
+        state["epoch"] = trainer.epoch
+        if trainer.epoch >= train_config.n_epochs:
+            # Resumed from its final checkpoint (the driver stopped before recording it):
+            # report it again, without training.
+            _report_epoch(trainer, objective, config, state, start)
+        while trainer.epoch < train_config.n_epochs:
+            trainer.run_epoch()
+            state["epoch"] = trainer.epoch
+            state["val_mse"] = trainer.history[-1].val_mse
+            _report_epoch(trainer, objective, config, state, start)
+    except Exception as err:  # noqa: BLE001 -- any error of the trial is its result
+        tune.report(
+            {
+                "epoch": state["epoch"],
+                "val_mse": state["val_mse"],
+                "objective": math.inf,
+                "failed": failure_reason(err),
+                "seconds": state["seconds"] + time.perf_counter() - start,
+            }
+        )
+
+
+def epoch_metrics(trainer, objective, *, util_images: int) -> dict[str, Any]:
+    """The metrics of a trainer's model now: last epoch's MSEs, U and the layer metrics, objective."""
+    from caetune.analysis import model_utilisation
+
+    last = trainer.history[-1]
+    util = model_utilisation(trainer.model, trainer.x_val, n_images=util_images)
+    return {
+        "epoch": trainer.epoch,
+        "n_epochs": trainer.config.n_epochs,
+        "train_mse": last.train_mse,
+        "val_mse": last.val_mse,
+        "best_val_mse": min(m.val_mse for m in trainer.history),
+        "objective": objective.evaluate(last.val_mse, util),
+        **util,
+    }
+
+
+def _report_epoch(trainer, objective, config: dict, state: dict, start: float) -> None:
+    from ray import tune
+
+    result = epoch_metrics(trainer, objective, util_images=int(config["util_images"]))
+    result["seconds"] = state["seconds"] + time.perf_counter() - start
+    metrics = {**result, "history": [m.to_dict() for m in trainer.history]}
+    with tempfile.TemporaryDirectory(prefix="caetune-ckpt-") as folder:
+        trainer.save_checkpoint(Path(folder) / CHECKPOINT_MODEL)
+        (Path(folder) / CHECKPOINT_METRICS).write_text(json.dumps(metrics), encoding="utf-8")
+        # Ray copies the folder into the run's storage before report returns.
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line: the exception and where in caetune it happened."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if "caetune" in f.filename]
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return f"{type(err).__name__}: {text}{where}"
