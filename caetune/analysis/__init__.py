@@ -20,6 +20,7 @@ from caetune.analysis._metrics import (
     quantize8,
     utilisation,
 )
+from caetune.analysis._report import write_report
 
 __all__ = [
     "Activations",
@@ -46,6 +47,7 @@ __all__ = [
     "save_figure",
     "stacked_map",
     "utilisation",
+    "write_report",
 ]
 
 _FIGURES = (
