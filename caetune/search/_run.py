@@ -216,9 +216,10 @@ def run_search(
     sync = StudySync(storage, name)
     study_url = values["study_storage"] or sync.url
 
+    _check_ray_address(settings.address)
+    data = _load_data(space)
     owns_ray = _connect_ray(settings.address)
     try:
-        data = _load_data(space)
         with _RunLock(files, sync.local_path.parent):
             return _search(
                 settings, values, space, objective, files, sync, study_url, data, name, stored, stream, out, callbacks
@@ -233,6 +234,7 @@ def run_search(
 def _search(settings, values, space, objective, files, sync, study_url, data, name, stored, stream, out, callbacks):
     import ray
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     from caetune.search._confirm import run_confirm
     from caetune.search._recorder import Recorder, RecordingASHA
@@ -247,6 +249,7 @@ def _search(settings, values, space, objective, files, sync, study_url, data, na
     )
     from caetune.search._trainable import data_payload, train_trial
 
+    _quiet_tune_environment()
     sync.pull()
     study = open_study(
         study_url,
@@ -327,7 +330,7 @@ def _search(settings, values, space, objective, files, sync, study_url, data, na
                 name="tune",
                 storage_path=files.path(),
                 storage_filesystem=fs,
-                callbacks=[recorder, *(callbacks or [])],
+                callbacks=[recorder, JsonLoggerCallback(), *(callbacks or [])],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=values["max_failures"]),
                 verbose=0,
@@ -524,26 +527,40 @@ def _mark_pareto(study, table) -> None:
 # -- Ray, data, report ---------------------------------------------------------------
 
 
+def _ray_target(address: str | None) -> tuple[str | None, str]:
+    """The cluster to join (``--address``, else ``RAY_ADDRESS``, else none: a local Ray) and its flag."""
+    if address:
+        return address, "--address"
+    return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
+
+
+def _check_ray_address(address: str | None) -> None:
+    """Fails fast when the cluster to join does not answer (unless Ray is up in this process already)."""
+    import ray
+
+    target, field = _ray_target(address)
+    if target and target != "auto" and not ray.is_initialized():
+        _check_reachable(target, field)
+
+
 def _connect_ray(address: str | None) -> bool:
     """Joins ``address`` (or ``RAY_ADDRESS``), else starts a local Ray; True when this call started it.
 
     A Ray already initialised in this process (a test's, a notebook's) is used as is.
+    Ray's token authentication, where the cluster uses it, works as Ray documents it
+    (``RAY_AUTH_TOKEN`` and friends in the environment).
 
     Raises:
-        InputError: The cluster cannot be reached.
+        InputError: The cluster cannot be joined.
     """
     import ray
 
     if ray.is_initialized():
         return False
-    target = address or os.environ.get("RAY_ADDRESS") or None
-    field = "--address" if address else "RAY_ADDRESS"
-    if target and target != "auto":
-        _check_reachable(target, field)
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    target, field = _ray_target(address)
     try:
-        ray.init(address=target, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        # Ray's warnings on the console would interleave with the progress lines; its logs keep them.
+        ray.init(address=target, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise InputError(field, f"cannot join the Ray cluster at {target}: {str(err).splitlines()[0]}") from None
     return True
@@ -567,6 +584,18 @@ def _load_data(space: SearchSpace):
     from caetune.models._data import load_data
 
     return load_data(TrainConfig.from_dict(dict(space.fixed), source=f"space {space.name}"))
+
+
+def _quiet_tune_environment() -> None:
+    """Ray Tune settings read from the environment when the Tuner is built (driver only)."""
+    # The recorder prints the progress; Tune's own tables and banners would drown it.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Checkpoints every epoch with num_to_keep=2 make Tune snapshot often; that is intended.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # A failed trial's last result carries its reason but no metric (it has none to give).
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Only the JSON logger (passed explicitly): no TensorBoard files per trial.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 
 class _quiet_ray:

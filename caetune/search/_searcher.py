@@ -121,7 +121,7 @@ class TrialFactory:
         return {
             "trial_number": number,
             "trial_id": trial_name(number),
-            "params": dict(params),
+            "params": {k: params[k] for k in self.space.params if k in params},  # the space's order
             "train": train.to_dict(),
             "objective": {"kind": self.objective.kind, "weight": self.objective.weight},
             "threads": self.threads,

@@ -1,0 +1,157 @@
+"""``caetune search`` on the command line: bad input is one line, exit 2, and nothing written.
+
+Most cases run in-process through ``caetune.cli.main``; the Ray address and
+S3 cases run in a subprocess, where no Ray is up yet and the environment
+(AWS_ENDPOINT_URL) is the test's own.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from caetune.cli import main
+
+TINY = {
+    "fixed": {"dataset": "mnist-10k", "subset": 300, "image_size": 12},
+    "params": {"n_neurons": {"low": 4, "high": 16, "log": True}, "n_epochs": {"low": 1, "high": 2}},
+}
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write(path: Path, doc) -> str:
+    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+    return str(path)
+
+
+def run_cli(args, capsys):
+    code = main(["search", *args])
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+BAD_SPACES = {
+    "unknown field": {"params": {"n_nurons": [8]}},
+    "empty range": {"params": {"n_neurons": {"low": 64, "high": 8}}},
+    "nn below 1": {"params": {"n_neurons": {"low": 0, "high": 8}}},
+    "malformed": "params: {n_neurons: [8\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPACES))
+def test_bad_space_files(tmp_path, capsys, case):
+    space = write(tmp_path / "space.yaml", BAD_SPACES[case])
+    storage = tmp_path / "runs"
+    code, err = run_cli(["--space", space, "--storage", str(storage)], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("caetune search: error: ")
+    assert not storage.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--space", "paper-mnsit"], "unknown preset 'paper-mnsit'"),
+        (["--num-samples", "0"], "--num-samples: expected an integer >= 1"),
+        (["--gpus-per-trial", "-1"], "--gpus-per-trial: expected a number >= 0"),
+        (["--cpus-per-trial", "0"], "--cpus-per-trial: expected a number > 0"),
+        (["--max-epochs", "0"], "--max-epochs"),
+        (["--utilisation-weight", "-0.5"], "--utilisation-weight"),
+        (["--confirm-seeds", "-1"], "--confirm-seeds"),
+        (["--name", "../escape"], "--name"),
+        (["--resume", "nothing-here"], "--resume: no run named 'nothing-here'"),
+        (["--storage", "ftp://host/runs"], "--storage"),
+        (["--dataset", "npz:/does/not/exist.npz"], "dataset"),
+    ],
+)
+def test_bad_flags(tmp_path, capsys, args, match):
+    storage = tmp_path / "runs"
+    if "--storage" not in args:
+        args = [*args, "--storage", str(storage)]
+    if "--space" not in args:
+        args = [*args, "--space", write(tmp_path / "tiny.yaml", TINY)]
+    code, err = run_cli(args, capsys)
+    assert code == 2, err
+    assert err.count("\n") == 1 and match in err
+    assert not storage.exists()
+
+
+def test_bad_argparse_values_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["search", "--objective", "mae"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def subprocess_search(args, env_extra, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # no cluster but the test's
+    env.update(env_extra)
+    return subprocess.run(
+        [sys.executable, "-m", "caetune.cli", "search", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+
+
+def test_unreachable_ray_address(tmp_path):
+    storage = tmp_path / "runs"
+    space = write(tmp_path / "tiny.yaml", TINY)
+    port = closed_port()
+    done = subprocess_search(
+        ["--space", space, "--storage", str(storage), "--address", f"127.0.0.1:{port}"], {}, tmp_path
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [f"caetune search: error: --address: cannot reach a Ray cluster at 127.0.0.1:{port}: Connection refused"]
+    assert not storage.exists()
+
+
+def test_unreachable_ray_address_from_the_environment(tmp_path):
+    storage = tmp_path / "runs"
+    space = write(tmp_path / "tiny.yaml", TINY)
+    done = subprocess_search(
+        ["--space", space, "--storage", str(storage)], {"RAY_ADDRESS": f"127.0.0.1:{closed_port()}"}, tmp_path
+    )
+    assert done.returncode == 2 and "RAY_ADDRESS: cannot reach a Ray cluster" in done.stderr
+    assert not storage.exists()
+
+
+def test_unreachable_s3_storage(tmp_path):
+    space = write(tmp_path / "tiny.yaml", TINY)
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+    done = subprocess_search(["--space", space, "--storage", "s3://caetune-test/runs"], env, tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("caetune search: error: --storage: cannot reach s3://caetune-test")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_help_lists_the_flags(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["search", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--space", "--num-samples", "--max-epochs", "--gpus-per-trial", "--storage", "--address",
+                 "--resume", "--objective", "--utilisation-weight", "--confirm-seeds", "--study-storage"):
+        assert flag in text
