@@ -22,6 +22,10 @@ COMMANDS: dict[str, str] = {
     "search": "caetune.search._cli",
     "report": "caetune.analysis._cli",
     "reproduce": "caetune.analysis._cli",
+    "submit": "caetune._cluster_cli",
+    "status": "caetune._cluster_cli",
+    "logs": "caetune._cluster_cli",
+    "stop": "caetune._cluster_cli",
 }
 
 EXIT_BAD_INPUT = 2
