@@ -332,3 +332,13 @@ def test_the_installed_command_line_says_one_line_and_exits_2(head, client_env, 
     )
     assert done.returncode == 2 and done.stdout == ""
     assert "refused the token" in one_error_line(done.stderr)
+
+
+def test_the_readme_commands_parse(client_env):
+    from caetune._cluster_cli import check_remote_command
+
+    readme = (Path(__file__).resolve().parent.parent / "cluster" / "README.md").read_text(encoding="utf-8")
+    submits = [line.split(" -- ", 1)[1].split() for line in readme.splitlines() if line.startswith("caetune submit -- ")]
+    assert submits
+    for args in submits:
+        assert check_remote_command(args).command == args[0]
