@@ -9,8 +9,9 @@ the utilisation metrics, figures and report; ``search`` the Ray Tune + Optuna
 service. Importing ``caetune`` itself is cheap (no torch, no ray).
 """
 
+from caetune._cluster import JobClient, connect
 from caetune._errors import InputError
 
 __version__ = "0.1.0"
 
-__all__ = ["InputError", "__version__"]
+__all__ = ["InputError", "JobClient", "__version__", "connect"]

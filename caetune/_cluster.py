@@ -20,7 +20,6 @@ module does not import ray.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
@@ -192,6 +191,8 @@ class JobClient:
 
     def follow(self, job_id: str, write: Callable[[str], object]) -> JobDetails:
         """Streams the job's logs to ``write`` until it ends; returns its final details."""
+        import asyncio
+
         self.details(job_id)
 
         async def tail() -> None:

@@ -8,6 +8,7 @@ by its own pid (and its leftovers found by that temp dir and token), never with
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -68,6 +69,8 @@ def _leftovers(temp_dir: str, token: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def head():
+    if importlib.util.find_spec("aiohttp") is None:
+        pytest.fail("the Ray dashboard (Jobs API) needs ray[default]: pip install 'ray[default]'")
     token = secrets.token_hex(16)
     # Short: Ray's unix socket paths must stay under 107 characters.
     temp_dir = tempfile.mkdtemp(prefix="cts", dir="/tmp")
