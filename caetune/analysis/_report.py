@@ -392,13 +392,16 @@ def _move_into_place(stage: Path, target: Path) -> None:
     """Replaces ``target`` by ``stage`` with renames only (an old report is swapped out whole)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     moved = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+    os.chmod(moved, 0o755)  # mkdtemp makes it private; a report is meant to be read by others
+    old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
     try:
         shutil.copytree(stage, moved, dirs_exist_ok=True)  # stage may be on another filesystem
-        old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
         if target.exists():
             os.replace(target, old)
         os.replace(moved, target)
     except BaseException:
+        if old.exists() and not target.exists():
+            os.replace(old, target)  # put the earlier report back
         shutil.rmtree(moved, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
@@ -435,7 +438,7 @@ def _first_line(err: BaseException) -> str:
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
+table { border-collapse: collapse; font-size: .85em; margin: .5em 0; } .wide { overflow-x: auto; }
 th, td { border: 1px solid #ddd; padding: .25em .5em; text-align: right; }
 th { background: #f3f3f3; } tr.top td { background: #eef6ff; }
 code, pre { background: #f6f6f6; padding: .1em .3em; } pre { padding: .6em; overflow-x: auto; }
@@ -471,7 +474,7 @@ def _page(*, run_name, results, trials, summary, study_note, objective, experime
         "(by val_mse when there is no scalar objective).</p>",
         "<h2>Results</h2>",
         f"<p>{len(results)} trials; the {len(trials)} reported below are highlighted.</p>",
-        table,
+        f'<div class="wide">{table}</div>',
     ]
     if confirm is not None and len(confirm):
         parts += ["<h2>Confirmation runs</h2>", "<p>The best configurations re-trained with extra seeds.</p>",
