@@ -11,7 +11,7 @@ header, so it never has to appear on a command line::
     client = connect()                        # checks address and token first
     job_id = client.submit(["search", "--storage", "s3://bucket/runs"],
                            runtime_env=build_runtime_env(working_dir=project_checkout()))
-    client.follow(job_id, sys.stdout.write)   # -> JobStatus.SUCCEEDED
+    details = client.follow(job_id, sys.stdout.write)  # streams logs; exit_code(details) -> 0
 
 A missing cluster, a missing or wrong token, an unknown job id: each is an
 :class:`~caetune.InputError` before anything is submitted. Importing this
@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 from caetune._errors import InputError
 
 if TYPE_CHECKING:
-    from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
+    from ray.job_submission import JobDetails, JobSubmissionClient
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Ray's own order (`ray job submit`): the Jobs API variable first, then the general one.
@@ -65,18 +65,22 @@ def resolve_address(address: str | None = None, *, environ: Mapping[str, str] = 
     """
     field, value = "--address", address
     if value is None:
-        field, value = next(((var, environ[var]) for var in ADDRESS_VARS if environ.get(var)), ("--address", DEFAULT_ADDRESS))
+        set_vars = [(var, environ[var]) for var in ADDRESS_VARS if environ.get(var)]
+        field, value = set_vars[0] if set_vars else ("--address", DEFAULT_ADDRESS)
     url = value.strip().rstrip("/")
     if "://" not in url:
         url = "http://" + url
     parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or not _valid_port(parts):
         raise InputError(field, f"the Ray dashboard's http://HOST:PORT (default {DEFAULT_ADDRESS}), not {value!r}")
     return url, field
+
+
+def _valid_port(parts) -> bool:
+    try:
+        return parts.port is None or parts.port > 0
+    except ValueError:  # urllib's way of saying "not a port number"
+        return False
 
 
 def resolve_token(*, environ: Mapping[str, str] = os.environ) -> tuple[str | None, str]:
@@ -96,7 +100,8 @@ def resolve_token(*, environ: Mapping[str, str] = os.environ) -> tuple[str | Non
         try:
             token = path.read_text(encoding="utf-8").strip()
         except OSError as err:
-            raise InputError(TOKEN_PATH_VAR, f"a readable file holding the cluster's token ({path}: {err.strerror})") from None
+            expected = f"a readable file holding the cluster's token ({path}: {err.strerror})"
+            raise InputError(TOKEN_PATH_VAR, expected) from None
         if not token:
             raise InputError(TOKEN_PATH_VAR, f"a file holding the cluster's token ({path} is empty)")
         return token, str(path)
@@ -178,7 +183,8 @@ class JobClient:
             return self.client.get_job_info(job_id)
         except RuntimeError as err:
             if "status code 404" in str(err):
-                raise InputError("JOB", f"no job {job_id!r} on the cluster at {self.address} (see `caetune status`)") from None
+                expected = f"no job {job_id!r} on the cluster at {self.address} (see `caetune status`)"
+                raise InputError("JOB", expected) from None
             raise
 
     def jobs(self) -> list[JobDetails]:
@@ -238,8 +244,9 @@ def connect(
     if server_ray.split(".")[:2] != ray.__version__.split(".")[:2]:
         logging.getLogger(__name__).warning("the cluster runs Ray %s, this machine Ray %s", server_ray, ray.__version__)
     # Ray's SDK logs each packaging step and closed log stream at INFO; the CLI says what matters itself.
-    for name in ("ray.dashboard.modules.job.sdk", "ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("job.sdk", "dashboard_sdk"):
+        logging.getLogger(f"ray.dashboard.modules.{name}").setLevel(logging.WARNING)
+    logging.getLogger("ray._private.runtime_env.packaging").setLevel(logging.WARNING)
     return JobClient(address=url, client=JobSubmissionClient(url, headers=headers))
 
 

@@ -30,11 +30,15 @@ def register(subparsers) -> None:
         ),
     )
     submit.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
-    submit.add_argument("--working-dir", metavar="DIR", help="the checkout to upload (default: the one caetune runs from)")
+    submit.add_argument(
+        "--working-dir", metavar="DIR", help="the checkout to upload (default: the one caetune runs from)"
+    )
     submit.add_argument(
         "--no-working-dir", action="store_true", help="upload nothing: run the caetune installed on the cluster"
     )
-    submit.add_argument("--pip", action="append", metavar="REQUIREMENT", help="also install this for the job (repeatable)")
+    submit.add_argument(
+        "--pip", action="append", metavar="REQUIREMENT", help="also install this for the job (repeatable)"
+    )
     submit.add_argument("args", nargs="*", metavar="-- COMMAND", help="the caetune command and its flags, after --")
     submit.set_defaults(func=run_submit)
 
@@ -77,7 +81,8 @@ def check_remote_command(args: list[str]) -> argparse.Namespace | None:
         return None
     if not args or args[0] not in runnable:
         given = f", not {args[0]!r}" if args else ""
-        raise InputError("COMMAND", f"{', '.join(runnable)} or --version after --, e.g. caetune submit -- search ...{given}")
+        expected = f"{', '.join(runnable)} or --version after --, e.g. caetune submit -- search ...{given}"
+        raise InputError("COMMAND", expected)
     return build_parser({args[0]: COMMANDS[args[0]]}).parse_args(args)
 
 
@@ -96,7 +101,8 @@ def run_submit(args: argparse.Namespace) -> int:
 
     job_id = client.submit(args.args, runtime_env=runtime_env, metadata={"caetune_version": __version__})
     print(job_id, flush=True)
-    print(f"caetune submit: job {job_id} sent to {client.address} ({'uploading ' + str(working_dir) if working_dir else 'installed caetune'})", file=sys.stderr)
+    code = f"uploaded {working_dir}" if working_dir else "the caetune installed there"
+    print(f"caetune submit: job {job_id} sent to {client.address} ({code})", file=sys.stderr)
     if args.no_wait:
         print(f"caetune submit: follow it with `caetune logs --follow {job_id}`", file=sys.stderr)
         return 0
@@ -156,7 +162,10 @@ def _follow(client, job_id: str, command: str) -> int:
     try:
         details = client.follow(job_id, write)
     except KeyboardInterrupt:
-        print(f"caetune {command}: stopped following; job {job_id} goes on (`caetune stop {job_id}` ends it)", file=sys.stderr)
+        print(
+            f"caetune {command}: stopped following; job {job_id} goes on (`caetune stop {job_id}` ends it)",
+            file=sys.stderr,
+        )
         return 130
     print(f"caetune {command}: {_describe(details)}", file=sys.stderr)
     return exit_code(details)

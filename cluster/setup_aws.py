@@ -116,7 +116,8 @@ def find_aws_inputs(session, args: argparse.Namespace) -> dict:
     else:
         vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
     if not vpcs:
-        raise BadInput("--vpc-id", f"an existing VPC in {session.region_name} (there is no {args.vpc_id or 'default VPC'})")
+        missing = args.vpc_id or "default VPC"
+        raise BadInput("--vpc-id", f"an existing VPC in {session.region_name} (there is no {missing})")
     ami = args.ami
     if not ami:
         try:

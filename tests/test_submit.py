@@ -97,7 +97,8 @@ def head():
         deadline = time.monotonic() + 120
         while True:
             if process.poll() is not None:
-                pytest.fail(f"ray start exited {process.returncode}: {(Path(temp_dir) / 'head.log').read_text()[-2000:]}")
+                log_tail = (Path(temp_dir) / "head.log").read_text()[-2000:]
+                pytest.fail(f"ray start exited {process.returncode}: {log_tail}")
             try:
                 if requests.get(f"{url}/api/version", headers={"Authorization": f"Bearer {token}"}, timeout=2).ok:
                     break
@@ -314,7 +315,9 @@ def test_the_token_is_read_from_a_file_too(head, client_env, capsys, monkeypatch
 
 @pytest.mark.slow
 @pytest.mark.parametrize("token,needle", [("wrong-token", "refused the token"), (None, "requires a Ray auth token")])
-def test_a_missing_or_wrong_token_is_refused_and_nothing_is_submitted(head, client_env, capsys, monkeypatch, token, needle):
+def test_a_missing_or_wrong_token_is_refused_and_nothing_is_submitted(
+    head, client_env, capsys, monkeypatch, token, needle
+):
     if token:
         monkeypatch.setenv("RAY_AUTH_TOKEN", token)
     before = len(head.sdk().list_jobs())
@@ -341,7 +344,8 @@ def test_the_readme_commands_parse(client_env):
     from caetune._cluster_cli import check_remote_command
 
     readme = (Path(__file__).resolve().parent.parent / "cluster" / "README.md").read_text(encoding="utf-8")
-    submits = [line.split(" -- ", 1)[1].split() for line in readme.splitlines() if line.startswith("caetune submit -- ")]
+    lines = [line for line in readme.splitlines() if line.startswith("caetune submit -- ")]
+    submits = [line.split(" -- ", 1)[1].split() for line in lines]
     assert submits
     for args in submits:
         assert check_remote_command(args).command == args[0]
