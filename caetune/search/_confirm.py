@@ -35,7 +35,7 @@ def confirm_run(config: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     from caetune.search._trainable import epoch_metrics, failure_reason, image_data
 
     torch.set_num_threads(int(config["threads"]))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     row: dict[str, Any] = {"trial_id": config["trial_id"], "seed": config["train"]["seed"]}
     try:
         trainer = Trainer(TrainConfig.from_dict(dict(config["train"])), image_data(data))
@@ -45,6 +45,7 @@ def confirm_run(config: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 -- a failed seed is part of the evidence
         row.update(status="failed", error=failure_reason(err))
     row["seconds"] = time.perf_counter() - start
+    row["cpu_seconds"] = time.process_time() - cpu
     return row
 
 

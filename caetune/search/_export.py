@@ -531,28 +531,36 @@ def _publish_s3(stage: Path, target: Storage, manifest: dict, old_manifest: dict
 
     fs = target.filesystem()
     old_files = set((old_manifest or {}).get("files", {}))
-    new_files = list(manifest["files"])
+    new_files = set(manifest["files"])
     try:
         if old_manifest is not None:
             fs.delete_file(target.join(MANIFEST))  # from here on no reader trusts the old files
-        for rel in new_files:
-            upload_file(target, stage / rel, target.join(rel))
-        upload_file(target, stage / MANIFEST, target.join(MANIFEST))
+        for rel in sorted(new_files):
+            upload_file(target, stage / rel, rel)
+        upload_file(target, stage / MANIFEST, MANIFEST)
     except BaseException as err:
         # Without its manifest a half-uploaded export is no export: leave the prefix empty.
-        _delete_quietly(fs, target, old_files | set(new_files) | {MANIFEST})
+        _remove_stale(fs, target, old=old_files | new_files | {MANIFEST}, new=set())
         if isinstance(err, OSError):
             raise InputError("--to", f"cannot write to {target.url}: {_first_line(err)}") from None
         raise
-    _delete_quietly(fs, target, old_files - set(new_files))
+    _remove_stale(fs, target, old=old_files, new=new_files | {MANIFEST})
 
 
-def _delete_quietly(fs, target: Storage, rels: set[str]) -> None:
-    for rel in sorted(rels):
-        try:
-            fs.delete_file(target.join(rel))
-        except (OSError, InputError):
-            pass  # already gone, unreachable like the upload, or a name no export of ours writes
+def _remove_stale(fs, target: Storage, *, old: set[str], new: set[str]) -> None:
+    """Deletes the files of ``old`` not in ``new``; a trial folder no longer used goes whole.
+
+    Whole folders, because pyarrow leaves a folder marker behind the last file deleted from one.
+    """
+    new_folders = {rel.split("/", 1)[0] for rel in new if "/" in rel}
+    gone = sorted({rel.split("/", 1)[0] for rel in old if "/" in rel} - new_folders)
+    files = sorted(rel for rel in old - new if "/" not in rel or rel.split("/", 1)[0] in new_folders)
+    for delete, rels in ((fs.delete_dir, gone), (fs.delete_file, files)):
+        for rel in rels:
+            try:
+                delete(target.join(rel))
+            except (OSError, InputError):
+                pass  # already gone, unreachable like the upload, or a name no export of ours writes
 
 
 # -- reading an export ----------------------------------------------------------------------

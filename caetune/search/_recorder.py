@@ -90,6 +90,7 @@ class Recorder(Callback):
         self.started = time.monotonic()
         self._last_status = time.monotonic()
         self.finished_this_session: list[str] = []
+        self.epochs: dict[str, str] = {}  # running trial id -> "epoch/Ne", for the status line
 
     def __getstate__(self) -> dict:
         # Tuner pickles its RunConfig for Tuner.restore, which caetune does not use.
@@ -100,11 +101,13 @@ class Recorder(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         config = trial.config
         self.table.update(config["trial_id"], status="running", error=None, **_row_params(config))
+        self.epochs[config["trial_id"]] = f"0/{config['train']['n_epochs']}"
         self.table.write()
         self._say(f"{config['trial_id']} start     {_describe(config['params'])}")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         if "failed" not in result:
+            self.epochs[trial.config["trial_id"]] = f"{result['epoch']}/{trial.config['train']['n_epochs']}"
             report_epoch(self.study, trial.config["trial_number"], int(result["epoch"]), float(result["objective"]))
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
@@ -120,6 +123,10 @@ class Recorder(Callback):
         elif trial.trial_id in self.scheduler.stopped:
             self._finish(trial, "pruned")
         # else: stopped by an interruption; it stays RUNNING in the study and resumes later.
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        # Ray lost the trial's worker (or node) and restarts it from its last checkpoint.
+        self._say(f"{trial.config['trial_id']} restart   from its last checkpoint ({_ray_error(trial)})")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._finish(trial, "failed", reason=_ray_error(trial))
@@ -150,6 +157,7 @@ class Recorder(Callback):
             "utilisation": result.get("utilisation"),
             "epochs_run": epochs_run,
             "seconds": result.get("seconds"),
+            "cpu_seconds": result.get("cpu_seconds"),
             **{k: v for k, v in result.items() if k.startswith(("layer3_", "layer4_"))},
         }
         write_trial_files(
@@ -163,6 +171,7 @@ class Recorder(Callback):
         self._tell(number, status, row, reason)
         self._delete_checkpoints(trial)
         self.finished_this_session.append(trial_id)
+        self.epochs.pop(trial_id, None)
 
         if status == "failed":
             detail = reason
@@ -237,6 +246,8 @@ class Recorder(Callback):
         )
         if best is not None:
             text += f"; best {best['trial_id']} objective {_num(best['objective'])}"
+        if self.epochs:
+            text += "; epochs " + ", ".join(f"{t} {e}" for t, e in sorted(self.epochs.items()))
         return text
 
     def _say(self, line: str) -> None:

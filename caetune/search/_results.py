@@ -33,7 +33,9 @@ from caetune._storage import Storage, exists, read_bytes, write_bytes
 STATUSES = ("complete", "pruned", "failed", "running")
 # Leading columns, in this order; params, then layer metrics follow.
 LEAD_COLUMNS = ("trial_id", "status", "error")
-METRIC_COLUMNS = ("val_mse", "best_val_mse", "objective", "utilisation", "epochs_run", "n_epochs", "seconds")
+METRIC_COLUMNS = (
+    "val_mse", "best_val_mse", "objective", "utilisation", "epochs_run", "n_epochs", "seconds", "cpu_seconds"
+)
 
 
 @dataclass

@@ -616,7 +616,11 @@ def _write_report(files, top_k: int, stream) -> str | None:
     except ImportError:
         print("  report: skipped (caetune.analysis.write_report is not available)", file=stream)
         return None
-    path = write_report(files.url, top=top_k)
+    try:
+        path = write_report(files.url, top=top_k)
+    except InputError as err:  # e.g. no trial completed: the search itself still stands
+        print(f"  report: skipped ({err})", file=stream)
+        return None
     return str(path)
 
 

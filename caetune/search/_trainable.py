@@ -74,15 +74,16 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     torch.set_num_threads(int(config["threads"]))
     objective = Objective(**config["objective"])
     train_config = TrainConfig.from_dict(dict(config["train"]))
-    state = {"epoch": 0, "seconds": 0.0}
-    start = time.perf_counter()
+    state = {"epoch": 0, "seconds": 0.0, "cpu_seconds": 0.0}
+    start = (time.perf_counter(), time.process_time())
     try:
         trainer = Trainer(train_config, image_data(data))
         checkpoint = tune.get_checkpoint() or config.get("resume_from")
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 trainer.load_checkpoint(Path(folder) / CHECKPOINT_MODEL)
-                state["seconds"] = json.loads((Path(folder) / CHECKPOINT_METRICS).read_text())["seconds"]
+                before = json.loads((Path(folder) / CHECKPOINT_METRICS).read_text())
+                state.update(seconds=before["seconds"], cpu_seconds=before.get("cpu_seconds", 0.0))
         state["epoch"] = trainer.epoch
         if trainer.epoch >= train_config.n_epochs:
             # Resumed from its final checkpoint (the driver stopped before recording it):
@@ -94,8 +95,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
             _report_epoch(trainer, objective, config, state, start)
     except Exception as err:  # noqa: BLE001 -- any error of the trial is its result
         # No metric in it: ASHA skips a result without one, and the recorder reads `failed`.
-        seconds = state["seconds"] + time.perf_counter() - start
-        tune.report({"epoch": state["epoch"], "failed": failure_reason(err), "seconds": seconds})
+        tune.report({"epoch": state["epoch"], "failed": failure_reason(err), **_clocks(state, start)})
 
 
 def epoch_metrics(trainer, objective, *, util_images: int) -> dict[str, Any]:
@@ -115,17 +115,29 @@ def epoch_metrics(trainer, objective, *, util_images: int) -> dict[str, Any]:
     }
 
 
-def _report_epoch(trainer, objective, config: dict, state: dict, start: float) -> None:
+def _report_epoch(trainer, objective, config: dict, state: dict, start: tuple[float, float]) -> None:
     from ray import tune
 
     result = epoch_metrics(trainer, objective, util_images=int(config["util_images"]))
-    result["seconds"] = state["seconds"] + time.perf_counter() - start
+    result.update(_clocks(state, start))
     metrics = {**result, "history": [m.to_dict() for m in trainer.history]}
     with tempfile.TemporaryDirectory(prefix="caetune-ckpt-") as folder:
         trainer.save_checkpoint(Path(folder) / CHECKPOINT_MODEL)
         (Path(folder) / CHECKPOINT_METRICS).write_text(json.dumps(metrics), encoding="utf-8")
         # Ray copies the folder into the run's storage before report returns.
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _clocks(state: dict, start: tuple[float, float]) -> dict[str, float]:
+    """The trial's wall-clock and CPU seconds so far, earlier sessions included.
+
+    CPU seconds are the worker process's (training, evaluation, checkpoints): on a
+    busy shared machine they say what the trial would take alone.
+    """
+    return {
+        "seconds": state["seconds"] + time.perf_counter() - start[0],
+        "cpu_seconds": state["cpu_seconds"] + time.process_time() - start[1],
+    }
 
 
 def failure_reason(err: BaseException) -> str:
