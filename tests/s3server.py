@@ -3,7 +3,7 @@
 Use it as pytest fixtures (import the ones you need into a test module, or
 list this module in ``pytest_plugins``)::
 
-    from s3server import s3_bucket, s3_env, s3_server  # noqa: F401
+    from tests.s3server import s3_bucket, s3_env, s3_server  # noqa: F401
 
     def test_upload(s3_bucket):  # env points at the server, bucket exists
         storage = parse_storage(f"s3://{s3_bucket}/runs")

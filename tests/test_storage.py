@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from s3server import s3_bucket, s3_env, s3_server  # noqa: F401  (fixtures)
+from tests.s3server import s3_bucket, s3_env, s3_server  # noqa: F401  (fixtures)
 
 from caetune import InputError
 from caetune._storage import (
