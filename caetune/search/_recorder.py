@@ -23,8 +23,10 @@ reasons (the search was interrupted) stays ``running``, to be resumed.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
+import warnings
 from typing import Any, TextIO
 
 import yaml
@@ -34,7 +36,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from caetune._runlayout import TRIAL_MODEL
 from caetune.search._objective import Objective
 from caetune.search._results import ResultsTable, RunFiles, model_path, write_trial_files
-from caetune.search._searcher import CHECKPOINT_ATTR, FAILED_ATTR, STATUS_ATTR, report_epoch
+from caetune.search._searcher import CHECKPOINT_ATTR, FAILED_ATTR, STATUS_ATTR, trial_handle
 
 STATUS_EVERY_S = 30.0
 
@@ -91,6 +93,7 @@ class Recorder(Callback):
         self._last_status = time.monotonic()
         self.finished_this_session: list[str] = []
         self.epochs: dict[str, str] = {}  # running trial id -> "epoch/Ne", for the status line
+        self._handles: dict[int, Any] = {}  # trial number -> optuna.Trial
 
     def __getstate__(self) -> dict:
         # Tuner pickles its RunConfig for Tuner.restore, which caetune does not use.
@@ -106,13 +109,18 @@ class Recorder(Callback):
         self._say(f"{config['trial_id']} start     {_describe(config['params'])}")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        if "failed" not in result:
-            self.epochs[trial.config["trial_id"]] = f"{result['epoch']}/{trial.config['train']['n_epochs']}"
-            report_epoch(self.study, trial.config["trial_number"], int(result["epoch"]), float(result["objective"]))
+        if "failed" in result:
+            return
+        self.epochs[trial.config["trial_id"]] = f"{result['epoch']}/{trial.config['train']['n_epochs']}"
+        value = float(result["objective"])
+        if len(self.study.directions) == 1 and math.isfinite(value):  # Optuna takes none for several objectives
+            with warnings.catch_warnings():
+                # A trial resumed from its final checkpoint reports that epoch again; Optuna keeps the first.
+                warnings.simplefilter("ignore")
+                self._handle(trial.config["trial_number"]).report(value, int(result["epoch"]))
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
-        number = trial.config["trial_number"]
-        self.study._storage.set_trial_user_attr(self._trial_key(number), CHECKPOINT_ATTR, self._relative(checkpoint.path))
+        self._handle(trial.config["trial_number"]).set_user_attr(CHECKPOINT_ATTR, self._relative(checkpoint.path))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}
@@ -210,26 +218,27 @@ class Recorder(Callback):
     def _tell(self, number: int, status: str, row: dict, reason: str | None) -> None:
         from optuna.trial import TrialState
 
-        key = self._trial_key(number)
-        storage = self.study._storage
-        storage.set_trial_user_attr(key, STATUS_ATTR, status)
-        storage.set_trial_user_attr(key, CHECKPOINT_ATTR, None)  # deleted: finished trials never resume
-        storage.set_trial_user_attr(key, "epochs_run", row["epochs_run"])
-        storage.set_trial_user_attr(key, "seconds", row["seconds"])
+        if self.study.get_trials(deepcopy=False)[number].state.is_finished():
+            return  # recorded by an earlier session already
+        handle = self._handle(number)
+        attrs = {STATUS_ATTR: status, "epochs_run": row["epochs_run"], "seconds": row["seconds"], CHECKPOINT_ATTR: None}
         if row.get("utilisation") is not None:
-            storage.set_trial_user_attr(key, "utilisation", row["utilisation"])
-            storage.set_trial_user_attr(key, "val_mse", row["val_mse"])
+            attrs.update(utilisation=row["utilisation"], val_mse=row["val_mse"])
+        if status == "failed":
+            attrs[FAILED_ATTR] = reason
+        for key, value in attrs.items():  # checkpoint: None, it is deleted next
+            handle.set_user_attr(key, value)
         if status == "complete":
-            self.study.tell(number, self.objective.values(row), skip_if_finished=True)
-        elif status == "pruned":
-            self.study.tell(number, state=TrialState.PRUNED, skip_if_finished=True)
+            self.study.tell(number, self.objective.values(row))
         else:
-            storage.set_trial_user_attr(key, FAILED_ATTR, reason)
-            self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+            self.study.tell(number, state=TrialState.PRUNED if status == "pruned" else TrialState.FAIL)
+        self._handles.pop(number, None)
         self.on_study_change()
 
-    def _trial_key(self, number: int) -> int:
-        return self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+    def _handle(self, number: int):
+        if number not in self._handles:
+            self._handles[number] = trial_handle(self.study, number)
+        return self._handles[number]
 
     def _relative(self, fs_path: str) -> str:
         root = self.files.path()

@@ -30,7 +30,6 @@ that a trial's files are written before the study calls it finished.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -156,7 +155,6 @@ class StudySearcher(Searcher):
         self.num_samples = num_samples
         self.resumable = list(resumable)
         self.distributions = factory.space.distributions()
-        self.asked: dict[int, Any] = {}  # trial number -> optuna.Trial (for intermediate values)
 
     def __getstate__(self) -> dict:
         # Tuner pickles its config once for Tuner.restore, which caetune does not use (it
@@ -170,7 +168,6 @@ class StudySearcher(Searcher):
         if started_trials(self.study) >= self.num_samples:
             return Searcher.FINISHED
         trial = self.study.ask(self.distributions)
-        self.asked[trial.number] = trial
         trial.set_user_attr(TRIAL_ATTR, trial_name(trial.number))
         return self.factory.config(trial.number, dict(trial.params))
 
@@ -201,20 +198,17 @@ def resumable_trials(study, *, checkpoint_of: Callable[[str], Any]) -> list[Resu
     return jobs
 
 
-def report_epoch(study, number: int, step: int, value: float) -> None:
-    """Records one epoch's value as the trial's intermediate value (single objective only)."""
-    import math
+def trial_handle(study, number: int):
+    """An ``optuna.Trial`` for the study's trial ``number``, to report values and set attributes.
 
-    if len(study.directions) > 1 or not math.isfinite(value):
-        return
+    Optuna hands these out only from ``ask``; a trial resumed from an earlier
+    session needs one made from its storage id (the one place caetune reads
+    Optuna's private attributes).
+    """
     from optuna.trial import Trial
 
-    with warnings.catch_warnings():
-        # A trial resumed from its last checkpoint may report that epoch again.
-        warnings.simplefilter("ignore")
-        Trial(study, study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)).report(
-            value, step
-        )
+    storage = study._storage
+    return Trial(study, storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
 
 
 def _first_line(err: BaseException) -> str:
