@@ -1,28 +1,43 @@
 """The search service: Ray Tune runs the trials, Optuna proposes them, ASHA stops weak ones.
 
 Imports :mod:`caetune.models` and :mod:`caetune.analysis`; nothing imports it.
-Importing this package is cheap: Ray, Optuna and torch load when a search runs.
+Importing this package is cheap: its names load on first use (PEP 562), so
+``caetune search --help`` imports neither torch nor Ray.
 """
 
-from caetune.search._export import ExportResult, export_run, load_exported, verify_export
-from caetune.search._objective import OBJECTIVES, Objective
-from caetune.search._run import DEFAULTS, SearchOutcome, SearchSettings, run_search
-from caetune.search._space import Param, SearchSpace, load_space, preset_names, space_from_dict
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULTS",
-    "ExportResult",
-    "OBJECTIVES",
-    "Objective",
-    "Param",
-    "SearchOutcome",
-    "SearchSettings",
-    "SearchSpace",
-    "export_run",
-    "load_exported",
-    "load_space",
-    "preset_names",
-    "run_search",
-    "space_from_dict",
-    "verify_export",
-]
+import importlib
+
+# public name -> the private module that defines it
+_EXPORTS = {
+    "DEFAULTS": "caetune.search._defaults",
+    "ExportResult": "caetune.search._export",
+    "export_run": "caetune.search._export",
+    "load_exported": "caetune.search._export",
+    "verify_export": "caetune.search._export",
+    "OBJECTIVES": "caetune.search._objective",
+    "Objective": "caetune.search._objective",
+    "SearchOutcome": "caetune.search._run",
+    "SearchSettings": "caetune.search._run",
+    "run_search": "caetune.search._run",
+    "Param": "caetune.search._space",
+    "SearchSpace": "caetune.search._space",
+    "load_space": "caetune.search._space",
+    "preset_names": "caetune.search._space",
+    "space_from_dict": "caetune.search._space",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'caetune.search' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -36,54 +36,13 @@ import yaml
 
 from caetune._errors import InputError
 from caetune._runlayout import EXPERIMENT_FILE, RESULTS_CSV
-from caetune.search._objective import DEFAULT_WEIGHT, OBJECTIVES, Objective
+from caetune.search._defaults import DEFAULT_SPACE, DEFAULT_STORAGE, DEFAULTS, DEFINITION
+from caetune.search._objective import OBJECTIVES, Objective
 from caetune.search._space import SearchSpace, load_space, space_from_dict
 
-DEFAULT_SPACE = "paper-mnist"
-DEFAULT_STORAGE = "runs"
 LOCK_FILE = ".lock"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 ADDRESS_TIMEOUT_S = 5.0
-
-# What the flags default to on a new run. The main job (`caetune search` with no
-# flags) must finish within 15 minutes on a 2-core CPU, confirmation included.
-DEFAULTS: dict[str, Any] = {
-    "space": DEFAULT_SPACE,
-    "dataset": None,
-    "subset": None,
-    "max_epochs": 6,
-    "objective": "combined",
-    "utilisation_weight": DEFAULT_WEIGHT,
-    "seed": 0,
-    "start_point": True,
-    "grace_period": 1,
-    "reduction_factor": 3.0,
-    "util_images": 256,
-    "study_storage": None,
-    "num_samples": 12,
-    "max_concurrent": None,
-    "cpus_per_trial": 1.0,
-    "gpus_per_trial": 0.0,
-    "max_failures": 2,
-    "confirm_seeds": 2,
-    "top_k": 3,
-}
-# Settings that define what is searched: a resumed run must keep them.
-DEFINITION = (
-    "space",
-    "dataset",
-    "subset",
-    "max_epochs",
-    "objective",
-    "utilisation_weight",
-    "seed",
-    "start_point",
-    "grace_period",
-    "reduction_factor",
-    "util_images",
-    "study_storage",
-)
-
 
 @dataclass
 class SearchSettings:

@@ -31,6 +31,7 @@ from typing import Any
 
 from caetune._errors import InputError
 from caetune.models._config import TrainConfig, read_yaml_mapping
+from caetune.search._defaults import preset_names
 
 # Fields that shape the shared dataset: one value per search.
 DATA_FIELDS = ("dataset", "data_dir", "download", "image_size", "grayscale", "val_fraction", "subset")
@@ -41,12 +42,6 @@ SEARCHABLE = tuple(
 )
 SPACE_KEYS = ("description", "fixed", "params", "start")
 RANGE_KEYS = ("low", "high", "log", "step")
-
-
-def preset_names() -> list[str]:
-    """The presets shipped with caetune (``--space NAME``)."""
-    folder = resources.files("caetune.search") / "presets"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 @dataclass(frozen=True)
