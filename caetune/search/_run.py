@@ -179,6 +179,7 @@ def run_search(
     data = _load_data(space)
     owns_ray = _connect_ray(settings.address)
     try:
+        _check_resources(values, strict=owns_ray, stream=stream)
         with _RunLock(files, sync.local_path.parent):
             return _search(
                 settings, values, space, objective, files, sync, study_url, data, name, stored, stream, out, callbacks
@@ -523,6 +524,26 @@ def _connect_ray(address: str | None) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise InputError(field, f"cannot join the Ray cluster at {target}: {str(err).splitlines()[0]}") from None
     return True
+
+
+def _check_resources(values: dict, *, strict: bool, stream) -> None:
+    """A trial must fit on the cluster, or Tune waits for it forever.
+
+    On a local Ray (``strict``) that is bad input; a cluster that autoscales
+    may still grow, so there it is a warning.
+    """
+    import ray
+
+    have = ray.cluster_resources()
+    for flag, key, need in (
+        ("--cpus-per-trial", "CPU", float(values["cpus_per_trial"])),
+        ("--gpus-per-trial", "GPU", float(values["gpus_per_trial"])),
+    ):
+        if need > have.get(key, 0.0):
+            message = f"a trial needs {need:g} {key}, the Ray cluster has {have.get(key, 0.0):g}"
+            if strict:
+                raise InputError(flag, message)
+            print(f"  warning: {flag}: {message} (waiting for the cluster to grow)", file=stream)
 
 
 def _check_reachable(address: str, field: str) -> None:

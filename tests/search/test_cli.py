@@ -131,6 +131,18 @@ def test_unreachable_ray_address_from_the_environment(tmp_path):
     assert not storage.exists()
 
 
+def test_more_gpus_than_the_local_ray_has(tmp_path):
+    storage = tmp_path / "runs"
+    space = write(tmp_path / "tiny.yaml", TINY)
+    done = subprocess_search(
+        ["--space", space, "--storage", str(storage), "--gpus-per-trial", "64"], {"CUDA_VISIBLE_DEVICES": ""}, tmp_path
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == ["caetune search: error: --gpus-per-trial: a trial needs 64 GPU, the Ray cluster has 0"]
+    assert not storage.exists()
+
+
 def test_unreachable_s3_storage(tmp_path):
     space = write(tmp_path / "tiny.yaml", TINY)
     env = {
