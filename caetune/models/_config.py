@@ -19,6 +19,7 @@ from caetune._errors import InputError
 from caetune.models._cae import ACTIVATIONS, MODEL_DEPTHS
 
 DEVICES = ("auto", "cpu", "cuda")
+EXPORT_KEY = "export"  # metadata of an exported config, not a field
 
 
 @dataclass
@@ -118,8 +119,15 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        """Reads a YAML file of fields; ``overrides`` (not ``None``) win."""
+        """Reads a YAML file of fields; ``overrides`` (not ``None``) win.
+
+        A top-level ``export:`` mapping is metadata that ``caetune export``
+        records beside the fields (version, metrics, source run, checksums);
+        it is ignored, so an exported config trains as it is.
+        """
         values = read_yaml_mapping(path, field="config")
+        if isinstance(values.get(EXPORT_KEY), dict):
+            del values[EXPORT_KEY]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values, source=str(path))
 

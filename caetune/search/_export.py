@@ -38,6 +38,7 @@ anything is published.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -133,7 +134,7 @@ def export_run(run: str | os.PathLike, *, top: int = 1, to: str | os.PathLike) -
         local_run = _fetch(source, work / "run", [RESULTS_CSV, EXPERIMENT_FILE, CONFIRM_CSV])
         chosen = rank_finished(local_run, label=source.url)
         if len(chosen) < top:
-            have = f"only {len(chosen)} finished trial{'' if len(chosen) == 1 else 's'}" if chosen else "no finished trial yet"
+            have = f"only {len(chosen)} finished trial{'s' * (len(chosen) != 1)}" if chosen else "no finished trial"
             raise InputError("--top", f"{source.url} has {have}, cannot export {top}")
         chosen = chosen[:top]
         old_manifest = _check_target(target)
@@ -182,10 +183,14 @@ def load_exported(path: str | os.PathLike, *, rank: int = 1, device: str = "cpu"
     weights = _read(folder, EXPORT_WEIGHTS)
     expected = (meta.get("weights") or {}).get("sha256")
     if _sha256(weights) != expected:
-        raise InputError(str(path), f"{EXPORT_WEIGHTS} does not match the sha256 in {EXPORT_CONFIG} (damaged or replaced)")
+        raise InputError("path", f"{folder.url}/{EXPORT_WEIGHTS} does not match its sha256 in {EXPORT_CONFIG}")
     channels, height, width = meta["input_shape"]
     model = build_model(config, in_channels=int(channels), image_size=(int(height), int(width)))
-    model.load_state_dict(torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True))
+    except RuntimeError as err:
+        why = _first_line(err)
+        raise InputError("path", f"{folder.url}/{EXPORT_WEIGHTS} does not fit {EXPORT_CONFIG}: {why}") from None
     return model.to(device).eval()
 
 
@@ -221,17 +226,16 @@ def rank_finished(run: Path, *, label: str | None = None) -> list[dict[str, Any]
 
     results = read_results(run, name=label)
     done = results[results["status"] == "complete"].copy()
-    score_column = "objective" if "objective" in done and pd.to_numeric(done["objective"], errors="coerce").notna().any() else "val_mse"
+    objective = pd.to_numeric(done.get("objective", pd.Series(dtype=float)), errors="coerce")
+    score_column = "objective" if objective.notna().any() else "val_mse"  # a Pareto search has no scalar objective
     done["_score"] = pd.to_numeric(done[score_column], errors="coerce")
     done = done[done["_score"].map(math.isfinite)].sort_values(["_score", "trial_id"])
     rows = {str(r["trial_id"]): _plain_row(r) for r in done.drop(columns="_score").to_dict("records")}
 
-    confirmed = []
-    if (run / CONFIRM_CSV).is_file():
-        confirm = pd.read_csv(run / CONFIRM_CSV, dtype={"trial_id": str, "seeds": str}).sort_values("rank")
-        confirmed = [_plain_row(r) for r in confirm.to_dict("records") if str(r["trial_id"]) in rows]
     ranked = []
-    for entry in confirmed:
+    for entry in _read_confirm(run):
+        if entry["trial_id"] not in rows:
+            continue  # an older confirmation of a trial that is no longer complete
         row = rows.pop(entry["trial_id"])
         seeds = entry.get("seeds") or ""
         ranked.append({**row, "confirm": entry, "ranked_by": f"confirm.csv: mean objective over seeds {seeds}".strip()})
@@ -240,6 +244,22 @@ def rank_finished(run: Path, *, label: str | None = None) -> list[dict[str, Any]
 
 
 # -- reading the run ---------------------------------------------------------------------
+
+
+def _read_confirm(run: Path) -> list[dict[str, Any]]:
+    """``confirm.csv`` rows by rank; none when the search confirmed nothing."""
+    import pandas as pd
+
+    path = run / CONFIRM_CSV
+    if not path.is_file():
+        return []
+    try:
+        confirm = pd.read_csv(path, dtype={"trial_id": str, "seeds": str})
+    except (OSError, ValueError) as err:
+        raise InputError("RUN", f"cannot read {CONFIRM_CSV}: {_first_line(err)}") from None
+    if not {"rank", "trial_id"} <= set(confirm.columns):
+        raise InputError("RUN", f"{CONFIRM_CSV} lacks the columns rank and trial_id")
+    return [_plain_row(r) for r in confirm.sort_values("rank").to_dict("records")]
 
 
 def _parse_location(url: str | os.PathLike, *, field: str) -> Storage:
@@ -353,6 +373,8 @@ def _stage_trial(stage: Path, run: Path, choice: dict, experiment: dict, *, rank
     """Checks one trial and writes its ``config.yaml`` and ``model.pt`` under ``stage``."""
     import torch
 
+    from caetune.models._config import EXPORT_KEY
+
     trial_id = str(choice["trial_id"])
     if not _TRIAL_ID.match(trial_id):
         raise InputError("RUN", f"{RESULTS_CSV} names a trial {trial_id!r} that is not a folder name")
@@ -392,8 +414,6 @@ def _stage_trial(stage: Path, run: Path, choice: dict, experiment: dict, *, rank
         },
         "environment": {"python": platform.python_version(), "torch": str(torch.__version__)},
     }
-    from caetune.models._config import EXPORT_KEY
-
     header = (
         f"# {trial_id} of the run {meta['run_name']}, rank {rank}, exported by caetune {__version__}.\n"
         f"# Retrain:  caetune train --config {EXPORT_CONFIG}   (the export: section is metadata)\n"
@@ -417,7 +437,7 @@ def _manifest(stage: Path, source: Storage, experiment: dict, trials: list[Expor
         "run": source.url,
         "run_name": experiment.get("name") or Path(source.url).name,
         "k": len(trials),
-        "trials": [_json_safe(t.__dict__) for t in trials],
+        "trials": [_json_safe(dataclasses.asdict(t)) for t in trials],
         "files": files,
     }
 
@@ -510,6 +530,9 @@ def _publish_local(stage: Path, target: Path) -> None:
     """Moves the staged export into ``target`` with renames (an earlier export is swapped out whole)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     incoming = Path(tempfile.mkdtemp(prefix=f".{target.name}.incoming-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(incoming, 0o777 & ~umask)  # mkdtemp's 0700 would hide the export from everyone else
     old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
     try:
         for path in stage.iterdir():

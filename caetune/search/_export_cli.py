@@ -36,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
     for trial in result.trials:
         objective = "-" if trial.objective is None else f"{trial.objective:.6g}"
         print(f"{trial.rank}. {trial.trial_id}  val_mse {trial.val_mse:.6g}  objective {objective}  -> {trial.folder}/")
-    best = result.trials[0].folder
+    best = f"{result.url}/{result.trials[0].folder}"
     print(f"exported {len(result.trials)} to {result.url} (manifest.json lists every file's sha256)")
-    print(f"retrain: caetune train --config {result.url}/{best}/{EXPORT_CONFIG}")
+    if result.url.startswith("s3://"):
+        print(f"load: caetune.search.load_exported({best!r}); retrain: download it, then caetune train --config ...")
+    else:
+        print(f"retrain: caetune train --config {best}/{EXPORT_CONFIG}")
     return 0
