@@ -28,7 +28,8 @@ FIELD_HELP = {
     "activation": "relu, leaky_relu, elu, tanh or sigmoid",
     "batch_size": "images per optimizer step (default 256)",
     "lr": "Adam learning rate (default 1e-3)",
-    "seed": "seeds the split, the weights and the batch order (default 0)",
+    "split_seed": "seeds the subset and the train/validation split (default 0)",
+    "seed": "seeds the weights and the batch order (default 0)",
     "device": "auto (CUDA when present), cpu or cuda",
 }
 

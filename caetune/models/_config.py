@@ -38,6 +38,9 @@ class TrainConfig:
         val_fraction: Share of images held out for validation when the
             dataset has no validation split of its own.
         subset: Use only this many images (before the split); ``None``: all.
+        split_seed: Seeds the subset and the train/validation split. Kept
+            apart from ``seed`` so that re-training a config with other seeds
+            is judged on the same validation images.
         model: ``model1`` (one conv/pool stage) or ``model2`` (three).
         n_neurons: Nn, neurons in the fully connected bottleneck.
         n_maps: Nm, feature maps of each conv layer.
@@ -45,7 +48,7 @@ class TrainConfig:
         activation: Hidden-layer activation (see ``ACTIVATIONS``).
         batch_size: Images per optimizer step.
         lr: Adam's learning rate.
-        seed: Seeds the split, the weights and the batch order.
+        seed: Seeds the weights and the batch order.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
     """
 
@@ -56,6 +59,7 @@ class TrainConfig:
     grayscale: bool | None = None
     val_fraction: float = 0.2
     subset: int | None = None
+    split_seed: int = 0
     model: str = "model1"
     n_neurons: int = 2560
     n_maps: int = 32
@@ -84,6 +88,7 @@ class TrainConfig:
         _at_least("n_epochs", self.n_epochs, 1)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("seed", self.seed, 0)
+        _at_least("split_seed", self.split_seed, 0)
         if self.subset is not None:
             _at_least("subset", self.subset, 2)
         if self.image_size is not None:

@@ -234,7 +234,7 @@ def load_data(config: TrainConfig) -> ImageData:
         grayscale=config.grayscale,
         val_fraction=config.val_fraction,
         subset=config.subset,
-        seed=config.seed,
+        seed=config.split_seed,
     )
 
 

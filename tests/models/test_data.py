@@ -369,8 +369,18 @@ def test_bad_options(options, field):
 
 def test_load_data_uses_the_config_fields(tmp_path):
     spec = f"npz:{npz_with_ids(tmp_path, 40)}"
-    config = TrainConfig(dataset=spec, subset=12, seed=4, val_fraction=0.25, image_size=8, grayscale=False)
+    config = TrainConfig(dataset=spec, subset=12, split_seed=4, val_fraction=0.25, image_size=8, grayscale=False)
     via_config = load_data(config)
     direct = load_dataset(spec, subset=12, seed=4, val_fraction=0.25, image_size=8, grayscale=False)
     assert torch.equal(via_config.train, direct.train) and torch.equal(via_config.val_labels, direct.val_labels)
     assert via_config.image_size == (8, 8) and via_config.channels == 3
+
+
+def test_training_seed_leaves_the_split_alone(tmp_path):
+    # Re-training a config with other seeds must be judged on the same validation images.
+    spec = f"npz:{npz_with_ids(tmp_path, 40)}"
+    first = load_data(TrainConfig(dataset=spec, subset=20, seed=1))
+    other_seed = load_data(TrainConfig(dataset=spec, subset=20, seed=2))
+    other_split = load_data(TrainConfig(dataset=spec, subset=20, seed=1, split_seed=5))
+    assert torch.equal(first.val_labels, other_seed.val_labels)
+    assert not torch.equal(first.val_labels, other_split.val_labels)
