@@ -384,15 +384,8 @@ def test_s3_destination_and_source(tiny_run, tmp_path, s3_bucket, s3_env, capsys
 # -- from a real search ------------------------------------------------------------------------
 
 
-SPLIT_SEED_BUG = (
-    "the search loads its data with TrainConfig's default seed 0 whatever --seed is, while each trial's "
-    "config carries --seed, so `caetune train --config` splits train/val differently"
-)
-SPLIT_SEED_XFAIL = pytest.mark.xfail(raises=AssertionError, strict=True, reason=SPLIT_SEED_BUG)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", ["0", pytest.param("1", marks=SPLIT_SEED_XFAIL)])
+@pytest.mark.parametrize("seed", ["0", "1"])  # any --seed: trials split with split_seed, not seed
 def test_export_of_a_real_search_retrains_within_tolerance(tmp_path, seed):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the search trains with --cpus-per-trial 1
     subprocess.run(
