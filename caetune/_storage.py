@@ -150,7 +150,8 @@ def parse_storage(url: str, *, field: str = "--storage") -> Storage:
     if scheme.group(1).lower() != "s3":
         raise InputError(field, f"{EXPECTED_URL}, not a {scheme.group(1)}:// URL")
     parts = urlsplit(text)
-    if "@" in parts.netloc:
+    # A secret may itself hold '/', which moves the '@' out of the netloc: look at the whole URL.
+    if "@" in parts.netloc or re.match(r"s3://[^@]*:[^@]*@", text, re.IGNORECASE):
         # Never echo the URL: what precedes '@' may be a secret.
         raise InputError(field, "s3://bucket/prefix without credentials (use the AWS environment or ~/.aws)")
     if parts.query or parts.fragment or "?" in text or "#" in text:
