@@ -20,6 +20,8 @@ from caetune.models._cae import ACTIVATIONS, MODEL_DEPTHS
 
 DEVICES = ("auto", "cpu", "cuda")
 EXPORT_KEY = "export"  # metadata of an exported config, not a field
+# torch seeds take 64 bits and results tables store int64: a larger seed would fail mid-run.
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
@@ -87,8 +89,8 @@ class TrainConfig:
         _at_least("n_maps", self.n_maps, 1)
         _at_least("n_epochs", self.n_epochs, 1)
         _at_least("batch_size", self.batch_size, 1)
-        _at_least("seed", self.seed, 0)
-        _at_least("split_seed", self.split_seed, 0)
+        _seed("seed", self.seed)
+        _seed("split_seed", self.split_seed)
         if self.subset is not None:
             _at_least("subset", self.subset, 2)
         if self.image_size is not None:
@@ -198,6 +200,11 @@ def _coerce(name: str, value: Any, hint: str) -> Any:
 def _at_least(name: str, value: int, low: int) -> None:
     if value < low:
         raise InputError(name, f"expected an integer >= {low}, got {value}")
+
+
+def _seed(name: str, value: int) -> None:
+    if not 0 <= value <= MAX_SEED:
+        raise InputError(name, f"expected an integer from 0 to 2**63-1, got {value}")
 
 
 def _one_of(name: str, value: str, choices) -> None:
