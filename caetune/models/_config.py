@@ -149,14 +149,16 @@ def read_yaml_mapping(path: str | Path, *, field: str) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(field, f"file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(field, f"cannot read {path}: {err}") from None
+    except (OSError, ValueError) as err:  # ValueError: undecodable text, or a NUL in the path
+        raise InputError(field, f"cannot read {str(path)!r}: {err}") from None
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise InputError(field, f"{path} is not valid YAML{where}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise InputError(field, f"{path} nests collections too deeply to be a config") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
