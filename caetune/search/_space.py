@@ -285,8 +285,10 @@ def _parse_param(key: str, spec: Any, hint: str, fixed: dict, *, where: str) -> 
     if step is not None:
         if log:
             raise InputError(f"{where}.step", "step and log cannot be combined")
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0:
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not (math.isfinite(step) and step > 0):
             raise InputError(f"{where}.step", f"expected a number > 0, got {step!r}")
+        if hint == "int" and not float(step).is_integer():  # Optuna would truncate 0.5 to a step of 0
+            raise InputError(f"{where}.step", f"{key} is an integer, got a step of {step!r}")
     if hint == "int":
         low, high = int(low), int(high)
     else:
