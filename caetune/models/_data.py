@@ -667,9 +667,11 @@ def _image_files(root: Path) -> list[Path]:
             path = Path(folder, name)
             if name.startswith("."):
                 continue
+            expected = f"expected only image files ({', '.join(IMAGE_SUFFIXES)}) under {root}"
             if os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
-                expected = f"expected only image files ({', '.join(IMAGE_SUFFIXES)}) under {root}"
                 raise InputError("dataset", f"{expected}; found {path}")
+            if not path.is_file():  # a FIFO would block the reader forever; a dangling link reads nothing
+                raise InputError("dataset", f"{expected}; {path} is not a regular file")
             found.append((path.relative_to(root).as_posix(), path))
     return [path for _, path in sorted(found)]
 
