@@ -213,6 +213,7 @@ def load_dataset(
     )
     pool = entry.loader(request)
     train_idx, val_idx = _split(pool.size, val_fraction=val_fraction, subset=subset, seed=seed)
+    _check_resize_fits(len(train_idx) + len(val_idx), request.image_size)
     labels = pool.labels
     return ImageData(
         name=spec,
@@ -270,6 +271,37 @@ def _check_options(*, image_size, grayscale, val_fraction, subset, seed) -> None
         raise InputError("subset", f"expected an integer >= 2 or none, got {subset!r}")
     if not (is_int(seed) and seed >= 0):
         raise InputError("seed", f"expected an integer >= 0, got {seed!r}")
+
+
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes, or ``None`` where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    """``1.5e9`` -> ``1.5 GB``."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
+
+
+def _check_resize_fits(n_images: int, image_size: int | None) -> None:
+    """A resize no machine of this size can hold is bad input, not an allocation error halfway through."""
+    have = physical_memory()
+    if image_size is None or have is None:
+        return
+    needed = n_images * image_size * image_size  # uint8 at one channel: the least the split can take
+    if needed > have:
+        raise InputError(
+            "image_size",
+            f"{n_images} images of {image_size}x{image_size} need at least {format_bytes(needed)}; "
+            f"this machine has {format_bytes(have)} of memory",
+        )
 
 
 def _data_dir(data_dir) -> Path:
