@@ -12,6 +12,9 @@ from pathlib import Path
 
 from caetune._errors import InputError
 
+# Bytes per parameter while training with Adam: fp32 weights, gradients and two moments.
+TRAIN_BYTES_PER_PARAMETER = 16
+
 # One help line per TrainConfig field; flags are the field names with dashes.
 FIELD_HELP = {
     "dataset": "mnist-10k (default, offline), mnist, fashion-mnist, svhn, cifar10, caltech101, npz:PATH or folder:PATH",
@@ -79,6 +82,36 @@ def check_writable_dir(path: Path, *, field: str) -> None:
         raise InputError(field, f"cannot write to {path} ({probe}: {err.strerror})") from None
 
 
+def check_model_fits(config, data) -> None:
+    """Raises when the model's training state alone exceeds the device's memory.
+
+    A sanity bound for absurd sizes (``--n-neurons 100000000000``), which would
+    otherwise fail inside torch's allocator, or be killed by the OS, with
+    nothing said; it does not promise that smaller models fit.
+    """
+    import torch
+
+    from caetune.models._cae import cae_shape
+    from caetune.models._data import format_bytes, physical_memory
+    from caetune.models._seed import resolve_device
+
+    shape = cae_shape(
+        in_channels=data.channels, image_size=data.image_size, n_maps=config.n_maps,
+        n_neurons=config.n_neurons, n_conv=config.n_conv,
+    )
+    device = resolve_device(config.device)
+    have = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else physical_memory()
+    needed = shape.parameter_count() * TRAIN_BYTES_PER_PARAMETER
+    if have is not None and needed > have:
+        where = "the GPU has" if device.type == "cuda" else "this machine has"
+        raise InputError(
+            "n_neurons, n_maps",
+            f"{config.n_neurons} and {config.n_maps} on {data.image_size[0]}x{data.image_size[1]} images make a "
+            f"model of {shape.parameter_count():.3g} parameters, which needs {format_bytes(needed)} to train; "
+            f"{where} {format_bytes(have)} of memory",
+        )
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
@@ -100,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_writable_dir(out, field="--out")
     data = load_data(config)  # bad dataset paths fail here, before anything is written
+    check_model_fits(config, data)
 
     trainer = Trainer(config, data)
     checkpoint = out / "model.pt"
