@@ -127,7 +127,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from caetune.models._data import load_data
-    from caetune.models._train import Trainer
+    from caetune.models._train import Trainer, TrainingDiverged
 
     config = config_from_args(args)
     out = Path(args.out)
@@ -153,7 +153,11 @@ def run(args: argparse.Namespace) -> int:
         trainer.save_checkpoint(checkpoint)
         write_metrics(out / "metrics.json", trainer)
 
-    trainer.fit(callback=save, progress=sys.stderr.isatty())
+    try:
+        trainer.fit(callback=save, progress=sys.stderr.isatty())
+    except TrainingDiverged as err:
+        # The config's lr (or batch size) is to blame; the epochs before stay saved.
+        raise InputError("lr", f"{err}; try a smaller lr") from None
     write_metrics(out / "metrics.json", trainer)
     print(f"val_mse {trainer.history[-1].val_mse:.6f}")
     return 0
