@@ -235,13 +235,12 @@ def analyse(curves: pd.DataFrame) -> Reproduction:
     )
     mean_curves = curves.groupby(CONFIG_KEYS + ["epoch"], as_index=False)["val_mse"].mean()
     fits = _fit_table(mean_curves)
-    noise = NOISE_SDS * _pooled_sd(configs)
     checks = {
-        "nn_effect": lambda: _check_nn(configs, noise),
-        "model1_vs_model2": lambda: _check_models(configs, noise),
+        "nn_effect": lambda: _check_nn(configs),
+        "model1_vs_model2": lambda: _check_models(configs),
         "exponential_fit": lambda: _check_fit(fits),
         "plateau": lambda: _check_plateau(mean_curves, fits),
-        "nm_effect": lambda: _check_nm(configs, noise),
+        "nm_effect": lambda: _check_nm(configs),
     }
     rows = []
     for key, claim in FINDINGS.items():
@@ -254,14 +253,15 @@ def analyse(curves: pd.DataFrame) -> Reproduction:
 # -- the checks: each returns (verdict, evidence, rule) ----------------------------
 
 
-def _check_nn(configs: pd.DataFrame, noise: float) -> tuple[str, str, str]:
+def _check_nn(configs: pd.DataFrame) -> tuple[str, str, str]:
     rule = (
-        f"agree: mean MSE at the largest Nn is lower than at the smallest by more than {NOISE_SDS:g} pooled sd "
+        f"agree: mean MSE at the largest Nn is lower than at the smallest by more than {NOISE_SDS:g} sd "
         f"and no step up in Nn raises it by more; disagree: it is higher by more than {NOISE_SDS:g} sd"
     )
     sweep = _longest_sweep(configs, vary="n_neurons", fixed="n_maps")
     if sweep is None:
         return "inconclusive", "needs Model 1 at two or more Nn with the same Nm", rule
+    noise = _noise(sweep)
     means = sweep["val_mse_mean"].to_numpy()
     drop = means[0] - means[-1]
     worst_rise = float(np.max(np.diff(means))) if len(means) > 1 else 0.0
@@ -271,14 +271,16 @@ def _check_nn(configs: pd.DataFrame, noise: float) -> tuple[str, str, str]:
     return _verdict(drop, noise, extra_ok=worst_rise <= noise), evidence, rule
 
 
-def _check_models(configs: pd.DataFrame, noise: float) -> tuple[str, str, str]:
+def _check_models(configs: pd.DataFrame) -> tuple[str, str, str]:
     rule = f"agree: Model 2's mean MSE exceeds Model 1's by more than {NOISE_SDS:g} pooled sd; disagree: the reverse"
     pivot = configs.pivot_table(index=["n_neurons", "n_maps"], columns="model", values="val_mse_mean")
     if not {"model1", "model2"} <= set(pivot.columns) or pivot[["model1", "model2"]].dropna().empty:
         return "inconclusive", "needs Model 1 and Model 2 at the same Nn and Nm", rule
     both = pivot[["model1", "model2"]].dropna()
     (nn, nm), pair = both.index[-1], both.iloc[-1]  # the largest Nn (then Nm): the paper's setting
-    sds = configs.set_index(CONFIG_KEYS)["val_mse_sd"]
+    compared = configs[(configs["n_neurons"] == nn) & (configs["n_maps"] == nm)]
+    noise = _noise(compared)
+    sds = compared.set_index(CONFIG_KEYS)["val_mse_sd"]
     gap = pair["model2"] - pair["model1"]
     evidence = (
         f"Nn={nn}, Nm={nm}: Model 1 {_pm(pair['model1'], sds[('model1', nn, nm)])}, "
@@ -295,10 +297,12 @@ def _check_fit(fits: pd.DataFrame) -> tuple[str, str, str]:
     good = fits[fits["ok"]]
     if good.empty:
         return "inconclusive", f"no curve could be fitted ({len(fits)} tried; a fit needs several epochs)", rule
-    inside = (good["k"] < FIT_K_MAX) & (good["a"] < FIT_A_MAX)
+    k_ok, a_ok = good["k"] < FIT_K_MAX, good["a"] < FIT_A_MAX
+    inside = k_ok & a_ok
     evidence = (
-        f"{int(inside.sum())} of {len(good)} fits inside; k from {good['k'].min():.3g} to {good['k'].max():.3g}, "
-        f"a from {good['a'].min():.3g} to {good['a'].max():.3g}"
+        f"{int(inside.sum())} of {len(good)} fits inside; k < {FIT_K_MAX:g} in {int(k_ok.sum())} "
+        f"(k {good['k'].min():.3g} to {good['k'].max():.3g}), a < {FIT_A_MAX:g} in {int(a_ok.sum())} "
+        f"(a {good['a'].min():.3g} to {good['a'].max():.3g})"
     )
     if inside.all():
         return "agree", evidence, rule
@@ -333,7 +337,7 @@ def _check_plateau(mean_curves: pd.DataFrame, fits: pd.DataFrame) -> tuple[str, 
     return ("disagree" if share > PLATEAU_DISAGREE else "inconclusive"), evidence, rule
 
 
-def _check_nm(configs: pd.DataFrame, noise: float) -> tuple[str, str, str]:
+def _check_nm(configs: pd.DataFrame) -> tuple[str, str, str]:
     rule = (
         "effect = largest minus smallest mean MSE across a sweep; agree: the Nn effect exceeds the Nm effect "
         f"by more than {NOISE_SDS:g} pooled sd; disagree: the reverse"
@@ -342,6 +346,7 @@ def _check_nm(configs: pd.DataFrame, noise: float) -> tuple[str, str, str]:
     nn_sweep = _longest_sweep(configs, vary="n_neurons", fixed="n_maps")
     if nm_sweep is None or nn_sweep is None:
         return "inconclusive", "needs Model 1 at two or more Nm (same Nn) and two or more Nn (same Nm)", rule
+    noise = _noise(pd.concat([nm_sweep, nn_sweep]).drop_duplicates(CONFIG_KEYS))
     nm_effect = float(np.ptp(nm_sweep["val_mse_mean"]))
     nn_effect = float(np.ptp(nn_sweep["val_mse_mean"]))
     evidence = (
@@ -363,10 +368,12 @@ def _verdict(effect: float, noise: float, *, extra_ok: bool = True) -> str:
     return "disagree" if -effect > noise else "inconclusive"
 
 
-def _pooled_sd(configs: pd.DataFrame) -> float:
-    """The seed-to-seed sd pooled over configurations (root mean variance); NaN without repeats."""
-    sds = configs.loc[configs["n_seeds"] >= 2, "val_mse_sd"].dropna()
-    return float(np.sqrt(np.mean(sds.to_numpy() ** 2))) if len(sds) else float("nan")
+def _noise(compared: pd.DataFrame) -> float:
+    """:data:`NOISE_SDS` times the seed-to-seed sd pooled (root mean variance) over the compared
+    configurations; NaN without repeats. Only those: one unstable configuration elsewhere in the grid
+    must not blur a comparison it takes no part in."""
+    sds = compared.loc[compared["n_seeds"] >= 2, "val_mse_sd"].dropna()
+    return NOISE_SDS * float(np.sqrt(np.mean(sds.to_numpy() ** 2))) if len(sds) else float("nan")
 
 
 def _longest_sweep(configs: pd.DataFrame, *, vary: str, fixed: str) -> pd.DataFrame | None:
@@ -458,7 +465,8 @@ def write_tables(result: Reproduction, *, settings: dict) -> None:
         "",
         f"Settings: {setting_text}. Runs: {len(result.runs)}, training time {result.runs['seconds'].sum():.0f} s "
         f"in all (this invocation's wall time: {result.seconds:.0f} s).",
-        f"Verdicts weigh each effect against {NOISE_SDS:g} x the pooled seed-to-seed sd of the final val MSE.",
+        f"Verdicts weigh each effect against {NOISE_SDS:g} x the seed-to-seed sd of the final val MSE, pooled "
+        "(root mean variance) over the configurations that finding compares.",
         "",
         "## Findings",
         "",
@@ -499,6 +507,10 @@ def plot_reproduction(result: Reproduction):
             ax.errorbar(group[vary], group["val_mse_mean"], yerr=group["val_mse_sd"], fmt="o-", ms=4, capsize=3,
                         label=f"{model}, {'Nm' if fixed == 'n_maps' else 'Nn'}={value}")
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")  # one unstable configuration must not flatten the others
+        levels = sorted(configs[vary].unique())
+        ax.set_xticks(levels, [str(v) for v in levels])
+        ax.minorticks_off()
         ax.set_xlabel(f"{label} ({vary})")
         ax.set_ylabel("final validation MSE")
         ax.grid(alpha=0.3)

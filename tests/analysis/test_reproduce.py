@@ -14,14 +14,15 @@ from caetune.analysis._reproduce import FINDINGS, GRIDS, VERDICTS, analyse, repr
 N_EPOCHS = 20
 
 
-def _curves(finals: dict[tuple, float], *, sd: float, shape, seeds: int = 2) -> pd.DataFrame:
-    """Synthetic per-epoch curves: ``finals[config] + shape(epoch) - shape(last)``, seeds spread by ``sd``."""
+def _curves(finals: dict[tuple, float], *, sd: float, shape, seeds: int = 2, sds: dict | None = None) -> pd.DataFrame:
+    """Synthetic per-epoch curves: ``finals[config] + shape(epoch) - shape(last)``, seeds spread by ``sd``
+    (or ``sds[config]``)."""
     rows = []
     epochs = np.arange(1, N_EPOCHS + 1)
     tail = shape(epochs) - shape(N_EPOCHS)
     for (model, n_neurons, n_maps), final in finals.items():
         for seed in range(seeds):
-            offset = sd * (1 if seed % 2 else -1)  # sample sd of the finals: sd * sqrt(2) for two seeds
+            offset = (sds or {}).get((model, n_neurons, n_maps), sd) * (1 if seed % 2 else -1)  # sample sd of the finals: sd * sqrt(2) for two seeds
             for epoch, extra in zip(epochs, tail):
                 rows.append({"model": model, "n_neurons": n_neurons, "n_maps": n_maps, "seed": seed,
                              "epoch": int(epoch), "val_mse": final + extra + offset, "seconds": 1.0})
@@ -74,6 +75,13 @@ def test_effects_inside_the_seed_spread_are_inconclusive():
     finals = _grid({40: 0.030, 160: 0.020, 640: 0.012, 2560: 0.010}, {8: 0.0125, 16: 0.0122}, model2=0.020)
     verdicts = _verdicts(_curves(finals, sd=0.02, shape=fast_decay))
     assert verdicts["nn_effect"] == verdicts["model1_vs_model2"] == verdicts["nm_effect"] == "inconclusive"
+
+
+def test_an_unstable_configuration_blurs_only_its_own_comparison():
+    finals = _grid({40: 0.030, 160: 0.020, 640: 0.012, 2560: 0.010}, {8: 0.0125, 16: 0.0122}, model2=0.020)
+    verdicts = _verdicts(_curves(finals, sd=0.0003, shape=fast_decay, sds={("model2", 2560, 32): 0.05}))
+    assert verdicts["nn_effect"] == verdicts["nm_effect"] == "agree"
+    assert verdicts["model1_vs_model2"] == "inconclusive"
 
 
 def test_a_slow_shallow_curve_matches_the_papers_fit():
