@@ -637,6 +637,13 @@ def _print_summary(out, files, table, ranking, space, values, study_url, report)
         for i, row in enumerate(done.head(values["top_k"]).to_dict(orient="records"), 1):
             described = "  ".join(f"{p}={_fmt(row[p])}" for p in params)
             print(f"  {i}. {row['trial_id']}  {described}  objective {_fmt(row['objective'])}", file=out)
+    frame = table.frame()
+    if "pareto" in frame.columns:
+        front = frame[frame["pareto"].fillna(False).astype(bool)].sort_values("val_mse")
+        print("\nPareto front (min val_mse, max U), one seed each:", file=out)
+        for row in front.to_dict(orient="records"):
+            described = "  ".join(f"{p}={_fmt(row[p])}" for p in params)
+            print(f"  {row['trial_id']}  val_mse {_fmt(row['val_mse'])}  U {_fmt(row['utilisation'])}  {described}", file=out)
     print(
         f"\nTrials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed. Written:",
         file=out,

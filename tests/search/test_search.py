@@ -246,10 +246,17 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_loc
 
 def test_pareto_search_reports_the_front(ray_local, tmp_path):
     doc = {**SPACE, "start": SPACE["start"][:1]}
-    chosen = settings(tmp_path, space=space_file(tmp_path, doc), objective="pareto", num_samples=3, max_epochs=2)
-    outcome = run_search(chosen, stream=io.StringIO(), out=io.StringIO())
+    elsewhere = tmp_path / "studies.db"  # --study-storage: any RDB URL instead of RUN/study.db
+    chosen = settings(
+        tmp_path, space=space_file(tmp_path, doc), objective="pareto", num_samples=3, max_epochs=2,
+        study_storage=f"sqlite:///{elsewhere}",
+    )
+    out = io.StringIO()
+    outcome = run_search(chosen, stream=io.StringIO(), out=out)
     run = tmp_path / "runs" / "tiny"
-    study = load_study(run)
+    assert elsewhere.is_file() and not (run / STUDY_FILE).exists()
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{elsewhere}")
+    assert "Pareto front" in out.getvalue()
     assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
     results = outcome.results.set_index("trial_id")
     front = {t.user_attrs["trial_id"] for t in study.best_trials}
