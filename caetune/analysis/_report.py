@@ -21,6 +21,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -43,6 +44,8 @@ from caetune._runlayout import (
 N_IMAGES = 256  # validation images run through each reported model
 N_RECONSTRUCTIONS = 10
 MARKER = "caetune-report"  # in index.html: lets a later report replace this folder safely
+# A trial id names a folder to read and files to write: one safe path component, as caetune search makes them.
+_TRIAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # Columns of the results table on the page (the CSV holds them all).
 PAGE_COLUMNS = (
     "trial_id", "status", "model", "n_neurons", "n_maps", "n_epochs", "lr", "batch_size", "activation",
@@ -102,6 +105,7 @@ def write_report(run: str | os.PathLike, *, top: int = 3, out: str | os.PathLike
                                                                             CONFIRM_CSV])
         results = read_results(local_run, name=str(storage))
         chosen = top_trials(results, top)
+        _check_trial_ids(chosen["trial_id"], run_name=str(storage))
         if storage.is_s3:
             _download(storage, local_run, [f"{TRIALS_DIR}/{t}/*" for t in chosen["trial_id"]])
         trials = [_load_trial(local_run, row, rank) for rank, row in enumerate(chosen.to_dict("records"), 1)]
@@ -167,6 +171,13 @@ def top_trials(results, top: int):
     if done.empty:
         raise InputError("RUN", "the run has no completed trial yet (nothing to report)")
     return done.sort_values(["_score", "trial_id"]).head(top).drop(columns="_score").reset_index(drop=True)
+
+
+def _check_trial_ids(trial_ids, *, run_name: str) -> None:
+    """A hostile ``results.csv`` (``../../x``, ``/abs``) must not steer reads or writes out of their folders."""
+    for trial_id in trial_ids:
+        if not _TRIAL_ID.fullmatch(str(trial_id)):
+            raise InputError("RUN", f"{run_name}/{RESULTS_CSV} names a trial {str(trial_id)!r} that is not a folder name")
 
 
 def _load_trial(run: Path, row: dict, rank: int) -> _Trial:
