@@ -21,6 +21,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -191,8 +192,12 @@ def _load_trial(run: Path, row: dict, rank: int) -> _Trial:
     if not path.is_file():
         raise InputError(str(path), "checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch.load raises many kinds (pickle, zip, EOF, OS) for one cause
+        # weights_only: a checkpoint from someone else's run (a shared bucket) must not run code when read.
+        with torch.serialization.safe_globals(_checkpoint_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(str(path), "refused: the checkpoint holds Python objects beyond tensors and plain data") from None
+    except Exception as err:  # torch.load raises many kinds (zip, EOF, OS) for one cause
         raise InputError(str(path), f"unreadable checkpoint ({type(err).__name__}: {_first_line(err)})") from None
     if not isinstance(state, dict) or not {"config", "model"} <= set(state):
         raise InputError(str(path), "not a caetune checkpoint (expected a Trainer state with config and model)")
@@ -202,6 +207,16 @@ def _load_trial(run: Path, row: dict, rank: int) -> _Trial:
         raise InputError(str(path), f"bad config in checkpoint: {_first_line(err)}") from None
     history = list(state.get("history") or _metrics_history(folder))
     return _Trial(trial_id, rank, row, folder, config, state["model"], history)
+
+
+def _checkpoint_globals() -> list:
+    """What a Trainer checkpoint holds beyond tensors and plain data: NumPy's RNG state, an ndarray."""
+    import numpy as np
+
+    reconstruct = (getattr(np, "_core", None) or np.core).multiarray._reconstruct
+    # NumPy 2 pickles name it numpy._core..., NumPy 1 numpy.core...: accept either writer.
+    return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), reconstruct,
+            (reconstruct, "numpy.core.multiarray._reconstruct")]
 
 
 def _metrics_history(folder: Path) -> list[dict]:
