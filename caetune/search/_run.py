@@ -35,7 +35,7 @@ from typing import Any, TextIO
 import yaml
 
 from caetune._errors import InputError
-from caetune._runlayout import EXPERIMENT_FILE, RESULTS_CSV
+from caetune._runlayout import EXPERIMENT_FILE, RESULTS_CSV, STUDY_FILE
 from caetune.search._defaults import DEFAULT_SPACE, DEFAULT_STORAGE, DEFAULTS, DEFINITION
 from caetune.search._objective import OBJECTIVES, Objective
 from caetune.search._space import SearchSpace, load_space, space_from_dict
@@ -180,10 +180,9 @@ def run_search(
     owns_ray = _connect_ray(settings.address)
     try:
         _check_resources(values, strict=owns_ray, stream=stream)
+        session = _Session(name, settings, values, space, objective, files, sync, study_url, data, stored, stream, out)
         with _RunLock(files, sync.local_path.parent):
-            return _search(
-                settings, values, space, objective, files, sync, study_url, data, name, stored, stream, out, callbacks
-            )
+            return session.run(callbacks or [])
     finally:
         if owns_ray:
             import ray
@@ -191,90 +190,150 @@ def run_search(
             ray.shutdown()
 
 
-def _search(settings, values, space, objective, files, sync, study_url, data, name, stored, stream, out, callbacks):
-    import ray
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
+@dataclass
+class _Session:
+    """One session of a search, its inputs validated; :meth:`run` writes and runs."""
 
-    from caetune.search._confirm import run_confirm
-    from caetune.search._recorder import Recorder, RecordingASHA
-    from caetune.search._results import ResultsTable
-    from caetune.search._searcher import (
-        StudySearcher,
-        TrialFactory,
-        default_startup_trials,
-        open_study,
-        resumable_trials,
-        started_trials,
-    )
-    from caetune.search._trainable import data_payload, train_trial
+    name: str
+    settings: SearchSettings
+    values: dict[str, Any]
+    space: SearchSpace
+    objective: Objective
+    files: Any  # RunFiles
+    sync: Any  # caetune._storage.StudySync
+    study_url: str
+    data: Any  # ImageData
+    stored: dict | None
+    stream: TextIO
+    out: TextIO
 
-    _quiet_tune_environment()
-    sync.pull()
-    study = open_study(
-        study_url,
-        name=name,
-        objective=objective,
-        seed=values["seed"],
-        n_startup_trials=default_startup_trials(values["num_samples"]),
-        start_points=space.start if values["start_point"] else (),
-    )
-    _write_experiment(files, name, values, space, objective, study_url, data, stored)
-    sync.push()
+    @property
+    def cpus(self) -> float:
+        return float(self.values["cpus_per_trial"])
 
-    gpus = float(values["gpus_per_trial"])
-    cpus = float(values["cpus_per_trial"])
-    factory = TrialFactory(
-        space=space,
-        objective=objective,
-        seed=values["seed"],
-        device="cuda" if gpus > 0 else "cpu",
-        threads=max(1, int(cpus)),
-        util_images=values["util_images"],
-    )
-    fs = files.fs()
-    resumable = resumable_trials(
-        study, checkpoint_of=lambda rel: _checkpoint_if_exists(fs, files.path(rel))
-    )
-    searcher = StudySearcher(study, factory, num_samples=values["num_samples"], resumable=resumable)
-    table = ResultsTable(files, space.params)
-    table.load()
-    data_ref = ray.put(data_payload(data))
+    @property
+    def gpus(self) -> float:
+        return float(self.values["gpus_per_trial"])
 
-    pending = searcher.pending()
-    started = started_trials(study)
-    total = started + pending - len(resumable)
-    print(
-        f"search {name}: space {space.name} on {data.name} ({len(data.train)} train / {len(data.val)} val images), "
-        f"{objective.formula}; {values['num_samples']} trials, Ne <= {space.max_epochs()}",
-        file=stream,
-    )
-    print(f"  run folder {files.url}  (study {_display_url(study_url)})", file=stream, flush=True)
-    if started:
-        print(f"  resuming: {started - len(resumable)} trials finished, {len(resumable)} to continue", file=stream)
+    def run(self, callbacks: list) -> SearchOutcome:
+        import ray
 
-    interrupted = False
-    if pending:
+        from caetune.search._confirm import run_confirm
+        from caetune.search._results import ResultsTable
+        from caetune.search._searcher import StudySearcher, TrialFactory, resumable_trials
+        from caetune.search._trainable import data_payload
+
+        values, files = self.values, self.files
+        study = self._open_study()
+        factory = TrialFactory(
+            space=self.space,
+            objective=self.objective,
+            seed=values["seed"],
+            device="cuda" if self.gpus > 0 else "cpu",
+            threads=max(1, int(self.cpus)),
+            util_images=values["util_images"],
+        )
+        fs = files.fs()
+        resumable = resumable_trials(study, checkpoint_of=lambda rel: _checkpoint_if_exists(fs, files.path(rel)))
+        searcher = StudySearcher(study, factory, num_samples=values["num_samples"], resumable=resumable)
+        table = ResultsTable(files, self.space.params)
+        table.load()
+        data_ref = ray.put(data_payload(self.data))  # once; every trial and confirmation run maps it
+        self._announce(study, searcher, resumable)
+
+        interrupted = False
+        if searcher.pending():
+            self._tune(study, searcher, table, data_ref, callbacks)
+            interrupted = _unfinished(study, values["num_samples"])
+        if self.objective.multi:
+            _mark_pareto(study, table)
+        table.write()
+        if interrupted:
+            flag = f" --storage {self.settings.storage}" if self.settings.storage else ""
+            print(f"interrupted: continue with  caetune search --resume {self.name}{flag}", file=self.stream)
+            return SearchOutcome(files.url, self.name, table.frame(), interrupted=True)
+
+        ranking = None
+        if values["confirm_seeds"] > 0:
+            ranking = run_confirm(
+                files=files,
+                table=table,
+                factory=factory,
+                data_ref=data_ref,
+                seeds=[values["seed"] + k for k in range(1, values["confirm_seeds"] + 1)],
+                top_k=values["top_k"],
+                pareto=self.objective.multi,
+                resources={"num_cpus": self.cpus, "num_gpus": self.gpus},
+                stream=self.stream,
+            )
+        report = _write_report(files, values["top_k"], self.stream) if self.settings.report else None
+        _print_summary(self.out, files, table, ranking, self.space, values, self.study_url, report)
+        return SearchOutcome(files.url, self.name, table.frame(), ranking, report)
+
+    def _open_study(self):
+        from caetune.search._searcher import default_startup_trials, open_study
+
+        _quiet_tune_environment()
+        self.sync.pull()
+        study = open_study(
+            self.study_url,
+            name=self.name,
+            objective=self.objective,
+            seed=self.values["seed"],
+            n_startup_trials=default_startup_trials(self.values["num_samples"]),
+            start_points=self.space.start if self.values["start_point"] else (),
+        )
+        _write_experiment(
+            self.files, self.name, self.values, self.space, self.objective, self.study_url, self.data, self.stored
+        )
+        self.sync.push()
+        return study
+
+    def _announce(self, study, searcher, resumable) -> None:
+        from caetune.search._searcher import started_trials
+
+        data, space, stream = self.data, self.space, self.stream
+        print(
+            f"search {self.name}: space {space.name} on {data.name} ({len(data.train)} train / {len(data.val)} val "
+            f"images), {self.objective.formula}; {self.values['num_samples']} trials, Ne <= {space.max_epochs()}",
+            file=stream,
+        )
+        print(f"  run folder {self.files.url}  (study {_display_url(self.study_url)})", file=stream, flush=True)
+        started = started_trials(study)
+        if started:
+            print(f"  resuming: {started - len(resumable)} trials finished, {len(resumable)} to continue", file=stream)
+
+    def _tune(self, study, searcher, table, data_ref, callbacks: list) -> None:
+        """Runs the pending trials with Ray Tune until the study holds them all (or an interruption)."""
+        from ray import tune
+        from ray.tune.logger import JsonLoggerCallback
+
+        from caetune.search._recorder import Recorder, RecordingASHA
+        from caetune.search._searcher import started_trials
+        from caetune.search._trainable import train_trial
+
+        values, max_t = self.values, self.space.max_epochs()
         scheduler = RecordingASHA(
             time_attr="epoch",
-            metric=objective.scheduler_metric,
+            metric=self.objective.scheduler_metric,
             mode="min",
-            max_t=space.max_epochs(),
-            grace_period=min(values["grace_period"], space.max_epochs()),
+            max_t=max_t,
+            grace_period=min(values["grace_period"], max_t),
             reduction_factor=values["reduction_factor"],
         )
+        pending = searcher.pending()
         recorder = Recorder(
             study=study,
-            objective=objective,
-            files=files,
+            objective=self.objective,
+            files=self.files,
             table=table,
             scheduler=scheduler,
-            total=total,
-            on_study_change=sync.push,
-            stream=stream,
+            total=started_trials(study) + pending - len(searcher.resumable),
+            on_study_change=self.sync.push,
+            stream=self.stream,
         )
         trainable = tune.with_resources(
-            tune.with_parameters(train_trial, data=data_ref), {"cpu": cpus, "gpu": gpus}
+            tune.with_parameters(train_trial, data=data_ref), {"cpu": self.cpus, "gpu": self.gpus}
         )
         tuner = tune.Tuner(
             trainable,
@@ -288,9 +347,9 @@ def _search(settings, values, space, objective, files, sync, study_url, data, na
             ),
             run_config=tune.RunConfig(
                 name="tune",
-                storage_path=files.path(),
-                storage_filesystem=fs,
-                callbacks=[recorder, JsonLoggerCallback(), *(callbacks or [])],
+                storage_path=self.files.path(),
+                storage_filesystem=self.files.fs(),
+                callbacks=[recorder, JsonLoggerCallback(), *callbacks],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=values["max_failures"]),
                 verbose=0,
@@ -298,33 +357,7 @@ def _search(settings, values, space, objective, files, sync, study_url, data, na
         )
         with _quiet_ray():
             tuner.fit()
-        sync.push()
-        interrupted = _unfinished(study, values["num_samples"])
-    if pareto := objective.multi:
-        _mark_pareto(study, table)
-    table.write()
-    if interrupted:
-        print(f"interrupted: continue with  caetune search --resume {name}" + _storage_flag(settings), file=stream)
-        return SearchOutcome(files.url, name, table.frame(), interrupted=True)
-
-    ranking = None
-    if values["confirm_seeds"] > 0:
-        seeds = [values["seed"] + k for k in range(1, values["confirm_seeds"] + 1)]
-        resources = {"num_cpus": cpus, "num_gpus": gpus}
-        ranking = run_confirm(
-            files=files,
-            table=table,
-            factory=factory,
-            data_ref=data_ref,
-            seeds=seeds,
-            top_k=values["top_k"],
-            pareto=pareto,
-            resources=resources,
-            stream=stream,
-        )
-    report = _write_report(files, values["top_k"], stream) if settings.report else None
-    _print_summary(out, files, table, ranking, space, values, study_url, report)
-    return SearchOutcome(files.url, name, table.frame(), ranking, report)
+        self.sync.push()
 
 
 # -- settings ------------------------------------------------------------------
@@ -610,10 +643,6 @@ def _display_url(url: str) -> str:
     return _redact(url)
 
 
-def _storage_flag(settings: SearchSettings) -> str:
-    return f" --storage {settings.storage}" if settings.storage else ""
-
-
 def _print_summary(out, files, table, ranking, space, values, study_url, report) -> None:
     counts = table.counts()
     params = list(space.params)
@@ -652,6 +681,8 @@ def _print_summary(out, files, table, ranking, space, values, study_url, report)
     if ranking is not None:
         print(f"  {files.url}/confirm.csv", file=out)
     print(f"  study: {_display_url(study_url)}  (optuna-dashboard {_display_url(study_url)})", file=out)
+    if files.storage.is_s3 and study_url.startswith("sqlite:"):
+        print(f"         a copy at {files.url}/{STUDY_FILE}", file=out)
     if report:
         print(f"  report: {report}", file=out)
 
