@@ -22,6 +22,8 @@ DEVICES = ("auto", "cpu", "cuda")
 EXPORT_KEY = "export"  # metadata of an exported config, not a field
 # torch seeds take 64 bits and results tables store int64: a larger seed would fail mid-run.
 MAX_SEED = 2**63 - 1
+# Configs, spaces and experiment files are a few KB; a path like /dev/zero must not be read to the end.
+MAX_YAML_BYTES = 10_000_000
 
 
 @dataclass
@@ -146,7 +148,15 @@ def read_yaml_mapping(path: str | Path, *, field: str) -> dict[str, Any]:
     """Reads a YAML file that must hold a mapping; one-line errors otherwise."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.exists() and not path.is_file():  # opening a FIFO would wait for a writer forever
+            raise InputError(field, f"{str(path)!r} is not a regular file")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_YAML_BYTES + 1)
+        if len(data) > MAX_YAML_BYTES:
+            raise InputError(field, f"{str(path)!r} is larger than {MAX_YAML_BYTES:,} bytes; not a config")
+        text = data.decode("utf-8")
+    except InputError:
+        raise
     except FileNotFoundError:
         raise InputError(field, f"file not found: {path}") from None
     except (OSError, ValueError) as err:  # ValueError: undecodable text, or a NUL in the path
