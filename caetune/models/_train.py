@@ -48,7 +48,7 @@ from caetune.models._seed import resolve_device, seed_everything
 
 EVAL_BATCH = 1024
 
-# Config fields that fix the model's parameter shapes: a checkpoint must agree on them.
+# Config fields that define the model: a checkpoint's weights only fit a model alike.
 MODEL_FIELDS = ("model", "n_maps", "n_neurons", "activation")
 
 # glibc's mallopt parameters (malloc.h) and the values tune_allocator sets.
@@ -105,11 +105,12 @@ def tune_allocator() -> bool:
     makes the heap keep and reuse them.
 
     Process-wide and applied once: the process keeps up to 1 GiB of freed
-    memory for reuse. It covers the main thread and threads that allocate
-    for the first time after it; a thread already bound to its own glibc
-    arena still gets its largest blocks (near 64 MiB) mapped fresh. Start
-    such worker processes with ``GLIBC_TUNABLES`` (see :data:`ALLOCATOR_TUNABLES`)
-    to cover them too. A no-op (``False``) off Linux or without glibc.
+    memory for reuse. It covers the main thread (and the main arena); a
+    thread that already has its own glibc arena (Ray Tune trains in one)
+    keeps mapping its big blocks afresh, because glibc deletes a thread
+    heap once it is empty. Start such worker processes with
+    ``GLIBC_TUNABLES`` set to :data:`ALLOCATOR_TUNABLES` to cover them too.
+    A no-op (``False``) off Linux or without glibc.
 
     Returns:
         Whether the allocator was tuned.
