@@ -29,7 +29,7 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 CHECKPOINT_MODEL = "model.pt"
 CHECKPOINT_METRICS = "metrics.json"
@@ -86,13 +86,13 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
                 state.update(seconds=before["seconds"], cpu_seconds=before.get("cpu_seconds", 0.0))
         state["epoch"] = trainer.epoch
         if trainer.epoch >= train_config.n_epochs:
-            # Resumed from its final checkpoint (the driver stopped before recording it):
-            # report it again, without training.
-            _report_epoch(trainer, objective, config, state, start)
+            # Resumed from its final checkpoint (the driver stopped before recording it): report
+            # it again, without training, with the clocks it had, so its record comes out the same.
+            _report_epoch(trainer, objective, config, clocks=lambda: {k: state[k] for k in ("seconds", "cpu_seconds")})
         while trainer.epoch < train_config.n_epochs:
             trainer.run_epoch()
             state["epoch"] = trainer.epoch
-            _report_epoch(trainer, objective, config, state, start)
+            _report_epoch(trainer, objective, config, clocks=lambda: _clocks(state, start))
     except Exception as err:  # noqa: BLE001 -- any error of the trial is its result
         # No metric in it: ASHA skips a result without one, and the recorder reads `failed`.
         tune.report({"epoch": state["epoch"], "failed": failure_reason(err), **_clocks(state, start)})
@@ -115,11 +115,11 @@ def epoch_metrics(trainer, objective, *, util_images: int) -> dict[str, Any]:
     }
 
 
-def _report_epoch(trainer, objective, config: dict, state: dict, start: tuple[float, float]) -> None:
+def _report_epoch(trainer, objective, config: dict, *, clocks: Callable[[], dict[str, float]]) -> None:
     from ray import tune
 
     result = epoch_metrics(trainer, objective, util_images=int(config["util_images"]))
-    result.update(_clocks(state, start))
+    result.update(clocks())  # after U: the epoch's seconds include it
     metrics = {**result, "history": [m.to_dict() for m in trainer.history]}
     with tempfile.TemporaryDirectory(prefix="caetune-ckpt-") as folder:
         trainer.save_checkpoint(Path(folder) / CHECKPOINT_MODEL)

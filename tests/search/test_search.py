@@ -57,8 +57,9 @@ def space_file(folder, doc=SPACE, name="tiny.yaml"):
 
 
 def settings(folder, **overrides) -> SearchSettings:
+    if "space" not in overrides:
+        overrides["space"] = space_file(folder)
     values = dict(
-        space=space_file(folder),
         storage=str(folder / "runs"),
         num_samples=5,
         max_epochs=3,
@@ -242,6 +243,38 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_loc
     # A bigger budget extends the same study.
     third = run_search(settings(tmp_path, space=space, num_samples=5), stream=io.StringIO(), out=io.StringIO())
     assert len(third.results) == 5 and len(load_study(run).trials) == 5
+
+
+class InterruptAtLastEpoch(Callback):
+    """SIGUSR1 once a trial's last checkpoint is in: the driver stops before recording the trial's end."""
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if trial.last_result.get("epoch") == trial.config["train"]["n_epochs"]:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_a_trial_cut_off_after_its_last_epoch_only_reports_again(ray_local, tmp_path):
+    import json
+
+    doc = {**SPACE, "start": [{"n_neurons": 16, "n_maps": 4, "n_epochs": 2, "model": "model1"}]}
+    chosen = settings(tmp_path, space=space_file(tmp_path, doc), num_samples=1)
+    first = run_search(chosen, stream=io.StringIO(), out=io.StringIO(), callbacks=[InterruptAtLastEpoch()])
+    run = tmp_path / "runs" / "tiny"
+    (trial,) = load_study(run).trials
+    assert first.interrupted and trial.state.name == "RUNNING"
+    checkpoint = run / trial.user_attrs["checkpoint"]
+    trained = json.loads((checkpoint / "metrics.json").read_text())
+    assert trained["epoch"] == 2
+
+    second = run_search(chosen, stream=io.StringIO(), out=io.StringIO())
+    assert not second.interrupted
+    (trial,) = load_study(run).trials
+    assert trial.state.name == "COMPLETE" and sorted(trial.intermediate_values) == [1, 2]
+    recorded = json.loads((run / TRIALS_DIR / "t0000" / TRIAL_METRICS).read_text())
+    # No epoch trained again: the same history and clocks as the cut-off session's last checkpoint.
+    assert recorded["history"] == trained["history"]
+    assert (recorded["seconds"], recorded["cpu_seconds"]) == (trained["seconds"], trained["cpu_seconds"])
+    assert recorded["val_mse"] == trained["val_mse"] and recorded["status"] == "complete"
 
 
 def test_pareto_search_reports_the_front(ray_local, tmp_path):
