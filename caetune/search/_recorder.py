@@ -91,7 +91,6 @@ class Recorder(Callback):
         self.stream = stream or sys.stderr
         self.started = time.monotonic()
         self._last_status = time.monotonic()
-        self.finished_this_session: list[str] = []
         self.epochs: dict[str, str] = {}  # running trial id -> "epoch/Ne", for the status line
         self._handles: dict[int, Any] = {}  # trial number -> optuna.Trial
 
@@ -178,7 +177,6 @@ class Recorder(Callback):
         self.table.write()
         self._tell(number, status, row, reason)
         self._delete_checkpoints(trial)
-        self.finished_this_session.append(trial_id)
         self.epochs.pop(trial_id, None)
 
         if status == "failed":
