@@ -80,10 +80,13 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
         trainer = Trainer(train_config, image_data(data))
         checkpoint = tune.get_checkpoint() or config.get("resume_from")
         if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                trainer.load_checkpoint(Path(folder) / CHECKPOINT_MODEL)
-                before = json.loads((Path(folder) / CHECKPOINT_METRICS).read_text())
-                state.update(seconds=before["seconds"], cpu_seconds=before.get("cpu_seconds", 0.0))
+            try:
+                with checkpoint.as_directory() as folder:
+                    trainer.load_checkpoint(Path(folder) / CHECKPOINT_MODEL)
+                    before = json.loads((Path(folder) / CHECKPOINT_METRICS).read_text())
+            except Exception as err:  # noqa: BLE001 -- a damaged checkpoint fails this trial, not the search
+                raise RuntimeError(f"cannot resume from checkpoint {checkpoint.path}: {failure_reason(err)}") from err
+            state.update(seconds=before["seconds"], cpu_seconds=before.get("cpu_seconds", 0.0))
         state["epoch"] = trainer.epoch
         if trainer.epoch >= train_config.n_epochs:
             # Resumed from its final checkpoint (the driver stopped before recording it): report

@@ -277,6 +277,24 @@ def test_a_trial_cut_off_after_its_last_epoch_only_reports_again(ray_local, tmp_
     assert recorded["val_mse"] == trained["val_mse"] and recorded["status"] == "complete"
 
 
+def test_a_damaged_checkpoint_fails_its_trial_not_the_search(ray_local, tmp_path):
+    doc = {**SPACE, "start": [{"n_neurons": 16, "n_maps": 4, "n_epochs": 2, "model": "model1"}]}
+    chosen = settings(tmp_path, space=space_file(tmp_path, doc), num_samples=2, max_concurrent=1)
+    first = run_search(chosen, stream=io.StringIO(), out=io.StringIO(), callbacks=[InterruptAtLastEpoch()])
+    run = tmp_path / "runs" / "tiny"
+    (trial,) = [t for t in load_study(run).trials if t.state.name == "RUNNING"]
+    assert first.interrupted
+    model = run / trial.user_attrs["checkpoint"] / "model.pt"
+    model.write_bytes(model.read_bytes()[:100])  # truncated, as a full disk would leave it
+
+    second = run_search(chosen, stream=io.StringIO(), out=io.StringIO())
+    assert not second.interrupted
+    results = second.results.set_index("trial_id")
+    assert results.loc["t0000", "status"] == "failed"
+    assert "cannot resume from checkpoint" in results.loc["t0000", "error"]
+    assert len(results) == 2 and results.loc["t0001", "status"] != "running"
+
+
 def test_pareto_search_reports_the_front(ray_local, tmp_path):
     doc = {**SPACE, "start": SPACE["start"][:1]}
     elsewhere = tmp_path / "studies.db"  # --study-storage: any RDB URL instead of RUN/study.db
