@@ -435,11 +435,16 @@ def _s3_options(bucket: str, timeout: float | None = None) -> tuple:
     return endpoint, scheme, region, timeout
 
 
+S3_ATTEMPTS = 10
+
+
 @functools.lru_cache(maxsize=32)
 def _s3_filesystem(endpoint: str | None, scheme: str | None, region: str | None, timeout: float | None):
     import pyarrow.fs
 
-    kwargs = {}
+    # A search outlives short S3 outages: AWS's standard retries back off up to 20 s apart, so
+    # 10 attempts wait out about 100 s of a server that refuses connections before an error.
+    kwargs = dict(retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
     if timeout is not None:
         kwargs = dict(
             connect_timeout=timeout,
