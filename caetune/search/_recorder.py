@@ -125,6 +125,9 @@ class Recorder(Callback):
         result = trial.last_result or {}
         if result.get("failed"):
             self._finish(trial, "failed", reason=str(result["failed"]))
+        elif diverged := _non_finite(result):
+            # Training only checks its own loss: a NaN validation MSE would otherwise pass for pruned.
+            self._finish(trial, "failed", reason=f"TrainingDiverged: {diverged} at epoch {result.get('epoch')}")
         elif "epoch" in result and int(result["epoch"]) >= int(trial.config["train"]["n_epochs"]):
             self._finish(trial, "complete")
         elif trial.trial_id in self.scheduler.stopped:
@@ -264,6 +267,15 @@ class Recorder(Callback):
 def _row_params(config: dict) -> dict[str, Any]:
     train = config["train"]
     return {**config["params"], "n_epochs": train["n_epochs"], "seed": train["seed"], "trial_number": config["trial_number"]}
+
+
+def _non_finite(result: dict) -> str | None:
+    """``val_mse is nan`` when the last result's MSE or objective is NaN or infinite, else None."""
+    for key in ("val_mse", "objective"):
+        value = result.get(key)
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            return f"{key} is {value}"
+    return None
 
 
 def _describe(params: dict[str, Any]) -> str:
