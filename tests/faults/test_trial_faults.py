@@ -25,6 +25,7 @@ from tests.faults._tools import (
     kill_group,
     local_study,
     results,
+    run_search_cli,
     safe_study,
     search_command,
     search_env,
@@ -165,3 +166,47 @@ def test_a_second_search_on_the_same_run_is_refused(tmp_path):
     assert "start" not in second.stdout + second.stderr
     assert set(results(run)["status"]) <= set(FINISHED) and "interrupted" not in text
     check_integrity(run, db, num_samples=3)
+
+
+BAD_TRIALS_SPACE = """\
+description: good trials beside ones that raise, diverge to NaN, and exceed the memory cap
+fixed:
+  dataset: mnist-10k
+  subset: 300
+  image_size: 12
+  n_epochs: 2
+params:
+  n_neurons: [8, 200000000000]
+  lr: [0.001, 1.0e+30]
+  model: [model1, model2]
+start:
+  - {n_neurons: 8, lr: 0.001, model: model1}
+  - {n_neurons: 8, lr: 0.001, model: model2}
+  - {n_neurons: 8, lr: 1.0e+30, model: model1}
+  - {n_neurons: 200000000000, lr: 0.001, model: model1}
+  - {n_neurons: 8, lr: 0.001, model: model1}
+"""
+# What each start point's failure must say: a config the images cannot take, NaN, the memory cap.
+EXPECTED_FAILURES = {"t0001": "too small", "t0002": "diverged", "t0003": "memory"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_trials_that_raise_diverge_or_exceed_memory_fail_with_the_reason(tmp_path):
+    space = tmp_path / "bad.yaml"
+    space.write_text(BAD_TRIALS_SPACE)
+    storage_url = str(tmp_path / "runs")
+    storage = parse_storage(storage_url)
+    run, db = storage.child("bad"), local_study(storage, "bad", tmp_path)
+    flags = ["--space", str(space), "--storage", storage_url, "--name", "bad", "--num-samples", "5", "--seed", "3"]
+    done = run_search_cli(flags, search_env(tmp_path), tmp_path)
+
+    table = results(run).set_index("trial_id")
+    print(table[["status", "error"]].to_string())
+    for tid, reason in EXPECTED_FAILURES.items():
+        assert table.loc[tid, "status"] == "failed", table.loc[tid]
+        assert reason in table.loc[tid, "error"].lower(), table.loc[tid, "error"]
+        assert f"{tid} failed" in done.stderr
+    # The rest of the search is unaffected: the good start points complete (the same config twice, each once).
+    assert table.loc[["t0000", "t0004"], "status"].tolist() == ["complete", "complete"]
+    check_integrity(run, db, num_samples=5)
