@@ -182,9 +182,7 @@ def _check_trial_ids(trial_ids, *, run_name: str) -> None:
 
 
 def _load_trial(run: Path, row: dict, rank: int) -> _Trial:
-    import torch
-
-    from caetune.models import TrainConfig
+    from caetune.models import TrainConfig, read_checkpoint
 
     trial_id = str(row["trial_id"])
     folder = run / TRIALS_DIR / trial_id
@@ -192,9 +190,8 @@ def _load_trial(run: Path, row: dict, rank: int) -> _Trial:
     if not path.is_file():
         raise InputError(str(path), "checkpoint not found")
     try:
-        # weights_only: a checkpoint from someone else's run (a shared bucket) must not run code when read.
-        with torch.serialization.safe_globals(_checkpoint_globals()):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        # A checkpoint from someone else's run (a shared bucket) must not run code when read.
+        state = read_checkpoint(path)
     except pickle.UnpicklingError:
         raise InputError(str(path), "refused: the checkpoint holds Python objects beyond tensors and plain data") from None
     except Exception as err:  # torch.load raises many kinds (zip, EOF, OS) for one cause
@@ -207,16 +204,6 @@ def _load_trial(run: Path, row: dict, rank: int) -> _Trial:
         raise InputError(str(path), f"bad config in checkpoint: {_first_line(err)}") from None
     history = list(state.get("history") or _metrics_history(folder))
     return _Trial(trial_id, rank, row, folder, config, state["model"], history)
-
-
-def _checkpoint_globals() -> list:
-    """What a Trainer checkpoint holds beyond tensors and plain data: NumPy's RNG state, an ndarray."""
-    import numpy as np
-
-    reconstruct = (getattr(np, "_core", None) or np.core).multiarray._reconstruct
-    # NumPy 2 pickles name it numpy._core..., NumPy 1 numpy.core...: accept either writer.
-    return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), reconstruct,
-            (reconstruct, "numpy.core.multiarray._reconstruct")]
 
 
 def _metrics_history(folder: Path) -> list[dict]:

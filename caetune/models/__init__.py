@@ -4,7 +4,14 @@ from caetune.models._cae import ACTIVATIONS, CAE, MODEL_DEPTHS, CAEShape, cae_sh
 from caetune.models._config import TrainConfig, read_yaml_mapping
 from caetune.models._data import DATASETS, DatasetEntry, ImageData, dataset_names, default_data_dir, load_data, load_dataset
 from caetune.models._seed import resolve_device, seed_everything
-from caetune.models._train import EpochMetrics, Trainer, TrainingDiverged, build_model, to_float_images
+from caetune.models._train import (
+    EpochMetrics,
+    Trainer,
+    TrainingDiverged,
+    build_model,
+    read_checkpoint,
+    to_float_images,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -24,6 +31,7 @@ __all__ = [
     "default_data_dir",
     "load_data",
     "load_dataset",
+    "read_checkpoint",
     "read_yaml_mapping",
     "resolve_device",
     "seed_everything",

@@ -386,5 +386,27 @@ class Trainer:
         """Restores a checkpoint written by :meth:`save_checkpoint`."""
         # On the CPU first: RNG states must stay CPU tensors, and load_state_dict
         # moves model and optimizer tensors to their parameters' device.
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        self.load_state_dict(state)
+        self.load_state_dict(read_checkpoint(path))
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Reads a Trainer checkpoint without running code from it.
+
+    ``torch.load(weights_only=True)`` refuses every Python object but tensors
+    and plain data; a Trainer checkpoint also holds NumPy's RNG state, so
+    exactly the NumPy types that state needs are allowed. A checkpoint from
+    someone else's run (a shared bucket) therefore cannot execute anything.
+
+    Raises:
+        pickle.UnpicklingError: The file holds other Python objects.
+        Exception: Whatever ``torch.load`` raises for a damaged file.
+    """
+    with torch.serialization.safe_globals(_checkpoint_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _checkpoint_globals() -> list:
+    reconstruct = (getattr(np, "_core", None) or np.core).multiarray._reconstruct
+    # NumPy 2 pickles name it numpy._core..., NumPy 1 numpy.core...: accept either writer.
+    return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), reconstruct,
+            (reconstruct, "numpy.core.multiarray._reconstruct")]

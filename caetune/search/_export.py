@@ -318,9 +318,9 @@ class _Loaded:
 
 
 def _load_trial(run: Path, trial_id: str, experiment: dict) -> _Loaded:
-    import torch
+    import pickle
 
-    from caetune.models import TrainConfig, build_model
+    from caetune.models import TrainConfig, build_model, read_checkpoint
 
     folder = run / TRIALS_DIR / trial_id
     where = f"RUN: {TRIALS_DIR}/{trial_id}"
@@ -329,8 +329,10 @@ def _load_trial(run: Path, trial_id: str, experiment: dict) -> _Loaded:
             raise InputError(where, f"{name} is missing; the trial cannot be exported")
     config = TrainConfig.from_yaml(folder / TRIAL_CONFIG)
     try:
-        # The Trainer checkpoint holds NumPy RNG state, which weights_only refuses; it is this run's own file.
-        state = torch.load(folder / TRIAL_MODEL, map_location="cpu", weights_only=False)
+        # A run may come from a shared bucket: reading its checkpoint must not run code.
+        state = read_checkpoint(folder / TRIAL_MODEL)
+    except pickle.UnpicklingError:
+        raise InputError(where, f"refused {TRIAL_MODEL}: it holds Python objects beyond tensors and plain data") from None
     except Exception as err:  # torch.load raises many kinds (pickle, zip, EOF, OS) for one cause
         raise InputError(where, f"unreadable {TRIAL_MODEL} ({type(err).__name__}: {_first_line(err)})") from None
     if not isinstance(state, dict) or not {"config", "model", "epoch", "history"} <= set(state):

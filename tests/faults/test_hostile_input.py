@@ -510,12 +510,6 @@ def test_a_diverging_lr_ends_with_one_error_line_naming_lr(work, capsys):
     assert {p.name for p in (cwd / "run").iterdir()} <= {"config.yaml", "metrics.json", "model.pt"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="InputError messages print paths raw: a newline in a file name splits the error over two lines. "
-    "Fix in caetune/cli.py main() (or InputError): escape control characters, e.g. "
-    "message.encode('unicode_escape').decode() or repr-style, before printing the one line.",
-)
 def test_a_newline_in_a_file_name_still_gives_one_error_line(work, capsys):
     _, inputs = work
     code = main(["train", "--config", str(inputs / "no such\nconfig.yaml")])
@@ -607,12 +601,6 @@ def test_report_never_unpickles_code_from_a_run(tmp_path, checkpoint, capsys):
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="caetune/search/_export.py _load_trial reads model.pt with torch.load(weights_only=False): a hostile "
-    "checkpoint (a shared bucket) runs code. Load as caetune/analysis/_report.py does: weights_only=True inside "
-    "torch.serialization.safe_globals([np.ndarray, np.dtype, UInt32DType, numpy's _reconstruct]).",
-)
 def test_export_never_unpickles_code_from_a_run(tmp_path, checkpoint, capsys):
     run = make_run(tmp_path, checkpoint)
     marker = tmp_path / "PWNED"
@@ -645,10 +633,6 @@ SPACE = {
 }
 
 
-def _xfail(reason: str):
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
 # argv after "search" ({space}: a sound tiny space file, {in}: the inputs folder), and the field the error names.
 SEARCH_CASES = [
     pytest.param(["--space", "{in}/malformed.yaml"], "--space", id="malformed space"),
@@ -665,30 +649,11 @@ SEARCH_CASES = [
     ),
     # The control: sound input gets as far as the closed --address, so the cases above fail for their own reason.
     pytest.param(["--space", "{space}"], "--address", id="sound input (control)"),
+    pytest.param(["--space", "{space}", "--name", "run\n"], "--name", id="name ending in a newline"),
+    pytest.param(["--space", "{in}/..yaml"], "--name", id="space file named ..yaml"),
+    pytest.param(["--space", "{space}", "--seed", str(2**40)], "--seed", id="seed beyond numpy's 32 bits"),
     pytest.param(
-        ["--space", "{space}", "--name", "run\n"], "--name", id="name ending in a newline",
-        marks=_xfail("caetune/search/_run.py: NAME_RE.match with '$' accepts a trailing newline; use fullmatch"),
-    ),
-    pytest.param(
-        ["--space", "{in}/..yaml"], "--name", id="space file named ..yaml",
-        marks=_xfail(
-            "caetune/search/_run.py: the default run name (the space file's stem, here '.') is not checked "
-            "against NAME_RE as --name is; '.' makes the storage root the run folder"
-        ),
-    ),
-    pytest.param(
-        ["--space", "{space}", "--seed", str(2**40)], "--seed", id="seed beyond numpy's 32 bits",
-        marks=_xfail(
-            "caetune/search/_run.py SearchSettings: --seed >= 2**32 fails in Optuna's sampler (numpy RandomState) "
-            "after Ray started and the run folder was made, with a traceback; bound it to 2**32-1-confirm_seeds"
-        ),
-    ),
-    pytest.param(
-        ["--space", "{space}", "--study-storage", "garbage"], "--study-storage", id="study storage that is no URL",
-        marks=_xfail(
-            "caetune/search/_run.py: a bad --study-storage is reported only after Ray started and sync.pull() made "
-            "the run folder (left behind empty); open or validate the study URL before Ray and before any mkdir"
-        ),
+        ["--space", "{space}", "--study-storage", "garbage"], "--study-storage", id="study storage that is no URL"
     ),
 ]
 
