@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from caetune import __version__
@@ -59,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except InputError as err:
-        print(f"caetune {args.command}: error: {err}", file=sys.stderr)
+        # Escaped so that a control character in a path (a newline) cannot split the one line.
+        message = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(err))
+        print(f"caetune {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"caetune {args.command}: interrupted", file=sys.stderr)

@@ -30,6 +30,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
@@ -41,7 +42,8 @@ from caetune.search._objective import OBJECTIVES, Objective
 from caetune.search._space import SearchSpace, load_space, space_from_dict
 
 LOCK_FILE = ".lock"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # used with fullmatch: no trailing newline
+MAX_SEED = 2**31 - 1
 ADDRESS_TIMEOUT_S = 5.0
 
 @dataclass
@@ -123,8 +125,11 @@ class SearchSettings:
             _check_number(field, getattr(self, field), low, strict)
         if self.objective is not None and self.objective not in OBJECTIVES:
             raise InputError("--objective", f"expected one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.name is not None and not NAME_RE.match(self.name):
-            raise InputError("--name", f"letters, digits, '.', '_' and '-' (a folder name), got {self.name!r}")
+        if self.seed is not None and self.seed > MAX_SEED:
+            # Optuna's sampler takes a 32-bit seed, and confirmation adds to it.
+            raise InputError("--seed", f"expected an integer between 0 and {MAX_SEED}, got {self.seed}")
+        if self.name is not None:
+            _check_name(self.name, field="--name")
 
 
 @dataclass
@@ -164,6 +169,7 @@ def run_search(
     out = out or sys.stdout
     storage = parse_storage(settings.storage or DEFAULT_STORAGE)
     name = settings.name or _default_name(settings)
+    _check_name(name, field="--name")
     storage.check_reachable()
     files = RunFiles(storage.child(name))
     stored = _read_experiment(files)
@@ -173,6 +179,7 @@ def run_search(
     space = _space_of(values, stored)
     objective = Objective(values["objective"], values["utilisation_weight"])
     sync = StudySync(storage, name)
+    _check_study_url(values["study_storage"])
     study_url = values["study_storage"] or sync.url
 
     _check_ray_address(settings.address)
@@ -335,6 +342,7 @@ class _Session:
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, data=data_ref), {"cpu": self.cpus, "gpu": self.gpus}
         )
+        _keep_credentials_out_of_ray()
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -361,6 +369,26 @@ class _Session:
 
 
 # -- settings ------------------------------------------------------------------
+
+
+def _check_name(name: str, *, field: str) -> None:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise InputError(field, f"a run name of letters, digits, '.', '_' and '-' (one folder name), got {name!r}")
+
+
+def _check_study_url(url: str | None) -> None:
+    """An Optuna RDB URL must parse and name an installed driver, before Ray starts or a folder is made."""
+    if url is None:
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as err:
+        raise InputError("--study-storage", f"an RDB URL such as sqlite:///study.db or postgresql://host/db ({err})") from None
+    except ImportError as err:
+        raise InputError("--study-storage", f"the database driver is not installed ({err})") from None
 
 
 def _default_name(settings: SearchSettings) -> str:
@@ -556,7 +584,30 @@ def _connect_ray(address: str | None) -> bool:
         ray.init(address=target, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise InputError(field, f"cannot join the Ray cluster at {target}: {str(err).splitlines()[0]}") from None
+    if target is None:
+        _make_token_private()
     return True
+
+
+def _make_token_private() -> None:
+    """Ray writes the token it generates for a new local cluster with the umask's mode (often 0644)."""
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if path.is_file():
+        path.chmod(0o600)
+
+
+def _keep_credentials_out_of_ray() -> None:
+    """Stops Ray Tune from copying AWS keys into every trial's runtime env.
+
+    Ray Tune propagates ``AWS_ACCESS_KEY_ID`` and friends from the driver into
+    each trial actor's runtime env, and Ray's runtime-env agent logs runtime
+    envs: the keys would land in the session logs. A local Ray's workers
+    inherit the driver's environment anyway; cluster nodes use their instance
+    profile (cluster.yaml).
+    """
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = {v for v in class_cache.ENV_VARS_TO_PROPAGATE if not v.startswith("AWS_")}
 
 
 def _check_resources(values: dict, *, strict: bool, stream) -> None:

@@ -200,12 +200,6 @@ def test_the_local_ray_of_a_search_listens_on_loopback_only(local_ray):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ray writes the token it generates for a local cluster to ~/.ray/auth_token with the umask's mode "
-    "(0644: readable by every user of the machine). caetune/search/_run.py _connect_ray could chmod it to 0600 "
-    "after ray.init, as cluster.yaml does on the nodes.",
-)
 def test_the_token_ray_generates_for_a_search_is_private(local_ray):
     assert local_ray.token_file.stat().st_mode & 0o077 == 0
 
@@ -409,14 +403,6 @@ def test_no_ray_token_in_rays_session_logs(pipeline):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ray Tune copies AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN from the driver into every "
-    "trial actor's runtime_env (ray/tune/execution/class_cache.py ENV_VARS_TO_PROPAGATE), and Ray's runtime env "
-    "agent logs runtime envs at INFO: the keys land in RAY_TMPDIR/ray/session_*/logs/runtime_env_agent.log. "
-    "Fix in caetune/search/_run.py before tune.Tuner: drop the AWS names from that set (a local Ray's workers "
-    "inherit the driver's environment; cluster nodes use their instance profile).",
-)
 def test_no_aws_credential_in_rays_session_logs(pipeline):
     needles = {var: value.encode() for var, value in pipeline.fake.items() if var.startswith("AWS_")}
     assert files_holding(pipeline.ray_tmp, needles) == []
