@@ -16,9 +16,8 @@ Part 2 of the "Reliability and security" issue. Three layers:
   ``--address`` of a closed port, so an input wrongly accepted stops there
   instead of starting Ray, and the test sees which field the error names.
 
-Cases marked ``xfail(strict=True)`` are known gaps in files owned elsewhere;
-each reason says what to change, and the test flips to a failure (XPASS)
-once it is fixed, so the mark must then be removed.
+A known gap would be marked ``xfail(strict=True)`` with what to change, so
+that it flips to a failure (XPASS) once fixed; none is open in this file.
 """
 
 from __future__ import annotations
