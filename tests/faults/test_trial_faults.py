@@ -210,3 +210,22 @@ def test_trials_that_raise_diverge_or_exceed_memory_fail_with_the_reason(tmp_pat
     # The rest of the search is unaffected: the good start points complete (the same config twice, each once).
     assert table.loc[["t0000", "t0004"], "status"].tolist() == ["complete", "complete"]
     check_integrity(run, db, num_samples=5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_searches_started_together_run_once(tmp_path):
+    """Both start at the same moment: one runs the search, the other refuses, nothing interleaves."""
+    flags, env, run, db = _setup(tmp_path, num_samples=3, epochs=(3, 4))
+    procs = [start_search(flags, env, tmp_path, tmp_path / f"{n}.log") for n in "ab"]
+    try:
+        for proc in procs:
+            proc.wait(RUN_TIMEOUT_S)
+    finally:
+        for proc in procs:
+            kill_group(proc)
+    logs = [(tmp_path / f"{n}.log").read_text() for n in "ab"]
+    assert sorted(p.returncode for p in procs) == [0, 2], logs
+    refused = logs[[p.returncode for p in procs].index(2)]
+    assert len(refused.strip().splitlines()) == 1 and "in use by process" in refused, refused
+    check_integrity(run, db, num_samples=3)
