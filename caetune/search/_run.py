@@ -579,6 +579,8 @@ def _connect_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     target, field = _ray_target(address)
+    if target is None:
+        _local_ray_on_loopback()
     try:
         # Ray's warnings on the console would interleave with the progress lines; its logs keep them.
         ray.init(address=target, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
@@ -587,6 +589,20 @@ def _connect_ray(address: str | None) -> bool:
     if target is None:
         _make_token_private()
     return True
+
+
+def _local_ray_on_loopback() -> None:
+    """A local Ray that caetune starts listens on 127.0.0.1 only, not on every interface.
+
+    Ray's local-only mode (meant for laptops, where it avoids firewall prompts)
+    uses the loopback address for the node, so GCS, raylet and agents bind
+    there. The environment variable reaches the processes Ray starts; the
+    constant covers this process, which imported Ray already.
+    """
+    from ray._private import ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _make_token_private() -> None:

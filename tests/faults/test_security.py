@@ -185,13 +185,6 @@ def test_the_local_ray_of_a_search_requires_the_token(local_ray):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="caetune/search/_run.py _connect_ray: a local Ray binds GCS and raylet to all interfaces ('::') and "
-    "advertises the machine's address. Ray 2.60 turns _node_ip_address='127.0.0.1' back into that address on "
-    "Linux unless ray._private.ray_constants.ENABLE_RAY_CLUSTER is False (env RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 "
-    "before `import ray`); with it, every listener is on 127.0.0.1 (measured). Set it for the local case only.",
-)
 def test_the_local_ray_of_a_search_listens_on_loopback_only(local_ray):
     sockets = listeners(local_ray.processes)
     assert sockets, "found no listening socket of the local Ray"
