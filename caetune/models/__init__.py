@@ -5,16 +5,19 @@ from caetune.models._config import TrainConfig, read_yaml_mapping
 from caetune.models._data import DATASETS, DatasetEntry, ImageData, dataset_names, default_data_dir, load_data, load_dataset
 from caetune.models._seed import resolve_device, seed_everything
 from caetune.models._train import (
+    ALLOCATOR_TUNABLES,
     EpochMetrics,
     Trainer,
     TrainingDiverged,
     build_model,
     read_checkpoint,
     to_float_images,
+    tune_allocator,
 )
 
 __all__ = [
     "ACTIVATIONS",
+    "ALLOCATOR_TUNABLES",
     "CAE",
     "CAEShape",
     "DATASETS",
@@ -36,4 +39,5 @@ __all__ = [
     "resolve_device",
     "seed_everything",
     "to_float_images",
+    "tune_allocator",
 ]

@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from caetune import InputError
-from caetune.models import EpochMetrics, ImageData, TrainConfig, Trainer, TrainingDiverged, load_dataset
-from caetune.models._train import tune_allocator
+from caetune.models import (
+    EpochMetrics,
+    ImageData,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    load_dataset,
+    tune_allocator,
+)
 
 # Small enough for a shared 2-core machine: Model 1 with a few maps and neurons.
 TINY = dict(n_maps=4, n_neurons=16, batch_size=32, lr=3e-3, device="cpu")
