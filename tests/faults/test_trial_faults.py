@@ -147,14 +147,21 @@ def test_a_truncated_checkpoint_is_not_read_back_as_valid(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_second_search_on_the_same_run_is_refused(tmp_path):
-    # Long enough that the first is still training when the second (which starts its own Ray first) looks.
-    flags, env, run, db = _setup(tmp_path, num_samples=3, epochs=(6, 7), subset=2500)
+    flags, env, run, db = _setup(tmp_path, num_samples=3, epochs=(3, 4))
     log = tmp_path / "first.log"
     proc = start_search(flags, env, tmp_path, log)
     try:
-        wait_until(proc, log, lambda: (run.local_path / ".lock").exists(), "the run's lock")
-        second = subprocess.run(search_command(*flags), env=env, cwd=tmp_path, capture_output=True, text=True,
-                                timeout=RUN_TIMEOUT_S)  # fmt: skip
+        wait_until(proc, log, lambda: (run.local_path / ".lock").exists() and _trial_worker(proc) is not None,
+                   "the run's lock and a trial running")  # fmt: skip
+        # The first search's trial is paused (not its driver, which holds the lock) while the second
+        # starts its own Ray, so on a busy machine the first cannot end before the second looks.
+        worker = _trial_worker(proc)
+        worker.send_signal(signal.SIGSTOP)
+        try:
+            second = subprocess.run(search_command(*flags), env=env, cwd=tmp_path, capture_output=True, text=True,
+                                    timeout=RUN_TIMEOUT_S)  # fmt: skip
+        finally:
+            worker.send_signal(signal.SIGCONT)
         assert proc.poll() is None, f"the first search ended before the second one looked:\n{second.stderr[-2000:]}"
         text = _finish(proc, log)
     finally:
