@@ -105,7 +105,9 @@ class Recorder(Callback):
         self.table.update(config["trial_id"], status="running", error=None, **_row_params(config))
         self.epochs[config["trial_id"]] = f"0/{config['train']['n_epochs']}"
         self.table.write()
-        self._say(f"{config['trial_id']} start     {_describe(config['params'])}")
+        warm = _warm_start(config)
+        since = f"  (continues {warm['trial_id']} after epoch {warm['epochs']})" if warm else ""
+        self._say(f"{config['trial_id']} start     {_describe(config['params'])}{since}")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         if "failed" in result:
@@ -166,6 +168,7 @@ class Recorder(Callback):
             "objective": None if status == "failed" else result.get("objective"),
             "utilisation": result.get("utilisation"),
             "epochs_run": epochs_run,
+            "epochs_trained": int(result.get("epochs_trained", epochs_run) or 0),
             "seconds": result.get("seconds"),
             "cpu_seconds": result.get("cpu_seconds"),
             **{k: v for k, v in result.items() if k.startswith(("layer3_", "layer4_"))},
@@ -222,7 +225,13 @@ class Recorder(Callback):
         if self.study.get_trials(deepcopy=False)[number].state.is_finished():
             return  # recorded by an earlier session already
         handle = self._handle(number)
-        attrs = {STATUS_ATTR: status, "epochs_run": row["epochs_run"], "seconds": row["seconds"], CHECKPOINT_ATTR: None}
+        attrs = {
+            STATUS_ATTR: status,
+            "epochs_run": row["epochs_run"],
+            "epochs_trained": row["epochs_trained"],
+            "seconds": row["seconds"],
+            CHECKPOINT_ATTR: None,
+        }
         if row.get("utilisation") is not None:
             attrs.update(utilisation=row["utilisation"], val_mse=row["val_mse"])
         if status == "failed":
@@ -265,8 +274,21 @@ class Recorder(Callback):
 
 
 def _row_params(config: dict) -> dict[str, Any]:
-    train = config["train"]
-    return {**config["params"], "n_epochs": train["n_epochs"], "seed": train["seed"], "trial_number": config["trial_number"]}
+    train, warm = config["train"], _warm_start(config)
+    return {
+        **config["params"],
+        "n_epochs": train["n_epochs"],
+        "seed": train["seed"],
+        "trial_number": config["trial_number"],
+        # Only where there is one: a column of nothing but None would not survive the CSV.
+        **({"warm_start": warm["trial_id"]} if warm else {}),
+    }
+
+
+def _warm_start(config: dict) -> dict | None:
+    """The trial's ``warm_start`` entry when it does start from another trial's model."""
+    warm = config.get("warm_start")
+    return warm if warm and warm.get("checkpoint") is not None else None
 
 
 def _non_finite(result: dict) -> str | None:

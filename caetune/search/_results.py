@@ -34,7 +34,8 @@ STATUSES = ("complete", "pruned", "failed", "running")
 # Leading columns, in this order; params, then layer metrics follow.
 LEAD_COLUMNS = ("trial_id", "status", "error")
 METRIC_COLUMNS = (
-    "val_mse", "best_val_mse", "objective", "utilisation", "epochs_run", "n_epochs", "seconds", "cpu_seconds"
+    "val_mse", "best_val_mse", "objective", "utilisation", "epochs_run", "n_epochs", "epochs_trained", "warm_start",
+    "seconds", "cpu_seconds",
 )
 
 

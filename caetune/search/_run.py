@@ -36,7 +36,7 @@ from typing import Any, TextIO
 import yaml
 
 from caetune._errors import InputError
-from caetune._runlayout import EXPERIMENT_FILE, RESULTS_CSV, STUDY_FILE
+from caetune._runlayout import EXPERIMENT_FILE, RESULTS_CSV, STUDY_FILE, TRIAL_MODEL
 from caetune.search._defaults import DEFAULT_SPACE, DEFAULT_STORAGE, DEFAULTS, DEFINITION
 from caetune.search._objective import OBJECTIVES, Objective
 from caetune.search._space import SearchSpace, load_space, space_from_dict
@@ -226,7 +226,7 @@ class _Session:
         import ray
 
         from caetune.search._confirm import run_confirm
-        from caetune.search._results import ResultsTable
+        from caetune.search._results import ResultsTable, trial_dir
         from caetune.search._searcher import StudySearcher, TrialFactory, resumable_trials
         from caetune.search._trainable import data_payload
 
@@ -241,8 +241,18 @@ class _Session:
             util_images=values["util_images"],
         )
         fs = files.fs()
-        resumable = resumable_trials(study, checkpoint_of=lambda rel: _checkpoint_if_exists(fs, files.path(rel)))
-        searcher = StudySearcher(study, factory, num_samples=values["num_samples"], resumable=resumable)
+
+        def saved_model_of(trial_id: str):
+            return _checkpoint_if_exists(fs, files.path(trial_dir(trial_id)), holding=TRIAL_MODEL)
+
+        resumable = resumable_trials(
+            study,
+            checkpoint_of=lambda rel: _checkpoint_if_exists(fs, files.path(rel)),
+            saved_model_of=saved_model_of,
+        )
+        searcher = StudySearcher(
+            study, factory, num_samples=values["num_samples"], resumable=resumable, saved_model_of=saved_model_of
+        )
         table = ResultsTable(files, self.space.params)
         table.load()
         data_ref = ray.put(data_payload(self.data))  # once; every trial and confirmation run maps it
@@ -522,11 +532,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _checkpoint_if_exists(fs, fs_path: str):
+def _checkpoint_if_exists(fs, fs_path: str, *, holding: str | None = None):
+    """A checkpoint of the folder ``fs_path``, or ``None`` when it (or the file ``holding`` in it) is gone."""
     from ray.tune import Checkpoint
 
     if fs.get_file_info(fs_path).type.name != "Directory":
         return None  # gone: the trial starts over
+    if holding and fs.get_file_info(f"{fs_path}/{holding}").type.name != "File":
+        return None
     return Checkpoint(fs_path, filesystem=fs)
 
 

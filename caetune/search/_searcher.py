@@ -38,6 +38,7 @@ from ray.tune.search import Searcher
 from caetune._errors import InputError
 from caetune.search._objective import Objective
 from caetune.search._space import SearchSpace
+from caetune.search._warm import WARM_ATTR, WARM_EPOCHS_ATTR, WarmStart, find_warm_start
 
 TRIAL_ATTR = "trial_id"
 CHECKPOINT_ATTR = "checkpoint"
@@ -115,7 +116,13 @@ class TrialFactory:
     threads: int
     util_images: int
 
-    def config(self, number: int, params: dict[str, Any], resume_from: Any = None) -> dict[str, Any]:
+    def n_epochs(self, params: dict[str, Any]) -> int:
+        """A proposal's Ne (searched, or fixed by the space)."""
+        return self.space.train_config(params, seed=self.seed, device=self.device).n_epochs
+
+    def config(
+        self, number: int, params: dict[str, Any], resume_from: Any = None, warm_start: WarmStart | None = None
+    ) -> dict[str, Any]:
         train = self.space.train_config(params, seed=self.seed, device=self.device)
         return {
             "trial_number": number,
@@ -126,6 +133,7 @@ class TrialFactory:
             "threads": self.threads,
             "util_images": self.util_images,
             "resume_from": resume_from,
+            "warm_start": warm_start.to_config() if warm_start else None,
         }
 
 
@@ -136,6 +144,7 @@ class Resumable:
     number: int
     params: dict[str, Any]
     checkpoint: Any = None  # a ray.tune.Checkpoint, or None to start over
+    warm_start: WarmStart | None = None  # where it started, if it continued another trial
 
 
 class StudySearcher(Searcher):
@@ -146,14 +155,26 @@ class StudySearcher(Searcher):
         factory: Builds trial configs.
         num_samples: Trials the study should hold when the search is done.
         resumable: Trials of an earlier session to run first.
+        saved_model_of: ``trial_id -> Checkpoint | None``, a finished trial's saved
+            model; given, a proposal continues from the same config's earlier
+            trial (:mod:`caetune.search._warm`).
     """
 
-    def __init__(self, study, factory: TrialFactory, *, num_samples: int, resumable: list[Resumable] = ()):
+    def __init__(
+        self,
+        study,
+        factory: TrialFactory,
+        *,
+        num_samples: int,
+        resumable: list[Resumable] = (),
+        saved_model_of: Callable[[str], Any] | None = None,
+    ):
         super().__init__(metric=None, mode=None)
         self.study = study
         self.factory = factory
         self.num_samples = num_samples
         self.resumable = list(resumable)
+        self.saved_model_of = saved_model_of
         self.distributions = factory.space.distributions()
 
     def __getstate__(self) -> dict:
@@ -164,12 +185,21 @@ class StudySearcher(Searcher):
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.resumable:
             job = self.resumable.pop(0)
-            return self.factory.config(job.number, job.params, job.checkpoint)
+            return self.factory.config(job.number, job.params, job.checkpoint, job.warm_start)
         if started_trials(self.study) >= self.num_samples:
             return Searcher.FINISHED
         trial = self.study.ask(self.distributions)
         trial.set_user_attr(TRIAL_ATTR, trial_name(trial.number))
-        return self.factory.config(trial.number, dict(trial.params))
+        params = dict(trial.params)
+        warm = None
+        if self.saved_model_of is not None:
+            warm = find_warm_start(
+                self.study, params, self.factory.n_epochs(params), saved_model_of=self.saved_model_of
+            )
+        if warm is not None:
+            trial.set_user_attr(WARM_ATTR, warm.trial_id)
+            trial.set_user_attr(WARM_EPOCHS_ATTR, warm.epochs)
+        return self.factory.config(trial.number, params, warm_start=warm)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         # The recorder tells the study, once the trial's files are written.
@@ -187,14 +217,24 @@ def started_trials(study) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING)
 
 
-def resumable_trials(study, *, checkpoint_of: Callable[[str], Any]) -> list[Resumable]:
-    """The study's ``RUNNING`` trials, with their last checkpoint (``checkpoint_of(relpath)``)."""
+def resumable_trials(
+    study, *, checkpoint_of: Callable[[str], Any], saved_model_of: Callable[[str], Any] | None = None
+) -> list[Resumable]:
+    """The study's ``RUNNING`` trials, with their last checkpoint (``checkpoint_of(relpath)``).
+
+    A trial that had continued another one gets that one's model again
+    (``saved_model_of(trial_id)``), for when its own checkpoint is gone.
+    """
     import optuna
 
     jobs = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         rel = trial.user_attrs.get(CHECKPOINT_ATTR)
-        jobs.append(Resumable(trial.number, dict(trial.params), checkpoint_of(rel) if rel else None))
+        warm, source = None, trial.user_attrs.get(WARM_ATTR)
+        if source:
+            model = saved_model_of(source) if saved_model_of else None
+            warm = WarmStart(source, int(trial.user_attrs.get(WARM_EPOCHS_ATTR) or 0), model)
+        jobs.append(Resumable(trial.number, dict(trial.params), checkpoint_of(rel) if rel else None, warm))
     return jobs
 
 

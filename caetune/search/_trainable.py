@@ -12,7 +12,8 @@ images, reports ``epoch``, ``val_mse``, ``objective``, ``utilisation`` and the
 :class:`~caetune.models.Trainer` state (``model.pt``) and ``metrics.json``.
 A trial resumes from ``ray.tune.get_checkpoint()`` (Ray restarted it, e.g.
 after a node was lost) or from ``config["resume_from"]`` (an earlier session
-of the search was interrupted).
+of the search was interrupted); a new trial may start from another trial's
+saved model, ``config["warm_start"]`` (:mod:`caetune.search._warm`).
 
 A trial that raises (NaN loss, a config the images cannot take, out of
 memory ...) does not raise to Ray: it reports a last result with ``failed``
@@ -76,29 +77,31 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     train_config = TrainConfig.from_dict(dict(config["train"]))
     state = {"epoch": 0, "seconds": 0.0, "cpu_seconds": 0.0}
     start = (time.perf_counter(), time.process_time())
+    warm = config.get("warm_start") or {}
+    inherited = int(warm["epochs"]) if warm.get("checkpoint") is not None else 0  # epochs it did not train
     try:
         trainer = Trainer(train_config, image_data(data))
-        checkpoint = tune.get_checkpoint() or config.get("resume_from")
-        if checkpoint is not None:
-            try:
-                with checkpoint.as_directory() as folder:
-                    trainer.load_checkpoint(Path(folder) / CHECKPOINT_MODEL)
-                    before = json.loads((Path(folder) / CHECKPOINT_METRICS).read_text())
-            except Exception as err:  # noqa: BLE001 -- a damaged checkpoint fails this trial, not the search
-                raise RuntimeError(f"cannot resume from checkpoint {checkpoint.path}: {failure_reason(err)}") from err
+        own = tune.get_checkpoint() or config.get("resume_from")
+        if own is not None:
+            before = _load_checkpoint(trainer, own)
             state.update(seconds=before["seconds"], cpu_seconds=before.get("cpu_seconds", 0.0))
+        elif warm.get("checkpoint") is not None:
+            _load_checkpoint(trainer, warm["checkpoint"])  # another trial's model; the clocks stay this trial's own
         state["epoch"] = trainer.epoch
         if trainer.epoch >= train_config.n_epochs:
             # Resumed from its final checkpoint (the driver stopped before recording it): report
             # it again, without training, with the clocks it had, so its record comes out the same.
-            _report_epoch(trainer, objective, config, clocks=lambda: {k: state[k] for k in ("seconds", "cpu_seconds")})
+            # (Or a warm start from a trial that ran exactly this Ne: nothing to train either.)
+            clocks = (lambda: {k: state[k] for k in ("seconds", "cpu_seconds")}) if own else (lambda: _clocks(state, start))
+            _report_epoch(trainer, objective, config, clocks=clocks, inherited=inherited)
         while trainer.epoch < train_config.n_epochs:
             trainer.run_epoch()
             state["epoch"] = trainer.epoch
-            _report_epoch(trainer, objective, config, clocks=lambda: _clocks(state, start))
+            _report_epoch(trainer, objective, config, clocks=lambda: _clocks(state, start), inherited=inherited)
     except Exception as err:  # noqa: BLE001 -- any error of the trial is its result
         # No metric in it: ASHA skips a result without one, and the recorder reads `failed`.
-        tune.report({"epoch": state["epoch"], "failed": failure_reason(err), **_clocks(state, start)})
+        epochs = {"epoch": state["epoch"], "epochs_trained": max(0, state["epoch"] - inherited)}
+        tune.report({**epochs, "failed": failure_reason(err), **_clocks(state, start)})
 
 
 def epoch_metrics(trainer, objective, *, util_images: int) -> dict[str, Any]:
@@ -118,10 +121,23 @@ def epoch_metrics(trainer, objective, *, util_images: int) -> dict[str, Any]:
     }
 
 
-def _report_epoch(trainer, objective, config: dict, *, clocks: Callable[[], dict[str, float]]) -> None:
+def _load_checkpoint(trainer, checkpoint) -> dict[str, Any]:
+    """Loads a checkpoint (a trial's own, or a finished trial's folder) into ``trainer``; its metrics.json."""
+    try:
+        with checkpoint.as_directory() as folder:
+            trainer.load_checkpoint(Path(folder) / CHECKPOINT_MODEL)
+            return json.loads((Path(folder) / CHECKPOINT_METRICS).read_text())
+    except Exception as err:  # noqa: BLE001 -- a damaged checkpoint fails this trial, not the search
+        raise RuntimeError(f"cannot resume from checkpoint {checkpoint.path}: {failure_reason(err)}") from err
+
+
+def _report_epoch(
+    trainer, objective, config: dict, *, clocks: Callable[[], dict[str, float]], inherited: int = 0
+) -> None:
     from ray import tune
 
     result = epoch_metrics(trainer, objective, util_images=int(config["util_images"]))
+    result["epochs_trained"] = trainer.epoch - inherited  # by this trial; a warm start inherited the rest
     result.update(clocks())  # after U: the epoch's seconds include it
     metrics = {**result, "history": [m.to_dict() for m in trainer.history]}
     with tempfile.TemporaryDirectory(prefix="caetune-ckpt-") as folder:

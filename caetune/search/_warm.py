@@ -1,0 +1,83 @@
+"""Never train the same epochs twice: a trial continues from an earlier trial of the same config.
+
+Training does not depend on Ne (no learning-rate schedule, a seeded
+permutation per epoch, deterministic kernels on CPU), so epoch ``e`` of a
+trial that runs Ne = 20 *is* the model of the same config run with Ne = ``e``,
+bit for bit (``tests/search/test_warm.py`` checks it). Trials of a search share
+the seed, so two trials with the same params but Ne differ only in how long
+they train. When the sampler proposes such a config again,
+
+* a finished trial of it (complete, or pruned by ASHA) that ran ``j <= Ne``
+  epochs and left its model (``trials/<id>/model.pt``, the full Trainer
+  state) is where the new trial starts: it trains only epochs ``j+1 .. Ne``;
+* with ``j == Ne`` (the exact same proposal) it trains nothing: it loads the
+  model, computes the metrics and reports them, so the sampler hears the same
+  value again without paying for it.
+
+The new trial's row says so: ``warm_start`` (the trial it continued from) and
+``epochs_trained`` (its own epochs; ``epochs_run`` counts the model's). Its
+``seconds`` are its own. A proposal whose every earlier trial ran *more*
+epochs than its Ne trains from scratch: only a trial's final model is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+WARM_ATTR = "warm_start"  # Optuna user attribute: the trial id a trial continued from
+WARM_EPOCHS_ATTR = "warm_epochs"  # ... and that trial's epochs, which this one did not train
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """An earlier trial whose saved model a new trial continues from.
+
+    Attributes:
+        trial_id: The earlier trial (``t0003``).
+        epochs: The epochs its model was trained for (``epochs_run``).
+        checkpoint: A ``ray.tune.Checkpoint`` of its folder (``trials/<id>/``), or
+            ``None`` when its model is gone (the new trial then starts over).
+    """
+
+    trial_id: str
+    epochs: int
+    checkpoint: Any = None
+
+    def to_config(self) -> dict[str, Any]:
+        """The trial config's ``warm_start`` entry (read by the trainable and the recorder)."""
+        return {"trial_id": self.trial_id, "epochs": self.epochs, "checkpoint": self.checkpoint}
+
+
+def config_key(params: dict[str, Any]) -> tuple:
+    """What two trials of one search share when they train the same model epoch by epoch: every param but Ne."""
+    return tuple(sorted(((k, v) for k, v in params.items() if k != "n_epochs"), key=lambda kv: kv[0]))
+
+
+def find_warm_start(
+    study, params: dict[str, Any], n_epochs: int, *, saved_model_of: Callable[[str], Any]
+) -> WarmStart | None:
+    """The finished trial of the same config that ran the most epochs, at most ``n_epochs``, with its model kept.
+
+    Args:
+        study: The search's Optuna study (its finished trials carry ``trial_id`` and ``epochs_run``).
+        params: The proposed params.
+        n_epochs: The proposal's Ne.
+        saved_model_of: ``trial_id -> Checkpoint | None`` (``None``: no model saved).
+    """
+    import optuna
+
+    from caetune.search._searcher import TRIAL_ATTR
+
+    key = config_key(params)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    candidates = []
+    for trial in study.get_trials(deepcopy=False, states=finished):
+        epochs = int(trial.user_attrs.get("epochs_run") or 0)
+        if 0 < epochs <= n_epochs and TRIAL_ATTR in trial.user_attrs and config_key(trial.params) == key:
+            candidates.append((-epochs, trial.number, trial.user_attrs[TRIAL_ATTR]))
+    for negative_epochs, _, trial_id in sorted(candidates):  # most epochs first, then the oldest trial
+        checkpoint = saved_model_of(trial_id)
+        if checkpoint is not None:
+            return WarmStart(trial_id, -negative_epochs, checkpoint)
+    return None
