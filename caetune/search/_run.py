@@ -596,12 +596,33 @@ def _connect_ray(address: str | None) -> bool:
         _local_ray_on_loopback()
     try:
         # Ray's warnings on the console would interleave with the progress lines; its logs keep them.
-        ray.init(address=target, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+        ray.init(
+            address=target,
+            include_dashboard=False,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+            runtime_env=_worker_runtime_env(),
+        )
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise InputError(field, f"cannot join the Ray cluster at {target}: {str(err).splitlines()[0]}") from None
     if target is None:
         _make_token_private()
     return True
+
+
+def _worker_runtime_env() -> dict[str, Any]:
+    """The environment of this search's Ray workers: glibc's allocator tuned from their start.
+
+    A trial trains in a thread of its worker, where ``mallopt`` (what
+    :func:`caetune.models.tune_allocator` calls) cannot keep glibc from
+    unmapping the big gradient buffers after every step; ``GLIBC_TUNABLES``
+    read at process start can. A value the user set is left alone.
+    """
+    from caetune.models import ALLOCATOR_TUNABLES
+
+    if "GLIBC_TUNABLES" in os.environ or not sys.platform.startswith("linux"):
+        return {}
+    return {"env_vars": {"GLIBC_TUNABLES": ALLOCATOR_TUNABLES}}
 
 
 def _local_ray_on_loopback() -> None:
