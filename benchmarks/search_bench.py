@@ -10,12 +10,16 @@ The issue's two search benchmarks, at reduced scale:
   Ne = e. The grid costs 20 x Ne trial-epochs; its best objective is the
   minimum over all 20 x Ne points. Then ``run_search`` (ASHA on, the paper's
   start point off, no confirmation) searches the same categorical Nn/Nm values
-  with Ne an int range 1..max, once per ``--seeds``. A search's cost to come
-  within 5% of the grid's best is the sum of ``epochs_run`` over its trials
-  in proposal order (trial ids), up to and including the first *complete*
-  trial whose objective is <= 1.05 x the grid's best. Ratio = that / grid
-  total; a seed that never gets there is flagged and charged all its
-  trial-epochs. Target: mean ratio <= 30%.
+  with Ne an int range 1..max. Each of ``--seeds`` is one replicate: the grid
+  is trained with that seed and the search runs with it (the search's seed
+  seeds its trials' training too, so only a same-seed grid is its ground
+  truth). A search's cost to come within 5% of the grid's best is the sum of
+  ``epochs_trained`` (the epochs a trial trained itself; a trial that
+  continued an earlier trial of its config did not train that one's epochs)
+  over its trials in proposal order (trial ids), up to and including the
+  first *complete* trial whose objective is <= 1.05 x the grid's best.
+  Ratio = that / grid total; a seed that never gets there is flagged and
+  charged all its trial-epochs. Target: mean ratio <= 30%.
 * **Overhead**: one sequential search (``max_concurrent=1``, tiny configs,
   1-2 epochs); overhead per trial = (wall time of ``run_search`` - the sum of
   the trials' own ``seconds``) / trials. Ray is started before and its
@@ -25,8 +29,8 @@ The grid uses the search's own code path for the objective
 (:func:`caetune.search._trainable.epoch_metrics`, the same ``TrainConfig``
 the search builds from the same space with the same seed, one torch thread
 like a trial with ``cpus_per_trial=1``), so its objectives are the ones the
-search sees; the seed-0 search's trials are checked against the grid
-(``grid_consistency``).
+search sees; every search's trials are checked against their grid
+(``grid_consistency``: 0 means bit-identical).
 
 Usage::
 
@@ -58,14 +62,18 @@ TARGET_OVERHEAD_S = 1.0
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subset", type=int, default=1500, help="mnist-10k images used (train + val)")
-    parser.add_argument("--max-epochs", type=int, default=10, help="the grid's Ne and the search's cap")
-    parser.add_argument("--num-samples", type=int, default=30, help="trials per efficiency search (their epochs may exceed 30%% of the grid)")
+    parser.add_argument("--max-epochs", type=int, default=20, help="the grid's Ne and the search's cap")
+    parser.add_argument("--num-samples", type=int, default=60, help="trials per efficiency search (their epochs may exceed 30%% of the grid)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--util-images", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=None, help="fixed in the space (default: TrainConfig's)")
+    parser.add_argument("--batch-size", type=int, default=64, help="fixed in the space (0: TrainConfig's)")
+    parser.add_argument("--reduction-factor", type=float, default=None, help="ASHA's (default: caetune search's)")
     parser.add_argument("--overhead-trials", type=int, default=12)
     parser.add_argument("--num-cpus", type=int, default=2, help="the local Ray's CPUs")
     parser.add_argument("--workdir", default=None, help="where the runs go (default: a temporary folder)")
+    parser.add_argument("--grids-from", default=None, metavar="JSON",
+                        help="reuse the grids of an earlier run's --json (same scale and seeds; training is deterministic, "
+                             "and grid_consistency checks it)")
     parser.add_argument("--json", default=None, help="write all numbers here")
     return parser.parse_args(argv)
 
@@ -77,7 +85,7 @@ def write_space(folder: Path, name: str, params: dict, fixed: dict) -> Path:
     return path
 
 
-def train_grid(space_path: Path, args) -> dict:
+def train_grid(space_path: Path, args, grid_seed: int) -> dict:
     """Every (Nn, Nm) config for the max Ne, the objective after every epoch."""
     import torch
 
@@ -91,7 +99,6 @@ def train_grid(space_path: Path, args) -> dict:
     space = load_space(str(space_path)).with_fixed(subset=args.subset).capped(args.max_epochs)
     data = _load_data(space)
     objective = Objective()  # the search's default: combined, default weight
-    grid_seed = args.seeds[0]
     rows, start = [], time.perf_counter()
     for n_neurons in N_NEURONS:
         for n_maps in N_MAPS:
@@ -116,6 +123,18 @@ def train_grid(space_path: Path, args) -> dict:
         "train": len(data.train),
         "val": len(data.val),
     }
+
+
+def reused_grids(args) -> dict:
+    """The grids of an earlier run, if it had this run's scale (else none)."""
+    earlier = json.loads(Path(args.grids_from).read_text())
+    scale = earlier["scale"]
+    same = (scale["subset"], scale["batch_size"], scale["max_epochs"], scale["util_images"]) == (
+        args.subset, args.batch_size, args.max_epochs, args.util_images)
+    if not same:
+        sys.exit(f"--grids-from: {args.grids_from} has another scale ({scale})")
+    grids = {int(seed): {**grid, "from": args.grids_from, "date": earlier["date"]} for seed, grid in earlier["grids"].items()}
+    return {seed: grids[seed] for seed in args.seeds if seed in grids}
 
 
 def search(space_path: Path, storage: Path, name: str, args, **overrides):
@@ -145,6 +164,8 @@ def efficiency(frame, grid: dict) -> dict:
     """Trial-epochs until the first complete trial within 5% of the grid's best, against the grid's total."""
     threshold = grid["best"]["objective"] * (1 + WITHIN)
     epochs = frame["epochs_run"].fillna(0).astype(int)
+    if "epochs_trained" in frame:
+        epochs = frame["epochs_trained"].fillna(epochs).astype(int)
     hits = frame.index[(frame["status"] == "complete") & (frame["objective"] <= threshold)]
     reached = len(hits) > 0
     used = int(epochs[: hits[0] + 1].sum()) if reached else int(epochs.sum())
@@ -157,6 +178,8 @@ def efficiency(frame, grid: dict) -> dict:
         "ratio": used / grid["trial_epochs"],
         "best_objective": float(done["objective"].min()) if len(done) else None,
         "trials": {s: int(n) for s, n in frame["status"].value_counts().items()},
+        "warm_started": int(frame["warm_start"].notna().sum()) if "warm_start" in frame else 0,
+        "trained_nothing": int((epochs == 0).sum()),
     }
 
 
@@ -172,6 +195,7 @@ def grid_consistency(frame, grid: dict) -> float | None:
 
 def main(argv: list[str] | None = None) -> dict:
     from caetune.models import TrainConfig
+    from caetune.search._defaults import DEFAULTS
 
     args = parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="caetune-search-bench-"))
@@ -179,15 +203,18 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = os.getloadavg()
 
     # More optimizer steps per epoch (a smaller batch) bring the reduced-scale curves closer to converged.
-    fixed = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    fixed = {"batch_size": args.batch_size} if args.batch_size else {}
     grid_space = write_space(
         workdir,
         "grid",
         {"n_neurons": N_NEURONS, "n_maps": N_MAPS, "n_epochs": {"low": 1, "high": args.max_epochs}},
         fixed,
     )
-    print(f"grid: {len(N_NEURONS) * len(N_MAPS)} configs x Ne={args.max_epochs}", file=sys.stderr)
-    grid = train_grid(grid_space, args)
+    grids = reused_grids(args) if args.grids_from else {}
+    for seed in args.seeds:
+        if seed not in grids:
+            print(f"grid, seed {seed}: {len(N_NEURONS) * len(N_MAPS)} configs x Ne={args.max_epochs}", file=sys.stderr)
+            grids[seed] = train_grid(grid_space, args, seed)
 
     import ray
 
@@ -196,15 +223,14 @@ def main(argv: list[str] | None = None) -> dict:
     ray_startup = time.perf_counter() - t0
     try:
         runs = {}
+        asha = {} if args.reduction_factor is None else {"reduction_factor": args.reduction_factor}
         for seed in args.seeds:
             print(f"efficiency search, seed {seed} ...", file=sys.stderr)
             wall, frame = search(
                 grid_space, workdir / "runs", f"eff-s{seed}", args,
-                seed=seed, num_samples=args.num_samples, max_epochs=args.max_epochs,
+                seed=seed, num_samples=args.num_samples, max_epochs=args.max_epochs, **asha,
             )
-            runs[seed] = {"wall_s": wall, **efficiency(frame, grid)}
-            if seed == grid["seed"]:
-                runs[seed]["grid_consistency"] = grid_consistency(frame, grid)
+            runs[seed] = {"wall_s": wall, **efficiency(frame, grids[seed]), "grid_consistency": grid_consistency(frame, grids[seed])}
             print(f"  {runs[seed]}", file=sys.stderr)
 
         # Overhead: the smallest configs and 1-2 epochs, so the search's own work dominates the wall time.
@@ -233,8 +259,9 @@ def main(argv: list[str] | None = None) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg()},
         "scale": {"subset": args.subset, "batch_size": args.batch_size or TrainConfig.batch_size, "max_epochs": args.max_epochs, "num_samples": args.num_samples,
-                  "util_images": args.util_images, "model": "model1", "dataset": "mnist-10k", "start_point": False},
-        "grid": grid,
+                  "util_images": args.util_images, "model": "model1", "dataset": "mnist-10k", "start_point": False,
+                  "reduction_factor": args.reduction_factor or DEFAULTS["reduction_factor"], "grace_period": DEFAULTS["grace_period"]},
+        "grids": grids,
         "efficiency": {"runs": runs, "mean_ratio": mean_ratio, "target": TARGET_RATIO, "all_reached": all_reached,
                        "pass": all_reached and mean_ratio <= TARGET_RATIO},
         "overhead": {**overhead, "target_s": TARGET_OVERHEAD_S, "pass": overhead["per_trial_s"] < TARGET_OVERHEAD_S},
@@ -246,26 +273,29 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def markdown(result: dict) -> str:
-    grid, eff, ovh, scale = result["grid"], result["efficiency"], result["overhead"], result["scale"]
-    best = grid["best"]
+    grids, eff, ovh, scale = result["grids"], result["efficiency"], result["overhead"], result["scale"]
+    some = next(iter(grids.values()))
     lines = [
-        f"Scale: mnist-10k subset {scale['subset']} ({grid['train']} train / {grid['val']} val), Model 1, batch {scale['batch_size']}, "
+        f"Scale: mnist-10k subset {scale['subset']} ({some['train']} train / {some['val']} val), Model 1, batch {scale['batch_size']}, "
         f"Ne <= {scale['max_epochs']}, U on {scale['util_images']} images, {scale['num_samples']} trials per search, "
-        "ASHA on, start point off.",
-        f"Grid: 20 configs x Ne {scale['max_epochs']} = {grid['trial_epochs']} trial-epochs ({grid['seconds']:.0f} s, seed {grid['seed']}); "
-        f"best objective {best['objective']:.4g} at Nn={best['n_neurons']} Nm={best['n_maps']} Ne={best['n_epochs']}; "
-        f"within 5%: <= {best['objective'] * (1 + WITHIN):.4g} "
-        f"({grid.get('points_within', '?')} of the grid's {grid['trial_epochs']} (Nn, Nm, Ne) points).",
+        f"ASHA (grace {scale['grace_period']}, reduction factor {scale['reduction_factor']:g}), start point off.",
+        f"Grid: 20 configs x Ne {scale['max_epochs']} = {some['trial_epochs']} trial-epochs per seed.",
         "",
-        "| seed | reached | first trial within 5% | trial-epochs used | / grid | search best | trials (status) |",
-        "|---|---|---|---|---|---|---|",
+        "| seed | grid best (Nn, Nm, Ne) | points within 5% | reached | first trial within 5% | trial-epochs used "
+        "| / grid | search best | trials (status; warm-started; trained nothing) | search vs grid |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for seed, r in eff["runs"].items():
+        grid = grids[seed]
+        best = grid["best"]
         statuses = ", ".join(f"{n} {s}" for s, n in sorted(r["trials"].items()))
         best_txt = f"{r['best_objective']:.4g}" if r["best_objective"] is not None else "-"
+        gap = r.get("grid_consistency")
         lines.append(
-            f"| {seed} | {'yes' if r['reached'] else 'NOT REACHED'} | {r['hit_trial'] or '-'} | "
-            f"{r['trial_epochs_used']} of {r['trial_epochs_total']} | {r['ratio']:.1%} | {best_txt} | {statuses} |"
+            f"| {seed} | {best['objective']:.4g} ({best['n_neurons']}, {best['n_maps']}, {best['n_epochs']}) | "
+            f"{grid['points_within']} | {'yes' if r['reached'] else 'NOT REACHED'} | {r['hit_trial'] or '-'} | "
+            f"{r['trial_epochs_used']} of {r['trial_epochs_total']} | {r['ratio']:.1%} | {best_txt} | "
+            f"{statuses}; {r['warm_started']}; {r['trained_nothing']} | {'-' if gap is None else f'{gap:.1e}'} |"
         )
     lines += [
         "",
