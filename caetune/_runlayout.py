@@ -20,8 +20,11 @@ Columns of results.csv that every reader may rely on: ``trial_id``, ``status``
 (``complete``, ``pruned``, ``failed``, ``running``), ``error``, the
 searched params by their TrainConfig names (``n_neurons``, ``n_maps``,
 ``n_epochs``, ``model``, ``lr``, ``batch_size`` ...), ``val_mse`` (last epoch),
-``best_val_mse``, ``utilisation`` (U), ``objective``, ``epochs_run``,
-``seconds``, and the per-layer metrics ``layer3_*`` / ``layer4_*``.
+``best_val_mse``, ``utilisation`` (U), ``objective``, ``epochs_run`` (the
+epochs its model was trained), ``epochs_trained`` (by this trial itself),
+``seconds`` (this trial's own), and the per-layer metrics ``layer3_*`` /
+``layer4_*``. ``warm_start`` names the trial whose model a trial continued
+(the column is there once any trial did).
 """
 
 EXPERIMENT_FILE = "experiment.yaml"

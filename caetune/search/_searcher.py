@@ -14,6 +14,10 @@ RDB URL), so it holds every trial of the search, across sessions:
   id in results.csv, ``trials/`` and the dashboard) and ``checkpoint`` (its
   latest checkpoint, relative to the run folder).
 
+A proposal whose config (every param but Ne) an earlier trial already
+trained continues from that trial's saved model (:mod:`caetune.search._warm`,
+user attributes ``warm_start`` and ``warm_epochs``).
+
 The trial number is the search's stable trial id; Ray's own trial ids change
 from session to session. A resumed search re-opens the study by name: trials
 still ``RUNNING`` there were cut off and are proposed again, first, with
