@@ -62,8 +62,10 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
 
     Args:
         config: ``trial_id``, ``train`` (a TrainConfig dict), ``objective``
-            (``kind``, ``weight``), ``threads``, ``util_images`` and
-            ``resume_from`` (a ``ray.tune.Checkpoint`` or ``None``).
+            (``kind``, ``weight``), ``threads``, ``util_images``,
+            ``resume_from`` (its own checkpoint of an earlier session, or
+            ``None``) and ``warm_start`` (``None``, or the ``trial_id``,
+            ``epochs`` and ``checkpoint`` of the trial it continues).
         data: The shared dataset, from :func:`data_payload`.
     """
     import torch
@@ -92,7 +94,8 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
             # Resumed from its final checkpoint (the driver stopped before recording it): report
             # it again, without training, with the clocks it had, so its record comes out the same.
             # (Or a warm start from a trial that ran exactly this Ne: nothing to train either.)
-            clocks = (lambda: {k: state[k] for k in ("seconds", "cpu_seconds")}) if own else (lambda: _clocks(state, start))
+            resumed = own is not None
+            clocks = (lambda: {k: state[k] for k in ("seconds", "cpu_seconds")}) if resumed else (lambda: _clocks(state, start))
             _report_epoch(trainer, objective, config, clocks=clocks, inherited=inherited)
         while trainer.epoch < train_config.n_epochs:
             trainer.run_epoch()
