@@ -443,7 +443,7 @@ def _s3_filesystem(endpoint: str | None, scheme: str | None, region: str | None,
     import pyarrow.fs
 
     # A search outlives short S3 outages: AWS's standard retries back off up to 20 s apart, so
-    # 10 attempts wait out about 100 s of a server that refuses connections before an error.
+    # 10 attempts wait out about 90 s of a server that refuses connections before an error.
     kwargs = dict(retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
     if timeout is not None:
         kwargs = dict(
@@ -451,7 +451,34 @@ def _s3_filesystem(endpoint: str | None, scheme: str | None, region: str | None,
             request_timeout=timeout,
             retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=1),
         )
-    return pyarrow.fs.S3FileSystem(endpoint_override=endpoint, scheme=scheme, region=region, **kwargs)
+    options = (endpoint, scheme, region, timeout)
+    return _retrying_s3_class()(options, endpoint_override=endpoint, scheme=scheme, region=region, **kwargs)
+
+
+@functools.lru_cache(maxsize=1)
+def _retrying_s3_class() -> type:
+    """``pyarrow.fs.S3FileSystem`` whose pickled form keeps its retry strategy.
+
+    Ray Tune pickles ``storage_filesystem`` to every trial worker, and pyarrow's
+    own pickling drops ``retry_strategy``: a worker's checkpoint upload then
+    failed on the first refused connection of an outage. Unpickling this one
+    calls :func:`_s3_filesystem` with the same options instead, so a worker
+    retries exactly as the driver does. Credentials are not in the pickle
+    (pyarrow's neither): each process reads them from its own environment.
+    It stays an ``S3FileSystem`` (not a ``PyFileSystem`` wrapper), so pyarrow
+    copies to it natively and Ray keeps its single-threaded S3 upload workaround.
+    """
+    import pyarrow.fs
+
+    class RetryingS3FileSystem(pyarrow.fs.S3FileSystem):
+        def __init__(self, options: tuple, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self._options = options
+
+        def __reduce__(self):
+            return _s3_filesystem, self._options
+
+    return RetryingS3FileSystem
 
 
 @functools.lru_cache(maxsize=32)
