@@ -6,7 +6,8 @@ The order matters:
    the space, the storage (reachable), the name, an existing run's settings,
    the Ray cluster (reachable), the dataset (loads). Bad input here is an
    :class:`~caetune.InputError` and nothing has been written.
-2. Take the run's lock, open (or create) the Optuna study, write
+2. Take the run's lock (before Ray starts: a second search on the run stops
+   there), join or start Ray, open (or create) the Optuna study, write
    ``experiment.yaml``.
 3. Run the trials (Ray Tune + the study's searcher + ASHA + the recorder).
 4. Confirm the top configs with extra seeds, write the report, print the
@@ -184,17 +185,18 @@ def run_search(
 
     _check_ray_address(settings.address)
     data = _load_data(space)
-    owns_ray = _connect_ray(settings.address)
-    try:
-        _check_resources(values, strict=owns_ray, stream=stream)
-        session = _Session(name, settings, values, space, objective, files, sync, study_url, data, stored, stream, out)
-        with _RunLock(files, sync.local_path.parent):
+    # Before Ray starts: a second search on this run stops here, having started and written nothing.
+    with _RunLock(files, sync.local_path.parent):
+        owns_ray = _connect_ray(settings.address)
+        try:
+            _check_resources(values, strict=owns_ray, stream=stream)
+            session = _Session(name, settings, values, space, objective, files, sync, study_url, data, stored, stream, out)
             return session.run(callbacks or [])
-    finally:
-        if owns_ray:
-            import ray
+        finally:
+            if owns_ray:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
 
 
 @dataclass
@@ -496,40 +498,97 @@ def _write_experiment(files, name, values, space: SearchSpace, objective: Object
 
 
 class _RunLock:
-    """One search per run at a time: a lock file holding the owner's host and pid.
+    """One search per run at a time: an exclusive ``flock`` on a lock file, held while the search runs.
 
-    The lock sits beside the local study file (the run folder itself for a
-    local storage, the cache folder for S3). A lock whose process is gone (a
-    killed driver) is taken over.
+    Taking it is one atomic call, and the kernel releases it when its process
+    ends, however it ends (a SIGKILLed driver included): a lock file left by a
+    dead process is simply locked again, and of two processes racing for a run
+    exactly one gets it. The file holds the owner's host and pid, for the one
+    refused to name. It sits beside the local study file (the run folder for a
+    local storage, the cache folder for S3); the folders it created go again
+    when the search leaves them empty (bad input found after the lock leaves
+    nothing behind).
     """
+
+    OWNER_WAIT_S = 1.0  # the winner writes its pid right after locking; a loser may look in between
 
     def __init__(self, files, folder) -> None:
         self.files = files
-        self.path = folder / LOCK_FILE
-        self.mine = f"{socket.gethostname()} {os.getpid()}"
+        self.path = Path(folder) / LOCK_FILE
+        self._fd: int | None = None
+        self._made: list[Path] = []
 
     def __enter__(self) -> "_RunLock":
-        if self.path.exists():
-            owner = self.path.read_text().split()
-            if len(owner) == 2 and owner[0] == socket.gethostname() and _alive(int(owner[1])) and int(owner[1]) != os.getpid():
-                raise InputError("--name", f"run {self.files.url} is in use by process {owner[1]}; wait for it or stop it")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(self.mine)
+        import fcntl
+
+        while True:
+            self._make_folders()
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # the owner before us removed the emptied folder meanwhile
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = self._owner(fd)
+                os.close(fd)
+                self._remove_made()
+                raise InputError("--name", f"run {self.files.url} is in use by {owner}; wait for it or stop it") from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # locked a file its owner had just unlinked on its way out: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
+        self._fd = fd
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.path.exists() and self.path.read_text() == self.mine:
-            self.path.unlink()
+        if self._fd is None:
+            return
+        # Unlinked before it is unlocked: whoever opened it meanwhile finds it gone and starts over.
+        self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+        self._remove_made()
+
+    def _owner(self, fd: int) -> str:
+        deadline = time.monotonic() + self.OWNER_WAIT_S
+        while True:
+            owner = os.pread(fd, 300, 0).decode(errors="replace").split()
+            if len(owner) == 2 and owner[1].isdigit():
+                host, pid = owner
+                return f"process {pid}" if host == socket.gethostname() else f"process {pid} on {host}"
+            if time.monotonic() > deadline:
+                return "another process"
+            time.sleep(0.01)
+
+    def _make_folders(self) -> None:
+        missing = []
+        folder = self.path.parent
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:  # another search made it: not ours to remove
+                continue
+            self._made.insert(0, folder)  # deepest first, the order to remove them in
+
+    def _remove_made(self) -> None:
+        for folder in self._made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or not ours any more): it stays
+                break
+        self._made = []
 
 
-def _alive(pid: int) -> bool:
+def _same_file(fd: int, path: Path) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _checkpoint_if_exists(fs, fs_path: str, *, holding: str | None = None):

@@ -319,19 +319,14 @@ def test_pareto_search_reports_the_front(ray_local, tmp_path):
 
 
 def test_a_run_in_use_is_refused(ray_local, tmp_path):
-    import subprocess
-    import sys
+    from tests.search.test_run_lock import LockHolder
 
     run = tmp_path / "runs" / "tiny"
-    run.mkdir(parents=True)
-    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    owner = LockHolder()
     try:
-        import socket
-
-        (run / ".lock").write_text(f"{socket.gethostname()} {owner.pid}")
+        assert owner.take(run) == "won"
         with pytest.raises(InputError, match=f"in use by process {owner.pid}"):
             run_search(settings(tmp_path), stream=io.StringIO(), out=io.StringIO())
         assert sorted(p.name for p in run.iterdir()) == [".lock"]
     finally:
-        owner.kill()
-        owner.wait()
+        owner.close()
