@@ -409,13 +409,19 @@ def _default_name(settings: SearchSettings) -> str:
 
 
 def _resolve(settings: SearchSettings, stored: dict | None) -> dict[str, Any]:
-    """Each setting: as given, else as the run had it, else the default; definitions must agree."""
+    """Each setting: as given, else as the run had it, else the default; definitions must agree.
+
+    The study URL is stored without its password (:func:`_display_url`), so it
+    is compared in that form, and a run whose stored URL lost a password needs
+    ``--study-storage`` again.
+    """
     before = (stored or {}).get("settings", {})
     values, changed = {}, []
     for key, default in DEFAULTS.items():
         given = getattr(settings, key)
-        if stored is not None and key in DEFINITION and given is not None and given != before.get(key):
-            changed.append(f"{key} {before.get(key)!r} -> {given!r}")
+        seen = _display_url(given) if key == "study_storage" and given is not None else given
+        if stored is not None and key in DEFINITION and given is not None and seen != _stored_form(key, before.get(key)):
+            changed.append(f"{key} {before.get(key)!r} -> {seen!r}")
         values[key] = given if given is not None else before.get(key, default) if stored is not None else default
     if changed:
         raise InputError(
@@ -423,7 +429,23 @@ def _resolve(settings: SearchSettings, stored: dict | None) -> dict[str, Any]:
             f"run {stored['name']!r} exists with other settings ({'; '.join(changed)}); "
             "resume it without them or choose another --name",
         )
+    if stored is not None and settings.study_storage is None and _hides_secret(values["study_storage"]):
+        raise InputError(
+            "--study-storage",
+            f"run {stored['name']!r} keeps its study at {values['study_storage']}, whose password caetune "
+            "does not store; give --study-storage again",
+        )
     return values
+
+
+def _stored_form(key: str, value: Any) -> Any:
+    """A setting as :func:`_write_experiment` stores it (runs written before the study URL was redacted too)."""
+    return _display_url(value) if key == "study_storage" and value is not None else value
+
+
+def _hides_secret(url: str | None) -> bool:
+    """Whether ``url`` is a stored study URL whose credentials :func:`_display_url` replaced."""
+    return url is not None and "://***@" in url
 
 
 def _space_of(values: dict, stored: dict | None) -> SearchSpace:
@@ -474,7 +496,8 @@ def _write_experiment(files, name, values, space: SearchSpace, objective: Object
         "name": name,
         "created": (stored or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
         "caetune": __version__,
-        "settings": {k: values[k] for k in DEFAULTS},
+        # Never the study URL's password: it would sit in every copy of the run folder.
+        "settings": {k: _stored_form(k, values[k]) for k in DEFAULTS},
         "objective": objective.to_dict(),
         "space_name": space.name,
         "space": space.to_dict(),
