@@ -23,6 +23,7 @@ from caetune._storage import Storage, read_bytes
 from tests.search.test_resume_kill import (  # noqa: F401  (re-exported for the fault tests)
     FINISHED,
     RUN_TIMEOUT_S,
+    fault_search,
     kill_group,
     local_study,
     results,

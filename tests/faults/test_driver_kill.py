@@ -32,22 +32,20 @@ import time
 
 import pytest
 
-from caetune._storage import parse_storage, read_bytes
+from caetune._storage import read_bytes
 from tests.faults._tools import (
     FINISHED,
     RUN_TIMEOUT_S,
     check_integrity,
+    fault_search,
     finished_files,
     kill_group,
-    local_study,
     results,
     run_search_cli,
     safe_study,
-    search_env,
     start_search,
     started_ids,
     wait_until,
-    write_space,
 )
 
 NUM_SAMPLES = 3
@@ -99,16 +97,8 @@ MOMENTS = {"first_trial": _first_trial, "between_trials": _between_trials, "whil
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("moment", list(MOMENTS))
 def test_driver_sigkill_then_resume_runs_each_trial_once(moment, tmp_path):
-    space = write_space(tmp_path, subset=300, epochs=(2, 3))
-    env = search_env(tmp_path)
     storage_url = str(tmp_path / "runs")
-    storage = parse_storage(storage_url)
-    run = storage.child("exp")
-    db = local_study(storage, "exp", tmp_path)
-    flags = [
-        "--space", str(space), "--storage", storage_url, "--name", "exp", "--num-samples", str(NUM_SAMPLES),
-        "--max-concurrent", "1", "--grace-period", "10", "--seed", "5",
-    ]  # fmt: skip
+    flags, env, run, db = fault_search(tmp_path, storage_url, seed=5, num_samples=NUM_SAMPLES, subset=300, epochs=(2, 3))
 
     log = tmp_path / "first.log"
     proc = start_search(flags, env, tmp_path, log)

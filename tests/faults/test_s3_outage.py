@@ -31,17 +31,15 @@ from caetune._storage import parse_storage, read_bytes
 from tests.faults._tools import (
     RUN_TIMEOUT_S,
     check_integrity,
+    fault_search,
     finished_files,
     kill_group,
-    local_study,
     results,
     safe_study,
-    search_env,
     start_search,
     started_ids,
     study_trials,
     wait_until,
-    write_space,
 )
 from tests.s3server import s3_bucket, s3_env, s3_server  # noqa: F401  (fixtures)
 
@@ -200,16 +198,11 @@ def test_a_pickled_filesystem_still_retries(kind, s3_bucket, s3_server, monkeypa
 @pytest.mark.timeout(420)
 def test_a_20s_s3_outage_mid_search_is_survived(s3_bucket, s3_server, tmp_path):
     proxy = OutageProxy(("127.0.0.1", s3_server.port))
-    env = search_env(tmp_path, s3_server.subprocess_env())
+    flags, env, run, db = fault_search(
+        tmp_path, f"s3://{s3_bucket}/runs", seed=13, num_samples=NUM_SAMPLES, subset=600, epochs=(4, 5),
+        base_env=s3_server.subprocess_env(),
+    )  # fmt: skip
     env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{proxy.port}"
-    storage_url = f"s3://{s3_bucket}/runs"
-    storage = parse_storage(storage_url)
-    run, db = storage.child("exp"), local_study(storage, "exp", tmp_path)
-    space = write_space(tmp_path, subset=600, epochs=(4, 5))
-    flags = [
-        "--space", str(space), "--storage", storage_url, "--name", "exp", "--num-samples", str(NUM_SAMPLES),
-        "--max-concurrent", "1", "--grace-period", "10", "--seed", "13",
-    ]  # fmt: skip
 
     log = tmp_path / "search.log"
     proc = start_search(flags, env, tmp_path, log)

@@ -115,6 +115,31 @@ def local_study(storage: Storage, name: str, tmp_path: Path) -> Path:
     return StudySync(storage, name, cache_dir=tmp_path / "cache" / "caetune").local_path
 
 
+def fault_search(
+    tmp_path: Path,
+    storage_url: str,
+    *,
+    seed: int,
+    num_samples: int,
+    subset: int,
+    epochs: tuple[int, int],
+    base_env: dict[str, str] | None = None,
+) -> tuple[list[str], dict[str, str], Storage, Path]:
+    """The search the fault tests hurt: run ``exp`` of a tiny space, one trial at a time, no ASHA stop.
+
+    Returns:
+        The ``caetune search`` flags, its environment (:func:`search_env`), the
+        run folder and the local study file.
+    """
+    space = write_space(tmp_path, subset=subset, epochs=epochs)
+    storage = parse_storage(storage_url)
+    flags = [
+        "--space", str(space), "--storage", storage_url, "--name", "exp", "--num-samples", str(num_samples),
+        "--max-concurrent", "1", "--grace-period", "10", "--seed", str(seed),
+    ]  # fmt: skip
+    return flags, search_env(tmp_path, base_env), storage.child("exp"), local_study(storage, "exp", tmp_path)
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL the process and everything it started (Ray's raylet, GCS and workers)."""
     if proc.poll() is None:
@@ -141,15 +166,7 @@ def storage_url(request, tmp_path):
 @pytest.mark.timeout(600)
 def test_sigkill_then_resume_runs_each_trial_once(storage_url, tmp_path):
     num_samples = 4
-    space = write_space(tmp_path, subset=1500, epochs=(4, 5))
-    env = search_env(tmp_path)
-    storage = parse_storage(storage_url)
-    run = storage.child("exp")
-    db = local_study(storage, "exp", tmp_path)
-    flags = [
-        "--space", str(space), "--storage", storage_url, "--name", "exp", "--num-samples", str(num_samples),
-        "--max-concurrent", "1", "--grace-period", "10", "--seed", "3",
-    ]  # fmt: skip
+    flags, env, run, db = fault_search(tmp_path, storage_url, seed=3, num_samples=num_samples, subset=1500, epochs=(4, 5))
 
     log = tmp_path / "first.log"
     with open(log, "wb") as out:
@@ -188,7 +205,7 @@ def test_sigkill_then_resume_runs_each_trial_once(storage_url, tmp_path):
 
     states = [t["state"] for t in study_trials(db)]
     assert len(states) == num_samples and "RUNNING" not in states, states
-    if storage.is_s3:
+    if run.is_s3:
         # The study on S3 is the final one too (a fresh machine would resume from it).
         copy = tmp_path / "from-s3.db"
         copy.write_bytes(read_bytes(run, "study.db"))
