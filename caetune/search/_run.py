@@ -580,7 +580,10 @@ class _RunLock:
             owner = os.pread(fd, 300, 0).decode(errors="replace").split()
             if len(owner) == 2 and owner[1].isdigit():
                 host, pid = owner
-                return f"process {pid}" if host == socket.gethostname() else f"process {pid} on {host}"
+                if host != socket.gethostname():
+                    return f"process {pid} on {host}"
+                if _alive(int(pid)):  # a dead pid is the last owner's, not yet overwritten by the new one
+                    return f"process {pid}"
             if time.monotonic() > deadline:
                 return "another process"
             time.sleep(0.01)
@@ -605,6 +608,16 @@ class _RunLock:
             except OSError:  # not empty (or not ours any more): it stays
                 break
         self._made = []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process, alive
+        return True
+    return True
 
 
 def _same_file(fd: int, path: Path) -> bool:
