@@ -17,7 +17,9 @@ folder or ``s3://bucket/prefix``::
       report/                written by ``caetune report`` (index.html + figures)
 
 Columns of results.csv that every reader may rely on: ``trial_id``, ``status``
-(``complete``, ``pruned``, ``failed``, ``running``), ``error``, the
+(``complete``, ``pruned``, ``failed``, ``running``), ``error``, ``recovery``
+(empty, or which checkpoint of the trial was unreadable, why, and whether it
+resumed from an older one or restarted from epoch 0), the
 searched params by their TrainConfig names (``n_neurons``, ``n_maps``,
 ``n_epochs``, ``model``, ``lr``, ``batch_size`` ...), ``val_mse`` (last epoch),
 ``best_val_mse``, ``utilisation`` (U), ``objective``, ``epochs_run`` (the

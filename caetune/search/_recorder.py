@@ -3,8 +3,9 @@
 A :class:`ray.tune.Callback` sees every trial start, result, checkpoint and
 end on the driver. When a trial ends, the recorder, in this order,
 
-1. copies its last checkpoint's ``model.pt`` into ``trials/<id>/`` and
-   writes ``config.yaml`` and ``metrics.json`` beside it,
+1. copies its last checkpoint's ``model.pt`` into ``trials/<id>/`` (only
+   when it has the size the trial wrote: a cut-short one fails the trial
+   instead) and writes ``config.yaml`` and ``metrics.json`` beside it,
 2. rewrites ``results.csv``/``results.parquet``,
 3. tells the Optuna study how the trial ended (and uploads the study when
    the run lives on S3),
@@ -18,6 +19,9 @@ How a trial ended: ``failed`` when it reported a ``failed`` reason (or Ray
 gave up on it), ``complete`` when it ran its own ``n_epochs``, ``pruned``
 when ASHA stopped it before that. A trial that stopped for none of these
 reasons (the search was interrupted) stays ``running``, to be resumed.
+A trial that got past a damaged checkpoint (see :mod:`caetune.search._trainable`)
+carries the note in ``recovery``: its row, metrics.json, the study's user
+attribute of that name, and a ``recovered`` progress line when it happens.
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ import yaml
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from caetune._runlayout import TRIAL_MODEL
+from caetune._runlayout import TRIAL_METRICS, TRIAL_MODEL
 from caetune.search._objective import Objective
 from caetune.search._results import ResultsTable, RunFiles, model_path, write_trial_files
 from caetune.search._searcher import CHECKPOINT_ATTR, FAILED_ATTR, STATUS_ATTR, trial_handle
+from caetune.search._trainable import MODEL_BYTES, RECOVERY
 
 STATUS_EVERY_S = 30.0
 
@@ -93,6 +98,7 @@ class Recorder(Callback):
         self._last_status = time.monotonic()
         self.epochs: dict[str, str] = {}  # running trial id -> "epoch/Ne", for the status line
         self._handles: dict[int, Any] = {}  # trial number -> optuna.Trial
+        self._recoveries: dict[str, str] = {}  # running trial id -> its recovery note, once printed
 
     def __getstate__(self) -> dict:
         # Tuner pickles its RunConfig for Tuner.restore, which caetune does not use.
@@ -110,6 +116,10 @@ class Recorder(Callback):
         self._say(f"{config['trial_id']} start     {_describe(config['params'])}{since}")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        trial_id = trial.config["trial_id"]
+        if result.get(RECOVERY) and result[RECOVERY] != self._recoveries.get(trial_id):
+            self._recoveries[trial_id] = result[RECOVERY]
+            self._say(f"{trial_id} recovered {result[RECOVERY]}")
         if "failed" in result:
             return
         self.epochs[trial.config["trial_id"]] = f"{result['epoch']}/{trial.config['train']['n_epochs']}"
@@ -154,14 +164,18 @@ class Recorder(Callback):
         config = trial.config
         trial_id, number = config["trial_id"], config["trial_number"]
         result = dict(trial.last_result or {})
-        metrics = self._collect_metrics(trial)
+        metrics, damage = self._collect_metrics(trial)
         if metrics:
             result.update({k: v for k, v in metrics.items() if k != "history"})
+        if damage:  # its last checkpoint was damaged after the trial wrote it: no model to keep
+            status, reason = "failed", f"{reason}; {damage}" if reason else damage
         epochs_run = int(result.get("epoch", 0) or 0)
 
         row = {
             "status": status,
             "error": reason,
+            # The trial's last word on it is the newest (a failure after a fallback reports it, no checkpoint).
+            RECOVERY: (trial.last_result or {}).get(RECOVERY) or result.get(RECOVERY),
             **_row_params(config),
             "val_mse": result.get("val_mse"),
             "best_val_mse": result.get("best_val_mse"),
@@ -184,6 +198,7 @@ class Recorder(Callback):
         self._tell(number, status, row, reason)
         self._delete_checkpoints(trial)
         self.epochs.pop(trial_id, None)
+        self._recoveries.pop(trial_id, None)
 
         if status == "failed":
             detail = reason
@@ -194,16 +209,28 @@ class Recorder(Callback):
             )
         self._say(f"{trial_id} {status:<9} {detail}  ({_num(row['seconds'], 0)} s)")
 
-    def _collect_metrics(self, trial) -> dict[str, Any] | None:
-        """The last checkpoint's metrics.json; its model.pt is copied into trials/<id>/."""
+    def _collect_metrics(self, trial) -> tuple[dict[str, Any] | None, str | None]:
+        """The last checkpoint's metrics.json, and what is wrong with the checkpoint (None: nothing).
+
+        Its model.pt is copied into trials/<id>/ only when it has the size the
+        trial wrote, so a cut-short file never passes for the trial's model.
+        """
         checkpoint = trial.checkpoint
         if checkpoint is None:
-            return None
+            return None, None
         fs = self.files.fs()
-        with fs.open_input_stream(f"{checkpoint.path}/metrics.json") as stream:
-            metrics = json.loads(stream.readall())
+        name = "/".join(checkpoint.path.rstrip("/").split("/")[-2:])
+        try:
+            with fs.open_input_stream(f"{checkpoint.path}/{TRIAL_METRICS}") as stream:
+                metrics = json.loads(stream.readall())
+            size = fs.get_file_info(f"{checkpoint.path}/{TRIAL_MODEL}").size
+        except (OSError, ValueError) as err:  # pyarrow's errors are OSErrors, json's ValueErrors
+            return None, f"last checkpoint {name} unreadable ({type(err).__name__}: {err}); no model kept"
+        written = metrics.get(MODEL_BYTES)
+        if written is not None and size != written:
+            return metrics, f"last checkpoint {name} has a {size}-byte model.pt, {written} were written; no model kept"
         self.files.copy_in(f"{checkpoint.path}/{TRIAL_MODEL}", model_path(trial.config["trial_id"]))
-        return metrics
+        return metrics, None
 
     def _delete_checkpoints(self, trial) -> None:
         """A finished trial's Ray checkpoints, of this session and of earlier ones it continued."""
@@ -236,6 +263,8 @@ class Recorder(Callback):
             attrs.update(utilisation=row["utilisation"], val_mse=row["val_mse"])
         if status == "failed":
             attrs[FAILED_ATTR] = reason
+        if row.get(RECOVERY):
+            attrs[RECOVERY] = row[RECOVERY]
         for key, value in attrs.items():  # checkpoint: None, it is deleted next
             handle.set_user_attr(key, value)
         if status == "complete":

@@ -32,7 +32,7 @@ from caetune._storage import Storage, exists, read_bytes, write_bytes
 
 STATUSES = ("complete", "pruned", "failed", "running")
 # Leading columns, in this order; params, then layer metrics follow.
-LEAD_COLUMNS = ("trial_id", "status", "error")
+LEAD_COLUMNS = ("trial_id", "status", "error", "recovery")
 METRIC_COLUMNS = (
     "val_mse", "best_val_mse", "objective", "utilisation", "epochs_run", "n_epochs", "epochs_trained", "warm_start",
     "seconds", "cpu_seconds",

@@ -7,13 +7,19 @@ instead of unpickling its own copy. Actors are reused between trials
 (``reuse_actors``), so torch is imported once per worker, not per trial.
 
 Every epoch the trainable computes the utilisation metrics on validation
-images, reports ``epoch``, ``val_mse``, ``objective``, ``utilisation`` and the
-``layer3_*``/``layer4_*`` metrics, and a checkpoint holding the full
-:class:`~caetune.models.Trainer` state (``model.pt``) and ``metrics.json``.
+images and writes a checkpoint holding the full
+:class:`~caetune.models.Trainer` state (``model.pt``) and ``metrics.json``
+(every metric, the ``layer3_*``/``layer4_*`` ones included); to Tune it
+reports only :data:`REPORTED` (Tune keeps statistics of every reported metric
+of every trial on the driver for the whole search).
 A trial resumes from ``ray.tune.get_checkpoint()`` (Ray restarted it, e.g.
 after a node was lost) or from ``config["resume_from"]`` (an earlier session
 of the search was interrupted); a new trial may start from another trial's
-saved model, ``config["warm_start"]`` (:mod:`caetune.search._warm`).
+saved model, ``config["warm_start"]`` (:mod:`caetune.search._warm`). A
+checkpoint that does not read back (cut short, corrupted) is passed over for
+the older one Ray kept beside it, else the trial starts again from epoch 0
+(or from its warm start); either way the trial's ``recovery`` says which
+checkpoint was damaged, why, and what was done.
 
 A trial that raises (NaN loss, a config the images cannot take, out of
 memory ...) does not raise to Ray: it reports a last result with ``failed``
@@ -25,6 +31,7 @@ for: a worker or node that died under the trial.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 import traceback
@@ -34,6 +41,13 @@ from typing import Any, Callable
 
 CHECKPOINT_MODEL = "model.pt"
 CHECKPOINT_METRICS = "metrics.json"
+CHECKPOINT_DIR = re.compile(r"checkpoint_\d+")  # Ray's name for a trial's checkpoint folders
+# What each epoch reports to Tune: what ASHA (epoch, objective or val_mse) and the recorder read from
+# a result; the recorder takes the rest from the checkpoint's metrics.json. (A failure reports the
+# epoch, the reason and the clocks, which no checkpoint may hold yet.)
+REPORTED = ("epoch", "val_mse", "objective")
+RECOVERY = "recovery"  # the damaged checkpoints a trial got past, and what it did instead
+MODEL_BYTES = "model_bytes"  # the size of the checkpoint's model.pt as written
 
 
 def data_payload(data) -> dict[str, Any]:
@@ -81,30 +95,39 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     start = (time.perf_counter(), time.process_time())
     warm = config.get("warm_start") or {}
     inherited = int(warm["epochs"]) if warm.get("checkpoint") is not None else 0  # epochs it did not train
+    recovery = None  # every damaged checkpoint this trial got past, and what it did instead
+    def fresh():
+        return Trainer(train_config, image_data(data))
+
     try:
-        trainer = Trainer(train_config, image_data(data))
-        own = tune.get_checkpoint() or config.get("resume_from")
-        if own is not None:
-            before = _load_checkpoint(trainer, own)
+        trainer, before, note = _restore(fresh, [tune.get_checkpoint(), config.get("resume_from")])
+        if before is not None:
             state.update(seconds=before["seconds"], cpu_seconds=before.get("cpu_seconds", 0.0))
         elif warm.get("checkpoint") is not None:
-            _load_checkpoint(trainer, warm["checkpoint"])  # another trial's model; the clocks stay this trial's own
+            # Another trial's model; the clocks stay this trial's own.
+            trainer, inherited_from, warm_note = _restore(fresh, [warm["checkpoint"]])
+            inherited = inherited if inherited_from is not None else 0
+            note = "; ".join(n for n in (note, warm_note) if n) or None
+        recovery = "; ".join(n for n in ((before or {}).get(RECOVERY), note) if n) or None
         state["epoch"] = trainer.epoch
         if trainer.epoch >= train_config.n_epochs:
             # Resumed from its final checkpoint (the driver stopped before recording it): report
             # it again, without training, with the clocks it had, so its record comes out the same.
             # (Or a warm start from a trial that ran exactly this Ne: nothing to train either.)
-            resumed = own is not None
-            clocks = (lambda: {k: state[k] for k in ("seconds", "cpu_seconds")}) if resumed else (lambda: _clocks(state, start))
-            _report_epoch(trainer, objective, config, clocks=clocks, inherited=inherited)
+            frozen = {k: state[k] for k in ("seconds", "cpu_seconds")}
+            clocks = (lambda: frozen) if before is not None else (lambda: _clocks(state, start))
+            _report_epoch(trainer, objective, config, clocks=clocks, recovery=recovery, inherited=inherited)
         while trainer.epoch < train_config.n_epochs:
             trainer.run_epoch()
             state["epoch"] = trainer.epoch
-            _report_epoch(trainer, objective, config, clocks=lambda: _clocks(state, start), inherited=inherited)
+            _report_epoch(
+                trainer, objective, config, clocks=lambda: _clocks(state, start), recovery=recovery, inherited=inherited
+            )
     except Exception as err:  # noqa: BLE001 -- any error of the trial is its result
         # No metric in it: ASHA skips a result without one, and the recorder reads `failed`.
+        extra = {RECOVERY: recovery} if recovery else {}
         epochs = {"epoch": state["epoch"], "epochs_trained": max(0, state["epoch"] - inherited)}
-        tune.report({**epochs, "failed": failure_reason(err), **_clocks(state, start)})
+        tune.report({**epochs, "failed": failure_reason(err), **_clocks(state, start), **extra})
 
 
 def epoch_metrics(trainer, objective, *, util_images: int) -> dict[str, Any]:
@@ -124,30 +147,94 @@ def epoch_metrics(trainer, objective, *, util_images: int) -> dict[str, Any]:
     }
 
 
-def _load_checkpoint(trainer, checkpoint) -> dict[str, Any]:
-    """Loads a checkpoint (a trial's own, or a finished trial's folder) into ``trainer``; its metrics.json."""
-    try:
-        with checkpoint.as_directory() as folder:
-            trainer.load_checkpoint(Path(folder) / CHECKPOINT_MODEL)
-            return json.loads((Path(folder) / CHECKPOINT_METRICS).read_text())
-    except Exception as err:  # noqa: BLE001 -- a damaged checkpoint fails this trial, not the search
-        raise RuntimeError(f"cannot resume from checkpoint {checkpoint.path}: {failure_reason(err)}") from err
-
-
 def _report_epoch(
-    trainer, objective, config: dict, *, clocks: Callable[[], dict[str, float]], inherited: int = 0
+    trainer,
+    objective,
+    config: dict,
+    *,
+    clocks: Callable[[], dict[str, float]],
+    recovery: str | None,
+    inherited: int = 0,
 ) -> None:
+    """Checkpoints the epoch with all its metrics; reports to Tune only :data:`REPORTED` (and ``recovery``).
+
+    Tune keeps statistics of every reported metric of every trial on the
+    driver for the whole search, so the ~30 layer metrics go only into the
+    checkpoint's metrics.json, where the recorder reads them.
+    """
     from ray import tune
 
     result = epoch_metrics(trainer, objective, util_images=int(config["util_images"]))
     result["epochs_trained"] = trainer.epoch - inherited  # by this trial; a warm start inherited the rest
     result.update(clocks())  # after U: the epoch's seconds include it
+    reported = {k: result[k] for k in REPORTED}
+    if recovery:
+        result[RECOVERY] = reported[RECOVERY] = recovery
     metrics = {**result, "history": [m.to_dict() for m in trainer.history]}
     with tempfile.TemporaryDirectory(prefix="caetune-ckpt-") as folder:
-        trainer.save_checkpoint(Path(folder) / CHECKPOINT_MODEL)
+        model = trainer.save_checkpoint(Path(folder) / CHECKPOINT_MODEL)
+        metrics[MODEL_BYTES] = model.stat().st_size  # the recorder never takes a cut-short copy for the model
         (Path(folder) / CHECKPOINT_METRICS).write_text(json.dumps(metrics), encoding="utf-8")
         # Ray copies the folder into the run's storage before report returns.
-        tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+        tune.report(reported, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _restore(fresh: Callable[[], Any], checkpoints: list) -> tuple[Any, dict | None, str | None]:
+    """A trainer at the newest readable checkpoint: (trainer, that checkpoint's metrics, what happened).
+
+    Tries ``checkpoints`` (Ray's restore point, an earlier session's), each
+    followed by the older checkpoints Ray kept beside it (``num_to_keep``), and
+    reads each with the safe reader (no code runs). A damaged one is passed
+    over; when none reads, the trial starts again from epoch 0. The note names
+    every damaged checkpoint, why, and what was done; ``None`` when nothing
+    was damaged.
+    """
+    trainer, damaged = fresh(), []
+    for checkpoint in _with_older(c for c in checkpoints if c is not None):
+        try:
+            with checkpoint.as_directory() as folder:
+                before = json.loads((Path(folder) / CHECKPOINT_METRICS).read_text(encoding="utf-8"))
+                trainer.load_checkpoint(Path(folder) / CHECKPOINT_MODEL)
+        except Exception as err:  # noqa: BLE001 -- any damage: try the next one
+            damaged.append(f"{_checkpoint_name(checkpoint)} unreadable ({failure_reason(err)})")
+            trainer = fresh()  # a load that failed half-way must not leave part of its state behind
+            continue
+        done = f"resumed from {_checkpoint_name(checkpoint)} (epoch {trainer.epoch})"
+        return trainer, before, "; ".join([*damaged, done]) if damaged else None
+    return trainer, None, "; ".join([*damaged, "restarted from epoch 0"]) if damaged else None
+
+
+def _with_older(checkpoints):
+    """Each checkpoint, then the older ``checkpoint_NNNNNN`` folders of its trial, newest first; once each."""
+    from ray import tune
+
+    seen = set()
+    for checkpoint in checkpoints:
+        found = [checkpoint]
+        parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
+        if CHECKPOINT_DIR.fullmatch(name):
+            try:
+                infos = checkpoint.filesystem.get_file_info(_selector(parent))
+            except OSError:
+                infos = []  # the trial folder cannot be listed: only the checkpoint itself
+            # Same-width numbers (checkpoint_000007): the names sort as the epochs do.
+            older = sorted((i.base_name for i in infos if CHECKPOINT_DIR.fullmatch(i.base_name)), reverse=True)
+            found += [tune.Checkpoint(f"{parent}/{n}", filesystem=checkpoint.filesystem) for n in older if n < name]
+        for item in found:
+            if item.path not in seen:
+                seen.add(item.path)
+                yield item
+
+
+def _selector(folder: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSelector(folder, allow_not_found=True)
+
+
+def _checkpoint_name(checkpoint) -> str:
+    """``<trial folder>/checkpoint_NNNNNN``: enough to find it in the run folder."""
+    return "/".join(checkpoint.path.rstrip("/").split("/")[-2:])
 
 
 def _clocks(state: dict, start: tuple[float, float]) -> dict[str, float]:
