@@ -196,7 +196,7 @@ def _restore(fresh: Callable[[], Any], checkpoints: list) -> tuple[Any, dict | N
                 before = json.loads((Path(folder) / CHECKPOINT_METRICS).read_text(encoding="utf-8"))
                 trainer.load_checkpoint(Path(folder) / CHECKPOINT_MODEL)
         except Exception as err:  # noqa: BLE001 -- any damage: try the next one
-            damaged.append(f"{_checkpoint_name(checkpoint)} unreadable ({failure_reason(err)})")
+            damaged.append(f"{_checkpoint_name(checkpoint)} unreadable ({_first_sentence(failure_reason(err))})")
             trainer = fresh()  # a load that failed half-way must not leave part of its state behind
             continue
         done = f"resumed from {_checkpoint_name(checkpoint)} (epoch {trainer.epoch})"
@@ -235,6 +235,13 @@ def _selector(folder: str):
 def _checkpoint_name(checkpoint) -> str:
     """``<trial folder>/checkpoint_NNNNNN``: enough to find it in the run folder."""
     return "/".join(checkpoint.path.rstrip("/").split("/")[-2:])
+
+
+def _first_sentence(reason: str) -> str:
+    """A :func:`failure_reason` without the advice torch appends: ``RuntimeError: ... archive (at _train.py:405)``."""
+    head, dot, rest = reason.partition(". ")
+    where = rest[rest.rfind(" (at ") :] if dot and " (at " in rest else ""
+    return head + where
 
 
 def _clocks(state: dict, start: tuple[float, float]) -> dict[str, float]:
