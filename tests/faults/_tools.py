@@ -3,8 +3,9 @@
 The search helpers (a tiny space, the CLI in a subprocess, the study read with
 plain SQL) come from :mod:`tests.search.test_resume_kill`; this module adds
 what every fault test ends with, :func:`check_integrity`: every finished
-trial's result row, files and Optuna record are intact and agree, and no
-trial finished before the fault ran again after it.
+trial's result row (its ``layer3_*``/``layer4_*`` metrics included), files
+and Optuna record are intact and agree, and no trial finished before the
+fault ran again after it.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def check_integrity(run: Storage, db: Path, *, num_samples: int, before: dict[st
         before: ``metrics.json`` of trials finished before a fault; each must
             be byte-identical now (a re-run trial rewrites it: new timings).
     """
+    from caetune.analysis import model_utilisation
     from caetune.models import TrainConfig, Trainer
     from caetune.models._data import load_data
 
@@ -109,6 +111,8 @@ def check_integrity(run: Storage, db: Path, *, num_samples: int, before: dict[st
         assert trial["checkpoint"] is None, f"finished trial {trial['number']} still points at a checkpoint"
 
     data = None
+    util_images = int(_yaml(read_bytes(run, "experiment.yaml"))["settings"]["util_images"])
+    layer_columns = sorted(c for c in rows.columns if c.startswith(("layer3_", "layer4_")))
     for tid, row in rows.iterrows():
         folder = f"{TRIALS_DIR}/{tid}"
         metrics = json.loads(read_bytes(run, f"{folder}/{TRIAL_METRICS}"))
@@ -124,6 +128,12 @@ def check_integrity(run: Storage, db: Path, *, num_samples: int, before: dict[st
         trainer.load_checkpoint(model)
         assert trainer.epoch == row["epochs_run"], tid
         assert trainer.evaluate() == pytest.approx(row["val_mse"], rel=1e-5), tid
+        # Every layer metric of the results row is the one of the trial's final model.
+        util = model_utilisation(trainer.model, trainer.x_val, n_images=util_images)
+        layers = {k: v for k, v in util.items() if k.startswith(("layer3_", "layer4_"))}
+        assert sorted(layers) == layer_columns, (tid, sorted(layers), layer_columns)
+        expected = [layers[k] for k in layer_columns]
+        assert row[layer_columns].astype(float).tolist() == pytest.approx(expected, rel=1e-5), tid
 
     for tid, metrics in (before or {}).items():
         assert trial_metrics(run, tid) == metrics, f"{tid} finished before the fault and was written again after it"

@@ -25,12 +25,14 @@ from tests.faults._tools import check_integrity, kill_group, local_study, result
 NUM_SAMPLES = 300
 CONCURRENCY = 2  # the machine's 2 CPUs, one per trial
 WARM_UP = 30  # trials before the driver's memory is judged (imports, Ray's first actors, caches)
-# Bytes of driver growth per finished trial. Not flat: Ray Tune's controller keeps every trial's
-# run metadata (per-metric analysis and cached JSON of each reported metric; with caetune's ~30
-# layer metrics per result about 120 KiB of Python heap per trial by tracemalloc, 160-170 KiB of
-# RSS in two 300-trial runs). The bound sits above that and below a leak of caetune's own (a
-# model, an image batch or a study copy per trial is MiBs); 100 KiB would fail today.
-RSS_SLOPE_BOUND = 256 * 1024
+# Bytes of driver growth per finished trial, the least-squares slope of the driver's RSS. Not zero:
+# Ray Tune's controller keeps every trial (config, last result, per-metric statistics, cached JSON of
+# its state) for the whole experiment. Measured on the 2-core machine: 162-172 KiB/trial while the
+# trainable reported its ~30 layer metrics to Tune (~110 KiB of Python heap per trial by tracemalloc),
+# 113-116 KiB since it reports only epoch, val_mse and objective (~62 KiB by tracemalloc; the layer
+# metrics stay in the checkpoint's metrics.json). The bound fails the old reporting and any leak of
+# caetune's own (a model, an image batch or a study copy per trial is MiBs).
+RSS_SLOPE_BOUND = 144 * 1024
 OVERHEAD_BOUND_S = 1.0  # the target per trial
 TIMEOUT_S = 1500
 
