@@ -138,7 +138,13 @@ class ResultsTable:
         first = [c for c in dict.fromkeys((*LEAD_COLUMNS, *self.params, *METRIC_COLUMNS)) if c in frame.columns]
         layers = sorted(c for c in frame.columns if c.startswith(("layer3_", "layer4_")))
         rest = [c for c in frame.columns if c not in first and c not in layers]
-        return frame[first + rest + layers] if len(frame) else frame
+        if not len(frame):
+            return frame
+        # A column no trial has filled yet (``recovery`` mostly): missing numbers, which parquet and
+        # CSV both read back as NaN (an all-None column would come back from parquet as None).
+        empty = [c for c in frame.columns if frame[c].isna().all()]
+        frame[empty] = frame[empty].astype("float64")
+        return frame[first + rest + layers]
 
     def write(self) -> None:
         frame = self.frame()

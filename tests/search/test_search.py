@@ -277,21 +277,27 @@ def test_a_trial_cut_off_after_its_last_epoch_only_reports_again(ray_local, tmp_
     assert recorded["val_mse"] == trained["val_mse"] and recorded["status"] == "complete"
 
 
-def test_a_damaged_checkpoint_fails_its_trial_not_the_search(ray_local, tmp_path):
+def test_a_damaged_checkpoint_is_passed_over_when_a_search_resumes(ray_local, tmp_path):
     doc = {**SPACE, "start": [{"n_neurons": 16, "n_maps": 4, "n_epochs": 2, "model": "model1"}]}
     chosen = settings(tmp_path, space=space_file(tmp_path, doc), num_samples=2, max_concurrent=1)
     first = run_search(chosen, stream=io.StringIO(), out=io.StringIO(), callbacks=[InterruptAtLastEpoch()])
     run = tmp_path / "runs" / "tiny"
     (trial,) = [t for t in load_study(run).trials if t.state.name == "RUNNING"]
     assert first.interrupted
-    model = run / trial.user_attrs["checkpoint"] / "model.pt"
+    latest = run / trial.user_attrs["checkpoint"]
+    model = latest / "model.pt"
     model.write_bytes(model.read_bytes()[:100])  # truncated, as a full disk would leave it
 
-    second = run_search(chosen, stream=io.StringIO(), out=io.StringIO())
+    progress = io.StringIO()
+    second = run_search(chosen, stream=progress, out=io.StringIO())
     assert not second.interrupted
     results = second.results.set_index("trial_id")
-    assert results.loc["t0000", "status"] == "failed"
-    assert "cannot resume from checkpoint" in results.loc["t0000", "error"]
+    # The earlier session's older checkpoint (epoch 1) is read instead; the trial completes.
+    assert results.loc["t0000", "status"] == "complete", results.loc["t0000"]
+    recovery = results.loc["t0000", "recovery"]
+    assert f"{latest.parent.name}/{latest.name} unreadable (RuntimeError: " in recovery, recovery
+    assert recovery.endswith("/checkpoint_000000 (epoch 1)") and "t0000 recovered" in progress.getvalue(), recovery
+    assert load_study(run).trials[0].user_attrs["recovery"] == recovery
     assert len(results) == 2 and results.loc["t0001", "status"] != "running"
 
 
