@@ -29,7 +29,7 @@ WARM_UP = 30  # trials before the driver's memory is judged (imports, Ray's firs
 # Ray Tune's controller keeps every trial (config, last result, per-metric statistics, cached JSON of
 # its state) for the whole experiment. Measured on the 2-core machine: 162-172 KiB/trial while the
 # trainable reported its ~30 layer metrics to Tune (~110 KiB of Python heap per trial by tracemalloc),
-# 107-116 KiB (3 runs) since it reports only epoch, val_mse and objective (~62 KiB by tracemalloc; the layer
+# 107-116 KiB (4 runs) since it reports only epoch, val_mse and objective (~62 KiB by tracemalloc; the layer
 # metrics stay in the checkpoint's metrics.json). The bound fails the old reporting and any leak of
 # caetune's own (a model, an image batch or a study copy per trial is MiBs).
 RSS_SLOPE_BOUND = 144 * 1024
