@@ -120,10 +120,6 @@ class TrialFactory:
     threads: int
     util_images: int
 
-    def n_epochs(self, params: dict[str, Any]) -> int:
-        """A proposal's Ne (searched, or fixed by the space)."""
-        return self.space.train_config(params, seed=self.seed, device=self.device).n_epochs
-
     def config(
         self, number: int, params: dict[str, Any], resume_from: Any = None, warm_start: WarmStart | None = None
     ) -> dict[str, Any]:
@@ -194,16 +190,16 @@ class StudySearcher(Searcher):
             return Searcher.FINISHED
         trial = self.study.ask(self.distributions)
         trial.set_user_attr(TRIAL_ATTR, trial_name(trial.number))
-        params = dict(trial.params)
-        warm = None
-        if self.saved_model_of is not None:
-            warm = find_warm_start(
-                self.study, params, self.factory.n_epochs(params), saved_model_of=self.saved_model_of
-            )
+        config = self.factory.config(trial.number, dict(trial.params))
+        if self.saved_model_of is None:
+            return config
+        n_epochs = config["train"]["n_epochs"]  # searched, or fixed by the space
+        warm = find_warm_start(self.study, trial.params, n_epochs, saved_model_of=self.saved_model_of)
         if warm is not None:
             trial.set_user_attr(WARM_ATTR, warm.trial_id)
             trial.set_user_attr(WARM_EPOCHS_ATTR, warm.epochs)
-        return self.factory.config(trial.number, params, warm_start=warm)
+            config["warm_start"] = warm.to_config()
+        return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         # The recorder tells the study, once the trial's files are written.
