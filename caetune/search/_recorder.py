@@ -309,7 +309,7 @@ def _row_params(config: dict) -> dict[str, Any]:
         "n_epochs": train["n_epochs"],
         "seed": train["seed"],
         "trial_number": config["trial_number"],
-        # Only where there is one: a column of nothing but None would not survive the CSV.
+        # Only where there is one: the column appears once a trial continued another (caetune._runlayout).
         **({"warm_start": warm["trial_id"]} if warm else {}),
     }
 
