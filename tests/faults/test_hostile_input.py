@@ -176,6 +176,17 @@ def space_documents() -> st.SearchStrategy[object]:
 # --- in-process properties -------------------------------------------------------------------------------
 
 
+def accepted_or_input_error(build):
+    """``build()``, or ``None`` when it raised an :class:`InputError`; hypothesis' statistics count each kind."""
+    try:
+        value = build()
+    except InputError:
+        event("InputError")
+        return None
+    event("accepted")
+    return value
+
+
 def check_config(config: TrainConfig) -> None:
     """What an accepted config promises: typed, in range, and the same after a YAML round trip."""
     for name in ("n_neurons", "n_maps", "n_epochs", "batch_size"):
@@ -190,13 +201,9 @@ def check_config(config: TrainConfig) -> None:
 @settings(max_examples=400, **PROPERTY)
 @given(values=CONFIG_MAPPINGS)
 def test_config_from_any_mapping_is_valid_or_an_input_error(values):
-    try:
-        config = TrainConfig.from_dict(values)
-    except InputError:
-        event("InputError")
-        return
-    event("accepted")
-    check_config(config)
+    config = accepted_or_input_error(lambda: TrainConfig.from_dict(values))
+    if config is not None:
+        check_config(config)
 
 
 @settings(max_examples=200, **PROPERTY)
@@ -204,24 +211,17 @@ def test_config_from_any_mapping_is_valid_or_an_input_error(values):
 def test_config_from_any_yaml_file_is_valid_or_an_input_error(tmp_path, document):
     path = tmp_path / "config.yaml"
     path.write_bytes(document)
-    try:
-        config = TrainConfig.from_yaml(path)
-    except InputError:
-        event("InputError")
-        return
-    event("accepted")
-    check_config(config)
+    config = accepted_or_input_error(lambda: TrainConfig.from_yaml(path))
+    if config is not None:
+        check_config(config)
 
 
 @settings(max_examples=400, **PROPERTY)
 @given(document=space_documents())
 def test_space_from_any_document_is_usable_or_an_input_error(document):
-    try:
-        space = space_from_dict(document, name="hostile", source="hostile.yaml")
-    except InputError:
-        event("InputError")
+    space = accepted_or_input_error(lambda: space_from_dict(document, name="hostile", source="hostile.yaml"))
+    if space is None:
         return
-    event("accepted")
     # "A space can only propose configs that train": Optuna accepts it, and every corner and start point is valid.
     space.distributions()
     corners = {}
@@ -246,12 +246,7 @@ def test_space_from_any_yaml_file_is_usable_or_an_input_error(tmp_path, document
 
     path = tmp_path / "space.yaml"
     path.write_bytes(document)
-    try:
-        load_space(str(path)).distributions()
-    except InputError:
-        event("InputError")
-        return
-    event("accepted")
+    accepted_or_input_error(lambda: load_space(str(path)).distributions())
 
 
 NPZ_DTYPES = st.sampled_from(["u1", ">u1", "i1", "u2", "i8", "f4", "f8", "?", "c8", "U1"])
@@ -302,12 +297,9 @@ def npz_files(draw) -> bytes:
 def test_npz_of_any_content_loads_as_documented_or_is_an_input_error(tmp_path, data):
     path = tmp_path / "data.npz"
     path.write_bytes(data)
-    try:
-        loaded = load_dataset(f"npz:{path}", val_fraction=0.5)
-    except InputError:
-        event("InputError")
+    loaded = accepted_or_input_error(lambda: load_dataset(f"npz:{path}", val_fraction=0.5))
+    if loaded is None:
         return
-    event("accepted")
     with np.load(path) as archive:
         images = archive["images"]
     assert images.dtype == np.uint8 and not np.isnan(images.astype(float)).any()
@@ -370,12 +362,9 @@ def test_folder_of_any_files_loads_or_is_an_input_error(tmp_path, entries):
             path.mkdir()
         else:
             path.write_bytes(data)
-    try:
-        loaded = load_dataset(f"folder:{root}", image_size=8, val_fraction=0.5)
-    except InputError:
-        event("InputError")
+    loaded = accepted_or_input_error(lambda: load_dataset(f"folder:{root}", image_size=8, val_fraction=0.5))
+    if loaded is None:
         return
-    event("accepted")
     assert not {kind for kind, _, _ in entries} & set(NEVER_IMAGES)
     assert loaded.train.shape[1:] in ((1, 8, 8), (3, 8, 8)) and str(loaded.train.dtype) == "torch.uint8"
 
