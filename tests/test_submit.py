@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from caetune import __version__
-from caetune._cluster import WORKING_DIR_EXCLUDES, build_runtime_env, resolve_address, resolve_token
+from caetune._cluster import build_runtime_env, resolve_address, resolve_token
 from caetune.cli import main
 
 CLIENT_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
@@ -94,28 +94,10 @@ def head():
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                log_tail = (Path(temp_dir) / "head.log").read_text()[-2000:]
-                pytest.fail(f"ray start exited {process.returncode}: {log_tail}")
-            try:
-                if requests.get(f"{url}/api/version", headers={"Authorization": f"Bearer {token}"}, timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the Ray head's dashboard did not answer within 120 s")
-            time.sleep(0.5)
+        wait_for_head(process, url, token, Path(temp_dir) / "head.log")
         yield Head(url=url, token=token, process=process, temp_dir=temp_dir)
     finally:
-        # SIGTERM to `ray start --block` alone: it drains the node and stops what it started.
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=45)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_head(process)
         for pid in _leftovers(temp_dir, token):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -123,6 +105,32 @@ def head():
                 pass
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wait_for_head(process: subprocess.Popen, url: str, token: str, log: Path, timeout_s: float = 120) -> None:
+    """Until the head's dashboard answers with the token; fails the test if ``ray start`` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"ray start exited {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if requests.get(f"{url}/api/version", headers={"Authorization": f"Bearer {token}"}, timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"the Ray head's dashboard did not answer within {timeout_s:g} s")
+        time.sleep(0.5)
+
+
+def stop_head(process: subprocess.Popen) -> None:
+    """SIGTERM to ``ray start --block`` alone: it drains the node and stops what it started (SIGKILL after 45 s)."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=45)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @pytest.fixture

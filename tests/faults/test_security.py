@@ -31,7 +31,6 @@ import string
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import pytest
 import requests
 import yaml
 
-from tests.test_submit import free_port
+from tests.test_submit import free_port, stop_head, wait_for_head
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY_VARS_PREFIXES = ("RAY_", "AWS_")
@@ -247,26 +246,11 @@ def head():
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     dashboard = f"http://127.0.0.1:{ports['--dashboard-port']}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"ray start exited {process.returncode}: {(Path(temp_dir) / 'head.log').read_text()[-2000:]}")
-            try:
-                if requests.get(f"{dashboard}/api/version", headers={"Authorization": f"Bearer {token}"}, timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "the head's dashboard did not answer within 120 s"
-            time.sleep(0.5)
+        wait_for_head(process, dashboard, token, Path(temp_dir) / "head.log")
         yield Head(token, f"127.0.0.1:{ports['--port']}", dashboard, processes_of(temp_dir, roots=(process.pid,)))
     finally:
         leftovers = processes_of(temp_dir)
-        process.send_signal(signal.SIGTERM)  # `ray start --block` drains and stops what it started
-        try:
-            process.wait(timeout=45)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_head(process)
         stop([p for p in leftovers if p.is_running()])
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
