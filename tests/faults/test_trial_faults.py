@@ -23,6 +23,7 @@ from tests.faults._tools import (
     FINISHED,
     RUN_TIMEOUT_S,
     check_integrity,
+    fault_search,
     kill_group,
     local_study,
     results,
@@ -32,21 +33,15 @@ from tests.faults._tools import (
     search_env,
     start_search,
     wait_until,
-    write_space,
 )
 
 NUM_SAMPLES = 2
 
 
 def _setup(tmp_path, *, num_samples: int = NUM_SAMPLES, epochs=(4, 5), subset: int = 600):
-    space = write_space(tmp_path, subset=subset, epochs=epochs)
-    storage_url = str(tmp_path / "runs")
-    storage = parse_storage(storage_url)
-    flags = [
-        "--space", str(space), "--storage", storage_url, "--name", "exp", "--num-samples", str(num_samples),
-        "--max-concurrent", "1", "--grace-period", "10", "--seed", "7",
-    ]  # fmt: skip
-    return flags, search_env(tmp_path), storage.child("exp"), local_study(storage, "exp", tmp_path)
+    return fault_search(
+        tmp_path, str(tmp_path / "runs"), seed=7, num_samples=num_samples, subset=subset, epochs=epochs
+    )
 
 
 def _trial_worker(proc: subprocess.Popen) -> psutil.Process | None:
