@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grids-from", default=None, metavar="JSON",
                         help="reuse the grids of an earlier run's --json (same scale and seeds; training is deterministic, "
                              "and grid_consistency checks it)")
+    parser.add_argument("--grids-only", action="store_true",
+                        help="train the grids, write them to --json (for --grids-from) and stop")
     parser.add_argument("--json", default=None, help="write all numbers here")
     return parser.parse_args(argv)
 
@@ -193,10 +195,21 @@ def grid_consistency(frame, grid: dict) -> float | None:
     return max(gaps) if gaps else None
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def scale(args) -> dict:
     from caetune.models import TrainConfig
     from caetune.search._defaults import DEFAULTS
 
+    return {"subset": args.subset, "batch_size": args.batch_size or TrainConfig.batch_size, "max_epochs": args.max_epochs,
+            "num_samples": args.num_samples, "util_images": args.util_images, "model": "model1", "dataset": "mnist-10k",
+            "start_point": False, "reduction_factor": args.reduction_factor or DEFAULTS["reduction_factor"],
+            "grace_period": DEFAULTS["grace_period"]}
+
+
+def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="caetune-search-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -215,6 +228,11 @@ def main(argv: list[str] | None = None) -> dict:
         if seed not in grids:
             print(f"grid, seed {seed}: {len(N_NEURONS) * len(N_MAPS)} configs x Ne={args.max_epochs}", file=sys.stderr)
             grids[seed] = train_grid(grid_space, args, seed)
+    if args.grids_only:
+        result = {"date": _now(), "scale": scale(args), "grids": grids}
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+        return result
 
     import ray
 
@@ -256,11 +274,9 @@ def main(argv: list[str] | None = None) -> dict:
     # A seed that never came within 5% fails the target whatever its (partial) ratio.
     all_reached = all(r["reached"] for r in runs.values())
     result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": _now(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg()},
-        "scale": {"subset": args.subset, "batch_size": args.batch_size or TrainConfig.batch_size, "max_epochs": args.max_epochs, "num_samples": args.num_samples,
-                  "util_images": args.util_images, "model": "model1", "dataset": "mnist-10k", "start_point": False,
-                  "reduction_factor": args.reduction_factor or DEFAULTS["reduction_factor"], "grace_period": DEFAULTS["grace_period"]},
+        "scale": scale(args),
         "grids": grids,
         "efficiency": {"runs": runs, "mean_ratio": mean_ratio, "target": TARGET_RATIO, "all_reached": all_reached,
                        "pass": all_reached and mean_ratio <= TARGET_RATIO},
