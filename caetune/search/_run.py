@@ -301,6 +301,7 @@ class _Session:
             seed=self.values["seed"],
             n_startup_trials=default_startup_trials(self.values["num_samples"]),
             start_points=self.space.start if self.values["start_point"] else (),
+            n_epochs_of=self.space.n_epochs,
         )
         _write_experiment(
             self.files, self.name, self.values, self.space, self.objective, self.study_url, self.data, self.stored

@@ -40,6 +40,7 @@ from typing import Any, Callable
 from ray.tune.search import Searcher
 
 from caetune._errors import InputError
+from caetune.search._explore import ExploringSampler
 from caetune.search._objective import Objective
 from caetune.search._space import SearchSpace
 from caetune.search._warm import WARM_ATTR, WARM_EPOCHS_ATTR, WarmStart, find_warm_start
@@ -71,10 +72,13 @@ def open_study(
     seed: int,
     n_startup_trials: int,
     start_points: tuple[dict, ...] = (),
+    n_epochs_of: Callable[[dict[str, Any]], int] | None = None,
 ):
     """Creates the study, or loads it when the storage already holds one of that name.
 
     Start points are enqueued only into a new study (a resumed one has them already).
+    Given ``n_epochs_of`` (``params -> Ne``), a proposal the search has already
+    measured is replaced by an unmeasured one (:mod:`caetune.search._explore`).
 
     Raises:
         InputError: The storage cannot be opened, or holds a study of that
@@ -86,6 +90,8 @@ def open_study(
     sampler = optuna.samplers.TPESampler(
         seed=seed, multivariate=True, constant_liar=True, n_startup_trials=n_startup_trials
     )
+    if n_epochs_of is not None:
+        sampler = ExploringSampler(sampler, n_epochs_of=n_epochs_of, seed=seed)
     try:
         storage = optuna.storages.RDBStorage(url)
     except Exception as err:  # noqa: BLE001 -- SQLAlchemy raises many kinds

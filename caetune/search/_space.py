@@ -123,6 +123,10 @@ class SearchSpace:
         """The full config of one trial: fixed fields, then ``params``, then ``overrides``."""
         return TrainConfig.from_dict({**self.fixed, **params, **overrides}, source=f"space {self.name}")
 
+    def n_epochs(self, params: dict[str, Any]) -> int:
+        """A proposal's Ne: searched, else fixed by the space, else ``TrainConfig``'s default."""
+        return self.train_config(params).n_epochs
+
     def with_fixed(self, **values: Any) -> "SearchSpace":
         """The same space with some data fields fixed to other values (``--dataset``, ``--subset``)."""
         values = {k: v for k, v in values.items() if v is not None}
