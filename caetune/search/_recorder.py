@@ -4,8 +4,8 @@ A :class:`ray.tune.Callback` sees every trial start, result, checkpoint and
 end on the driver. When a trial ends, the recorder, in this order,
 
 1. copies its last checkpoint's ``model.pt`` into ``trials/<id>/`` (only
-   when it has the size the trial wrote: a cut-short one fails the trial
-   instead) and writes ``config.yaml`` and ``metrics.json`` beside it,
+   when it reads back as the trial wrote it: see below) and writes
+   ``config.yaml`` and ``metrics.json`` beside it,
 2. rewrites ``results.csv``/``results.parquet``,
 3. tells the Optuna study how the trial ended (and uploads the study when
    the run lives on S3),
@@ -22,6 +22,18 @@ reasons (the search was interrupted) stays ``running``, to be resumed.
 A trial that got past a damaged checkpoint (see :mod:`caetune.search._trainable`)
 carries the note in ``recovery``: its row, metrics.json, the study's user
 attribute of that name, and a ``recovered`` progress line when it happens.
+
+A trial whose final checkpoint was damaged after it wrote it (its
+``metrics.json`` unreadable, or its ``model.pt`` not of the size written)
+has no model to keep, so it is not recorded: it stays ``RUNNING`` in the
+study, its checkpoints stay, and it runs again in the same session (the
+searcher's :meth:`~caetune.search._searcher.StudySearcher.run_again`) from
+that checkpoint, which its restore passes over for the older one Ray kept
+(else it starts over). Training is deterministic, so it ends with the model it
+would have had. The note (which checkpoint, why) goes into its ``recovery``
+at once (study attribute, results row, a ``rerun`` progress line), so a
+search interrupted before the re-run resumes it with the note; after
+:data:`MAX_RERUNS` re-runs a trial is recorded failed with the reason.
 """
 
 from __future__ import annotations
@@ -40,10 +52,15 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from caetune._runlayout import TRIAL_METRICS, TRIAL_MODEL
 from caetune.search._objective import Objective
 from caetune.search._results import ResultsTable, RunFiles, model_path, write_trial_files
-from caetune.search._searcher import CHECKPOINT_ATTR, FAILED_ATTR, STATUS_ATTR, trial_handle
+from caetune.search._searcher import CHECKPOINT_ATTR, FAILED_ATTR, STATUS_ATTR, Resumable, StudySearcher, trial_handle
 from caetune.search._trainable import MODEL_BYTES, RECOVERY
+from caetune.search._warm import WarmStart
 
 STATUS_EVERY_S = 30.0
+# Re-runs of one trial whose final checkpoint was damaged each time, before it is recorded failed:
+# storage that damages every file it stores would otherwise keep the search going for ever.
+MAX_RERUNS = 2
+RERUNS_ATTR = "reruns"  # Optuna user attribute: how often a trial was run again for that
 
 
 class RecordingASHA(AsyncHyperBandScheduler):
@@ -69,6 +86,7 @@ class Recorder(Callback):
         files: The run folder.
         table: The results table (rows of earlier sessions loaded).
         scheduler: The ASHA scheduler (to know which trials it stopped).
+        searcher: Runs a trial again when its final checkpoint is damaged.
         total: Trials the study will hold at the end (for progress lines).
         on_study_change: Called after each tell (uploads the study on S3).
         stream: Where progress lines go.
@@ -82,6 +100,7 @@ class Recorder(Callback):
         files: RunFiles,
         table: ResultsTable,
         scheduler: RecordingASHA,
+        searcher: StudySearcher,
         total: int,
         on_study_change=None,
         stream: TextIO | None = None,
@@ -91,6 +110,7 @@ class Recorder(Callback):
         self.files = files
         self.table = table
         self.scheduler = scheduler
+        self.searcher = searcher
         self.total = total
         self.on_study_change = on_study_change or (lambda: None)
         self.stream = stream or sys.stderr
@@ -165,10 +185,13 @@ class Recorder(Callback):
         trial_id, number = config["trial_id"], config["trial_number"]
         result = dict(trial.last_result or {})
         metrics, damage = self._collect_metrics(trial)
+        if damage and status != "failed" and self._run_again(trial, damage):
+            return
         if metrics:
             result.update({k: v for k, v in metrics.items() if k != "history"})
         if damage:  # its last checkpoint was damaged after the trial wrote it: no model to keep
-            status, reason = "failed", f"{reason}; {damage}" if reason else damage
+            given_up = f"gave up after {MAX_RERUNS} re-runs" if status != "failed" else None
+            status, reason = "failed", "; ".join(n for n in (reason, damage, given_up, "no model kept") if n)
         epochs_run = int(result.get("epoch", 0) or 0)
 
         row = {
@@ -209,6 +232,35 @@ class Recorder(Callback):
             )
         self._say(f"{trial_id} {status:<9} {detail}  ({_num(row['seconds'], 0)} s)")
 
+    def _run_again(self, trial, damage: str) -> bool:
+        """Queues the trial to run again from its damaged final checkpoint; False after :data:`MAX_RERUNS` re-runs.
+
+        The study keeps it ``RUNNING`` with that checkpoint, and its
+        checkpoints stay, so an interrupted search resumes it the same way.
+        """
+        config = trial.config
+        trial_id, number = config["trial_id"], config["trial_number"]
+        handle = self._handle(number)
+        reruns = int(handle.user_attrs.get(RERUNS_ATTR) or 0) + 1
+        if reruns > MAX_RERUNS:
+            return False
+        note = f"{damage}: run again ({reruns} of at most {MAX_RERUNS})"
+        # What it reported it had got past already comes first: the re-run's recovery continues it.
+        recovery = "; ".join(n for n in ((trial.last_result or {}).get(RECOVERY), note) if n)
+        handle.set_user_attr(RERUNS_ATTR, reruns)
+        handle.set_user_attr(RECOVERY, recovery)
+        self.on_study_change()
+        warm = _warm_start(config)
+        self.searcher.run_again(
+            Resumable(number, dict(config["params"]), trial.checkpoint, WarmStart(**warm) if warm else None, recovery)
+        )
+        self.table.update(trial_id, **{RECOVERY: recovery})
+        self.table.write()
+        self.epochs.pop(trial_id, None)
+        self._recoveries.pop(trial_id, None)
+        self._say(f"{trial_id} {'rerun':<9} {note}")
+        return True
+
     def _collect_metrics(self, trial) -> tuple[dict[str, Any] | None, str | None]:
         """The last checkpoint's metrics.json, and what is wrong with the checkpoint (None: nothing).
 
@@ -225,10 +277,10 @@ class Recorder(Callback):
                 metrics = json.loads(stream.readall())
             size = fs.get_file_info(f"{checkpoint.path}/{TRIAL_MODEL}").size
         except (OSError, ValueError) as err:  # pyarrow's errors are OSErrors, json's ValueErrors
-            return None, f"last checkpoint {name} unreadable ({type(err).__name__}: {err}); no model kept"
+            return None, f"final checkpoint {name} unreadable ({type(err).__name__}: {err})"
         written = metrics.get(MODEL_BYTES)
         if written is not None and size != written:
-            return metrics, f"last checkpoint {name} has a {size}-byte model.pt, {written} were written; no model kept"
+            return metrics, f"final checkpoint {name} has a {size}-byte model.pt, {written} were written"
         self.files.copy_in(f"{checkpoint.path}/{TRIAL_MODEL}", model_path(trial.config["trial_id"]))
         return metrics, None
 

@@ -348,6 +348,7 @@ class _Session:
             files=self.files,
             table=table,
             scheduler=scheduler,
+            searcher=searcher,
             total=started_trials(study) + pending - len(searcher.resumable),
             on_study_change=self.sync.push,
             stream=self.stream,
@@ -361,7 +362,9 @@ class _Session:
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
                 scheduler=scheduler,
-                num_samples=pending,
+                # No count: a trial whose final checkpoint is damaged runs again, so the searcher
+                # ends the session (Searcher.FINISHED) once nothing is left to run or run again.
+                num_samples=-1,
                 max_concurrent_trials=values["max_concurrent"],
                 reuse_actors=True,
                 trial_dirname_creator=lambda trial: f"{trial.config['trial_id']}-{trial.trial_id}",

@@ -22,10 +22,13 @@ The trial number is the search's stable trial id; Ray's own trial ids change
 from session to session. A resumed search re-opens the study by name: trials
 still ``RUNNING`` there were cut off and are proposed again, first, with
 their params and their last checkpoint; new trials are asked until the study
-holds ``num_samples``. Sampling is seeded multivariate TPE with the constant
-liar (so concurrent trials are not proposed on top of each other); with
-concurrent trials the order results arrive in, hence the proposals, can still
-vary from run to run.
+holds ``num_samples``. A trial of this session whose final checkpoint the
+recorder found damaged is queued the same way (:meth:`StudySearcher.run_again`),
+so the searcher ends the session (``Searcher.FINISHED``) only once no trial
+of it is still running and nothing is left to run or run again. Sampling is
+seeded multivariate TPE with the constant liar (so concurrent trials are not
+proposed on top of each other); with concurrent trials the order results
+arrive in, hence the proposals, can still vary from run to run.
 
 Only :meth:`StudySearcher.suggest` lives here; the recorder
 (:mod:`caetune.search._recorder`) writes results and tells the study, so
@@ -43,6 +46,7 @@ from caetune._errors import InputError
 from caetune.search._explore import ExploringSampler
 from caetune.search._objective import Objective
 from caetune.search._space import SearchSpace
+from caetune.search._trainable import RECOVERY
 from caetune.search._warm import WARM_ATTR, WARM_EPOCHS_ATTR, WarmStart, find_warm_start
 
 TRIAL_ATTR = "trial_id"
@@ -127,7 +131,12 @@ class TrialFactory:
     util_images: int
 
     def config(
-        self, number: int, params: dict[str, Any], resume_from: Any = None, warm_start: WarmStart | None = None
+        self,
+        number: int,
+        params: dict[str, Any],
+        resume_from: Any = None,
+        warm_start: WarmStart | None = None,
+        recovery: str | None = None,
     ) -> dict[str, Any]:
         train = self.space.train_config(params, seed=self.seed, device=self.device)
         return {
@@ -140,17 +149,19 @@ class TrialFactory:
             "util_images": self.util_images,
             "resume_from": resume_from,
             "warm_start": warm_start.to_config() if warm_start else None,
+            RECOVERY: recovery,
         }
 
 
 @dataclass
 class Resumable:
-    """A study trial cut off by an earlier session, to be run again from its checkpoint."""
+    """A study trial to run again from its checkpoint: cut off by an earlier session, or its final one damaged."""
 
     number: int
     params: dict[str, Any]
     checkpoint: Any = None  # a ray.tune.Checkpoint, or None to start over
     warm_start: WarmStart | None = None  # where it started, if it continued another trial
+    recovery: str | None = None  # what it got past so far (its final checkpoint damaged ...), for its `recovery`
 
 
 class StudySearcher(Searcher):
@@ -182,6 +193,8 @@ class StudySearcher(Searcher):
         self.resumable = list(resumable)
         self.saved_model_of = saved_model_of
         self.distributions = factory.space.distributions()
+        self._started = started_trials(study)  # only this searcher asks: counted once, not per suggest
+        self._live: set[str] = set()  # Tune trial ids suggested and not yet ended
 
     def __getstate__(self) -> dict:
         # Tuner pickles its config once for Tuner.restore, which caetune does not use (it
@@ -191,10 +204,20 @@ class StudySearcher(Searcher):
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.resumable:
             job = self.resumable.pop(0)
-            return self.factory.config(job.number, job.params, job.checkpoint, job.warm_start)
-        if started_trials(self.study) >= self.num_samples:
+            config = self.factory.config(job.number, job.params, job.checkpoint, job.warm_start, job.recovery)
+        elif self._started < self.num_samples:
+            config = self._ask()
+        elif self._live:
+            return None  # nothing to run now, but a running trial's final checkpoint may yet need a re-run
+        else:
             return Searcher.FINISHED
+        self._live.add(trial_id)
+        return config
+
+    def _ask(self) -> dict:
+        """A new trial of the study, continuing an earlier trial of the same config where there is one."""
         trial = self.study.ask(self.distributions)
+        self._started += 1
         trial.set_user_attr(TRIAL_ATTR, trial_name(trial.number))
         config = self.factory.config(trial.number, dict(trial.params))
         if self.saved_model_of is None:
@@ -208,12 +231,18 @@ class StudySearcher(Searcher):
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        # The recorder tells the study, once the trial's files are written.
-        pass
+        # The recorder tells the study, once the trial's files are written. Tune calls this before
+        # its callbacks' on_trial_complete, and asks for the next trial only after them, so a re-run
+        # the recorder queues there is seen before the session can be called finished.
+        self._live.discard(trial_id)
+
+    def run_again(self, job: Resumable) -> None:
+        """Runs a trial of this session again, before any new one (the recorder found its final checkpoint damaged)."""
+        self.resumable.append(job)
 
     def pending(self) -> int:
-        """Trials this session will still run (for Tune's ``num_samples``)."""
-        return len(self.resumable) + max(0, self.num_samples - started_trials(self.study))
+        """Trials this session will still run, re-runs not foreseen."""
+        return len(self.resumable) + max(0, self.num_samples - self._started)
 
 
 def started_trials(study) -> int:
@@ -229,7 +258,9 @@ def resumable_trials(
     """The study's ``RUNNING`` trials, with their last checkpoint (``checkpoint_of(relpath)``).
 
     A trial that had continued another one gets that one's model again
-    (``saved_model_of(trial_id)``), for when its own checkpoint is gone.
+    (``saved_model_of(trial_id)``), for when its own checkpoint is gone; one
+    waiting to run again after its final checkpoint was damaged gets the note
+    the recorder left in its ``recovery`` user attribute.
     """
     import optuna
 
@@ -240,7 +271,8 @@ def resumable_trials(
         if source:
             model = saved_model_of(source) if saved_model_of else None
             warm = WarmStart(source, int(trial.user_attrs.get(WARM_EPOCHS_ATTR) or 0), model)
-        jobs.append(Resumable(trial.number, dict(trial.params), checkpoint_of(rel) if rel else None, warm))
+        checkpoint = checkpoint_of(rel) if rel else None
+        jobs.append(Resumable(trial.number, dict(trial.params), checkpoint, warm, trial.user_attrs.get(RECOVERY)))
     return jobs
 
 

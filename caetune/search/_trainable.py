@@ -19,7 +19,9 @@ saved model, ``config["warm_start"]`` (:mod:`caetune.search._warm`). A
 checkpoint that does not read back (cut short, corrupted) is passed over for
 the older one Ray kept beside it, else the trial starts again from epoch 0
 (or from its warm start); either way the trial's ``recovery`` says which
-checkpoint was damaged, why, and what was done.
+checkpoint was damaged, why, and what was done. A trial whose final
+checkpoint the recorder found damaged runs again the same way, from that
+checkpoint (:mod:`caetune.search._recorder`).
 
 A trial that raises (NaN loss, a config the images cannot take, out of
 memory ...) does not raise to Ray: it reports a last result with ``failed``
@@ -78,8 +80,10 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
         config: ``trial_id``, ``train`` (a TrainConfig dict), ``objective``
             (``kind``, ``weight``), ``threads``, ``util_images``,
             ``resume_from`` (its own checkpoint of an earlier session, or
-            ``None``) and ``warm_start`` (``None``, or the ``trial_id``,
-            ``epochs`` and ``checkpoint`` of the trial it continues).
+            ``None``), ``warm_start`` (``None``, or the ``trial_id``,
+            ``epochs`` and ``checkpoint`` of the trial it continues) and
+            ``recovery`` (``None``, or, for a trial run again because its
+            final checkpoint was found damaged, what it got past so far).
         data: The shared dataset, from :func:`data_payload`.
     """
     import torch
@@ -108,7 +112,11 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
             trainer, inherited_from, warm_note = _restore(fresh, [warm["checkpoint"]])
             inherited = inherited if inherited_from is not None else 0
             note = "; ".join(n for n in (note, warm_note) if n) or None
-        recovery = "; ".join(n for n in ((before or {}).get(RECOVERY), note) if n) or None
+        # What the trial got past before: the note of the checkpoint it resumed from or, in a re-run after its
+        # final checkpoint was found damaged, the recorder's (which starts with all that run reported). One
+        # extends the other, so the longer says it all.
+        earlier = max((config.get(RECOVERY) or "", (before or {}).get(RECOVERY) or ""), key=len)
+        recovery = "; ".join(n for n in (earlier, note) if n) or None
         state["epoch"] = trainer.epoch
         if trainer.epoch >= train_config.n_epochs:
             # Resumed from its final checkpoint (the driver stopped before recording it): report
