@@ -1,24 +1,36 @@
 """Faults of one trial while the search goes on: its worker killed by the OS, its checkpoints cut short,
-and a second ``caetune search`` on the same run.
+its final checkpoint damaged after it ended, and a second ``caetune search`` on the same run.
 
 The trial's worker is found the way an operator would: the process of the
 search's process group whose title is Ray's for the function trainable
 (``ray::ImplicitFunc``); with one trial at a time there is one.
+
+The final checkpoint is damaged from inside the search's driver, by a Ray Tune
+callback the test hands to ``run_search`` (in-process, on the shared local
+Ray): Tune calls ``on_checkpoint`` once Ray has stored the trial's last
+checkpoint, and only after that ``on_trial_complete``, where the recorder
+reads it; the callback cuts the stored ``model.pt`` in half (or breaks its
+``metrics.json``) in between, every time, at exactly that moment.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 import pytest
+from ray.tune import Callback
 
 from caetune._storage import parse_storage
+from caetune.search import SearchSettings, run_search
+from caetune.search._recorder import MAX_RERUNS
 from tests.faults._tools import (
     FINISHED,
     RUN_TIMEOUT_S,
@@ -33,6 +45,7 @@ from tests.faults._tools import (
     search_env,
     start_search,
     wait_until,
+    write_space,
 )
 
 NUM_SAMPLES = 2
@@ -263,3 +276,144 @@ def test_two_searches_started_together_run_once(tmp_path):
     refused = logs[[p.returncode for p in procs].index(2)]
     assert len(refused.strip().splitlines()) == 1 and "in use by process" in refused, refused
     check_integrity(run, db, num_samples=3)
+
+
+class DamageFinalCheckpoint(Callback):
+    """Damages ``trial_id``'s final checkpoint (up to ``times`` times) between Ray storing it and the recorder reading it.
+
+    The recorder comes first in the search's callbacks, so it has noted the
+    checkpoint (the study's ``checkpoint``) when this one damages it.
+    ``damaged`` keeps each folder damaged and its ``metrics.json`` as written.
+    """
+
+    def __init__(self, trial_id: str, how: str, times: int = 1) -> None:
+        self.trial_id, self.how, self.times = trial_id, how, times
+        self.damaged: list[tuple[Path, dict]] = []
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        config = trial.config
+        last = trial.last_result.get("epoch") == config["train"]["n_epochs"]
+        if config["trial_id"] != self.trial_id or not last or len(self.damaged) >= self.times:
+            return
+        folder = Path(checkpoint.path)
+        written = json.loads((folder / "metrics.json").read_text())
+        if self.how == "model":
+            model = folder / "model.pt"
+            with open(model, "r+b") as f:
+                f.truncate(model.stat().st_size // 2)
+        else:
+            (folder / "metrics.json").write_text(json.dumps(written)[:40])
+        self.damaged.append((folder, written))
+
+
+class InterruptAfterTrialEnd(Callback):
+    """SIGUSR1 (Tune's stop signal, as Ctrl-C) once ``trial_id`` has ended: after the recorder has dealt with it."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if trial.config["trial_id"] == self.trial_id:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def _final_search(tmp_path, callbacks: list):
+    """Two 3-epoch trials, one at a time, no ASHA stop, in this process; returns (outcome, progress, run, db)."""
+    chosen = SearchSettings(
+        space=str(write_space(tmp_path, epochs=(3, 3))), storage=str(tmp_path / "runs"), name="exp",
+        num_samples=NUM_SAMPLES, max_concurrent=1, grace_period=10, seed=7, util_images=16, confirm_seeds=0,
+        report=False,
+    )  # fmt: skip
+    progress = io.StringIO()
+    outcome = run_search(chosen, stream=progress, out=io.StringIO(), callbacks=callbacks)
+    run = parse_storage(str(tmp_path / "runs")).child("exp")
+    return outcome, progress.getvalue(), run, run.local_path / "study.db"
+
+
+def _tune_folders(run, tid: str) -> list[Path]:
+    return sorted(p for p in (run.local_path / "tune").iterdir() if p.is_dir() and p.name.startswith(f"{tid}-"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("how", ["model", "metrics"])
+def test_a_final_checkpoint_damaged_after_the_trial_ended_is_run_again(ray_local, tmp_path, how):
+    """The trial runs again from the older checkpoint, in the same session, and ends with the model it had."""
+    damage = DamageFinalCheckpoint("t0000", how)
+    outcome, text, run, db = _final_search(tmp_path, [damage])
+
+    assert not outcome.interrupted, text[-3000:]
+    ((folder, written),) = damage.damaged
+    table = results(run)
+    row = table.set_index("trial_id").loc["t0000"]
+    metrics = json.loads((run.local_path / "trials" / "t0000" / "metrics.json").read_text())
+    print(f"final checkpoint {how} damaged: {row['status']}; recovery: {row['recovery']}")
+    assert row["status"] == "complete", row
+    name = f"{folder.parent.name}/{folder.name}"
+    recovery = row["recovery"]
+    assert metrics["recovery"] == recovery == _study_attr(db, 0, "recovery"), (metrics["recovery"], recovery)
+    assert recovery.startswith(f"final checkpoint {name} "), recovery
+    assert f": run again (1 of at most {MAX_RERUNS}); {name} unreadable (" in recovery, recovery
+    epochs = int(row["n_epochs"])
+    assert recovery.endswith(f"resumed from {folder.parent.name}/checkpoint_{epochs - 2:06d} (epoch {epochs - 1})")
+    assert "t0000 rerun" in text and "t0000 recovered" in text and "t0000 failed" not in text, text[-3000:]
+    assert _study_attr(db, 0, "reruns") == 1 and len(_tune_folders(run, "t0000")) == 2
+    # Deterministic training: the model of the re-run is the damaged one, bit for bit.
+    assert [m["epoch"] for m in metrics["history"]] == list(range(1, epochs + 1)), metrics["history"]
+    assert [m["val_mse"] for m in metrics["history"]] == [m["val_mse"] for m in written["history"]]
+    assert row["val_mse"] == written["val_mse"] and row["objective"] == written["objective"]
+    other = table.set_index("trial_id").loc["t0001"]
+    assert other["status"] == "complete" and other.isna()["recovery"], other
+    check_integrity(run, db, num_samples=NUM_SAMPLES)  # t0000's model.pt loads and gives its val_mse
+    assert not list((run.local_path / "tune").glob("*/checkpoint_*"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_final_checkpoint_damaged_every_time_fails_after_the_bound(ray_local, tmp_path):
+    damage = DamageFinalCheckpoint("t0000", "model", times=MAX_RERUNS + 5)
+    outcome, text, run, db = _final_search(tmp_path, [damage])
+
+    assert not outcome.interrupted, text[-3000:]
+    assert len(damage.damaged) == MAX_RERUNS + 1  # run once, then MAX_RERUNS times again; never more
+    table = results(run).set_index("trial_id")
+    row = table.loc["t0000"]
+    print(f"final checkpoint damaged every time: {row['status']}; error: {row['error']}")
+    print(f"  recovery: {row['recovery']}")
+    assert row["status"] == "failed", row
+    last = damage.damaged[-1][0]
+    assert row["error"].startswith(f"final checkpoint {last.parent.name}/{last.name} has a "), row["error"]
+    assert row["error"].endswith(f"; gave up after {MAX_RERUNS} re-runs; no model kept"), row["error"]
+    assert _study_attr(db, 0, "failed_reason") == row["error"] and _study_attr(db, 0, "reruns") == MAX_RERUNS
+    # Every run's damage is in its recovery, oldest first.
+    notes = [f"final checkpoint {f.parent.name}/{f.name} has a " for f, _ in damage.damaged[:-1]]
+    assert [row["recovery"].index(n) for n in notes] == sorted(row["recovery"].index(n) for n in notes), row
+    assert text.count("t0000 rerun") == MAX_RERUNS and text.count("t0000 start") == MAX_RERUNS + 1, text[-3000:]
+    assert not (run.local_path / "trials" / "t0000" / "model.pt").exists()
+    assert table.loc["t0001", "status"] == "complete"
+    check_integrity(run, db, num_samples=NUM_SAMPLES)
+    assert not list((run.local_path / "tune").glob("*/checkpoint_*"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_search_interrupted_before_the_rerun_resumes_it(ray_local, tmp_path):
+    damage = DamageFinalCheckpoint("t0000", "model")
+    first, _, run, db = _final_search(tmp_path, [damage, InterruptAfterTrialEnd("t0000")])
+
+    assert first.interrupted
+    ((folder, written),) = damage.damaged
+    (trial,) = [t for t in safe_study(db) if t["number"] == 0]
+    # Still running in the study, its damaged checkpoint kept for the resumed search.
+    assert trial["state"] == "RUNNING" and _study_attr(db, 0, "reruns") == 1, trial
+    assert trial["checkpoint"] and folder.is_dir(), trial
+    assert _study_attr(db, 0, "recovery").startswith(f"final checkpoint {folder.parent.name}/{folder.name} has a ")
+
+    second, text, run, db = _final_search(tmp_path, [])
+    assert not second.interrupted, text[-3000:]
+    row = results(run).set_index("trial_id").loc["t0000"]
+    assert row["status"] == "complete", row
+    assert row["recovery"].startswith(f"final checkpoint {folder.parent.name}/{folder.name} has a "), row["recovery"]
+    assert f"{folder.parent.name}/{folder.name} unreadable (" in row["recovery"], row["recovery"]
+    assert row["val_mse"] == written["val_mse"]
+    check_integrity(run, db, num_samples=NUM_SAMPLES)
