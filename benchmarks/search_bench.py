@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subset", type=int, default=1500, help="mnist-10k images used (train + val)")
     parser.add_argument("--max-epochs", type=int, default=20, help="the grid's Ne and the search's cap")
-    parser.add_argument("--num-samples", type=int, default=60, help="trials per efficiency search (their epochs may exceed 30%% of the grid)")
+    parser.add_argument("--num-samples", type=int, default=200, help="trials per efficiency search (only the epochs up to the first hit count)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--util-images", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64, help="fixed in the space (0: TrainConfig's)")

@@ -1,4 +1,4 @@
-"""ExploringSampler: a proposal the search has already measured becomes an unmeasured one."""
+"""ExploringSampler: a proposal the search has already measured becomes the config's next epoch, or a new point."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import TrialState, create_trial
 
-from caetune.search._explore import ExploringSampler, epochs_measured
+from caetune.search._explore import ExploringSampler, _more_epochs, epochs_measured
 
 SPACE = {"n_maps": CategoricalDistribution([8, 16]), "n_epochs": IntDistribution(1, 4)}
 
@@ -42,13 +42,36 @@ def study_with(*finished: tuple[dict, TrialState, int], proposes: dict, n_epochs
 
 @pytest.mark.parametrize("state", [TrialState.COMPLETE, TrialState.PRUNED])
 @pytest.mark.parametrize("n_epochs", [1, 2])
-def test_a_measured_proposal_is_replaced_by_an_unmeasured_point(state, n_epochs):
+def test_a_measured_proposal_gets_the_configs_next_epoch(state, n_epochs):
     # A trial of Nm=8 that ran 2 epochs (complete, or pruned before its own Ne of 4) measured Ne 1 and 2.
     study, sampler = study_with(({"n_maps": 8, "n_epochs": 4 if state == TrialState.PRUNED else 2}, state, 2),
                                 proposes={"n_maps": 8, "n_epochs": n_epochs})
-    params = study.ask(SPACE).params
+    assert study.ask(SPACE).params == {"n_maps": 8, "n_epochs": 3}
     assert sampler.explored == 1
-    assert not (params["n_maps"] == 8 and params["n_epochs"] <= 2), params
+
+
+def test_a_config_measured_to_the_largest_ne_gives_way_to_an_unmeasured_point():
+    study, sampler = study_with(({"n_maps": 8, "n_epochs": 4}, TrialState.COMPLETE, 4), proposes={"n_maps": 8, "n_epochs": 2})
+    assert study.ask(SPACE).params["n_maps"] == 16
+    assert sampler.explored == 1
+
+
+@pytest.mark.parametrize(
+    ("dist", "ran", "more"),
+    [
+        (IntDistribution(1, 20), 7, 8),
+        (IntDistribution(1, 20), 20, None),
+        (IntDistribution(2, 20, step=3), 5, 8),  # 2, 5, 8 ...
+        (IntDistribution(1, 20, step=3), 17, 19),  # Optuna ends the steps at 19
+        (IntDistribution(1, 20, step=3), 19, None),
+        (IntDistribution(1, 400, log=True), 30, 31),
+        (CategoricalDistribution([10, 5, 20]), 5, 10),
+        (CategoricalDistribution([10, 5, 20]), 20, None),
+        (None, 3, None),  # Ne not searched
+    ],
+)
+def test_the_next_epoch_is_one_the_distribution_allows(dist, ran, more):
+    assert _more_epochs(dist, ran) == more
 
 
 def test_a_proposal_beyond_what_was_measured_is_kept():
@@ -65,7 +88,7 @@ def test_failed_and_running_trials_measure_nothing():
 
 
 def test_an_exhausted_space_gets_the_samplers_proposal():
-    everything = [({"n_maps": m, "n_epochs": 4}, TrialState.COMPLETE, 4) for m in (8, 16)]
+    everything = [({"n_maps": m, "n_epochs": 4}, TrialState.COMPLETE, 4) for m in (8, 16)]  # every point measured
     study, sampler = study_with(*everything, proposes={"n_maps": 16, "n_epochs": 3})
     assert study.ask(SPACE).params == {"n_maps": 16, "n_epochs": 3}
     assert sampler.explored == 0
