@@ -26,21 +26,20 @@ from caetune._runlayout import CONFIRM_CSV
 CONFIRM_RUNS_CSV = "confirm_runs.csv"
 
 
-def confirm_run(config: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    """Trains one config to its full Ne; a Ray task. Failures are a row, not an exception."""
+def confirm_run(trial_id: str, train, factory, data: dict[str, Any]) -> dict[str, Any]:
+    """Trains one config (a TrainConfig) to its full Ne; a Ray task. Failures are a row, not an exception."""
     import torch
 
-    from caetune.models import TrainConfig, Trainer
-    from caetune.search._objective import Objective
+    from caetune.models import Trainer
     from caetune.search._trainable import epoch_metrics, failure_reason, image_data
 
-    torch.set_num_threads(int(config["threads"]))
+    torch.set_num_threads(int(factory.threads))
     start, cpu = time.perf_counter(), time.process_time()
-    row: dict[str, Any] = {"trial_id": config["trial_id"], "seed": config["train"]["seed"]}
+    row: dict[str, Any] = {"trial_id": trial_id, "seed": train.seed}
     try:
-        trainer = Trainer(TrainConfig.from_dict(dict(config["train"])), image_data(data))
+        trainer = Trainer(train, image_data(data))
         trainer.fit()
-        metrics = epoch_metrics(trainer, Objective(**config["objective"]), util_images=int(config["util_images"]))
+        metrics = epoch_metrics(trainer, factory.objective, util_images=int(factory.util_images))
         row.update(status="complete", error=None, **metrics)
     except Exception as err:  # noqa: BLE001 -- a failed seed is part of the evidence
         row.update(status="failed", error=failure_reason(err))
@@ -77,7 +76,7 @@ def run_confirm(
     Args:
         files: The run folder.
         table: The search's results table.
-        factory: Builds trial configs (the seed is replaced per run).
+        factory: The search's TrialFactory (each run's TrainConfig, with its seed).
         data_ref: The dataset's object ref.
         seeds: The extra seeds.
         top_k: How many configs to confirm.
@@ -107,9 +106,7 @@ def run_confirm(
         for seed in seeds:
             if (trial_id, seed) in done:
                 continue
-            config = factory.config(int(rows[trial_id]["trial_number"]), params)
-            config["train"] = {**config["train"], "seed": seed}
-            futures[task.remote(config, data_ref)] = (trial_id, seed)
+            futures[task.remote(trial_id, factory.train(params, seed=seed), factory, data_ref)] = (trial_id, seed)
     if futures:
         print(f"  confirm: {len(futures)} runs ({len(chosen)} configs x {len(seeds)} seeds)", file=stream, flush=True)
     pending = list(futures)

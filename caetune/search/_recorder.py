@@ -52,7 +52,15 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from caetune._runlayout import TRIAL_METRICS, TRIAL_MODEL
 from caetune.search._objective import Objective
 from caetune.search._results import ResultsTable, RunFiles, model_path, write_trial_files
-from caetune.search._searcher import CHECKPOINT_ATTR, FAILED_ATTR, STATUS_ATTR, Resumable, StudySearcher, trial_handle
+from caetune.search._searcher import (
+    CHECKPOINT_ATTR,
+    FAILED_ATTR,
+    STATUS_ATTR,
+    Resumable,
+    StudySearcher,
+    TrialFactory,
+    trial_handle,
+)
 from caetune.search._trainable import MODEL_BYTES, RECOVERY
 from caetune.search._warm import WarmStart
 
@@ -82,6 +90,7 @@ class Recorder(Callback):
 
     Args:
         study: The open Optuna study.
+        factory: The search's TrialFactory (a trial's TrainConfig, for its config.yaml).
         objective: The search's objective.
         files: The run folder.
         table: The results table (rows of earlier sessions loaded).
@@ -96,6 +105,7 @@ class Recorder(Callback):
         self,
         *,
         study,
+        factory: TrialFactory,
         objective: Objective,
         files: RunFiles,
         table: ResultsTable,
@@ -106,6 +116,7 @@ class Recorder(Callback):
         stream: TextIO | None = None,
     ) -> None:
         self.study = study
+        self.factory = factory
         self.objective = objective
         self.files = files
         self.table = table
@@ -128,8 +139,8 @@ class Recorder(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         config = trial.config
-        self.table.update(config["trial_id"], status="running", error=None, **_row_params(config))
-        self.epochs[config["trial_id"]] = f"0/{config['train']['n_epochs']}"
+        self.table.update(config["trial_id"], status="running", error=None, **_row_params(config, seed=self.factory.seed))
+        self.epochs[config["trial_id"]] = f"0/{config['n_epochs']}"
         self.table.write()
         warm = _warm_start(config)
         since = f"  (continues {warm['trial_id']} after epoch {warm['epochs']})" if warm else ""
@@ -142,7 +153,7 @@ class Recorder(Callback):
             self._say(f"{trial_id} recovered {result[RECOVERY]}")
         if "failed" in result:
             return
-        self.epochs[trial.config["trial_id"]] = f"{result['epoch']}/{trial.config['train']['n_epochs']}"
+        self.epochs[trial.config["trial_id"]] = f"{result['epoch']}/{trial.config['n_epochs']}"
         value = float(result["objective"])
         if len(self.study.directions) == 1 and math.isfinite(value):  # Optuna takes none for several objectives
             with warnings.catch_warnings():
@@ -160,7 +171,7 @@ class Recorder(Callback):
         elif diverged := _non_finite(result):
             # Training only checks its own loss: a NaN validation MSE would otherwise pass for pruned.
             self._finish(trial, "failed", reason=f"TrainingDiverged: {diverged} at epoch {result.get('epoch')}")
-        elif "epoch" in result and int(result["epoch"]) >= int(trial.config["train"]["n_epochs"]):
+        elif "epoch" in result and int(result["epoch"]) >= int(trial.config["n_epochs"]):
             self._finish(trial, "complete")
         elif trial.trial_id in self.scheduler.stopped:
             self._finish(trial, "pruned")
@@ -199,7 +210,7 @@ class Recorder(Callback):
             "error": reason,
             # The trial's last word on it is the newest (a failure after a fallback reports it, no checkpoint).
             RECOVERY: (trial.last_result or {}).get(RECOVERY) or result.get(RECOVERY),
-            **_row_params(config),
+            **_row_params(config, seed=self.factory.seed),
             "val_mse": result.get("val_mse"),
             "best_val_mse": result.get("best_val_mse"),
             "objective": None if status == "failed" else result.get("objective"),
@@ -213,7 +224,7 @@ class Recorder(Callback):
         write_trial_files(
             self.files,
             trial_id,
-            config_yaml=yaml.safe_dump(config["train"], sort_keys=False),
+            config_yaml=yaml.safe_dump(self.factory.train(config["params"]).to_dict(), sort_keys=False),
             metrics={**(metrics or {}), **row, "trial_id": trial_id, "history": (metrics or {}).get("history", [])},
         )
         self.table.update(trial_id, **row)
@@ -227,7 +238,7 @@ class Recorder(Callback):
             detail = reason
         else:
             detail = (
-                f"epochs {epochs_run}/{config['train']['n_epochs']}  val_mse {_num(row['val_mse'])}  "
+                f"epochs {epochs_run}/{config['n_epochs']}  val_mse {_num(row['val_mse'])}  "
                 f"U {_num(row['utilisation'], 3)}  objective {_num(row['objective'])}"
             )
         self._say(f"{trial_id} {status:<9} {detail}  ({_num(row['seconds'], 0)} s)")
@@ -354,12 +365,12 @@ class Recorder(Callback):
         print(f"  {line}", file=self.stream, flush=True)
 
 
-def _row_params(config: dict) -> dict[str, Any]:
-    train, warm = config["train"], _warm_start(config)
+def _row_params(config: dict, *, seed: int) -> dict[str, Any]:
+    warm = _warm_start(config)
     return {
         **config["params"],
-        "n_epochs": train["n_epochs"],
-        "seed": train["seed"],
+        "n_epochs": config["n_epochs"],
+        "seed": seed,
         "trial_number": config["trial_number"],
         # Only where there is one: the column appears once a trial continued another (caetune._runlayout).
         **({"warm_start": warm["trial_id"]} if warm else {}),

@@ -344,6 +344,7 @@ class _Session:
         pending = searcher.pending()
         recorder = Recorder(
             study=study,
+            factory=searcher.factory,
             objective=self.objective,
             files=self.files,
             table=table,
@@ -354,7 +355,8 @@ class _Session:
             stream=self.stream,
         )
         trainable = tune.with_resources(
-            tune.with_parameters(train_trial, data=data_ref), {"cpu": self.cpus, "gpu": self.gpus}
+            tune.with_parameters(train_trial, data=data_ref, factory=searcher.factory),
+            {"cpu": self.cpus, "gpu": self.gpus},
         )
         _keep_credentials_out_of_ray()
         tuner = tune.Tuner(

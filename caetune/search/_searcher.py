@@ -121,7 +121,14 @@ def open_study(
 
 @dataclass
 class TrialFactory:
-    """Turns a study trial into the config of one Ray Tune trial."""
+    """Turns a study trial into the config of one Ray Tune trial, and that config into training settings.
+
+    Tune keeps every trial's config several times over for the whole search
+    (the trial, each result, the experiment-state JSON, the trial's tag), so
+    the config holds only what differs between trials; what the whole search
+    shares (the space, the objective, threads, util_images) reaches the
+    trainable once, with the factory itself (:func:`ray.tune.with_parameters`).
+    """
 
     space: SearchSpace
     objective: Objective
@@ -138,19 +145,19 @@ class TrialFactory:
         warm_start: WarmStart | None = None,
         recovery: str | None = None,
     ) -> dict[str, Any]:
-        train = self.space.train_config(params, seed=self.seed, device=self.device)
         return {
             "trial_number": number,
             "trial_id": trial_name(number),
             "params": {k: params[k] for k in self.space.params if k in params},  # the space's order
-            "train": train.to_dict(),
-            "objective": {"kind": self.objective.kind, "weight": self.objective.weight},
-            "threads": self.threads,
-            "util_images": self.util_images,
+            "n_epochs": self.train(params).n_epochs,  # searched, or fixed by the space
             "resume_from": resume_from,
             "warm_start": warm_start.to_config() if warm_start else None,
             RECOVERY: recovery,
         }
+
+    def train(self, params: dict[str, Any], *, seed: int | None = None):
+        """The :class:`~caetune.models.TrainConfig` of a trial with these params (confirmation: another seed)."""
+        return self.space.train_config(params, seed=self.seed if seed is None else seed, device=self.device)
 
 
 @dataclass
@@ -222,8 +229,7 @@ class StudySearcher(Searcher):
         config = self.factory.config(trial.number, dict(trial.params))
         if self.saved_model_of is None:
             return config
-        n_epochs = config["train"]["n_epochs"]  # searched, or fixed by the space
-        warm = find_warm_start(self.study, trial.params, n_epochs, saved_model_of=self.saved_model_of)
+        warm = find_warm_start(self.study, trial.params, config["n_epochs"], saved_model_of=self.saved_model_of)
         if warm is not None:
             trial.set_user_attr(WARM_ATTR, warm.trial_id)
             trial.set_user_attr(WARM_EPOCHS_ATTR, warm.epochs)

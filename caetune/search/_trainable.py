@@ -3,7 +3,10 @@
 The dataset reaches the trainable through :func:`ray.tune.with_parameters`,
 which puts it in Ray's object store once; :func:`data_payload` makes it a dict
 of NumPy arrays so every trial on a node maps the same memory (zero-copy)
-instead of unpickling its own copy. Actors are reused between trials
+instead of unpickling its own copy. The search's
+:class:`~caetune.search._searcher.TrialFactory` comes the same way: the trial
+config holds only the trial's own params, and the factory makes them a
+TrainConfig. Actors are reused between trials
 (``reuse_actors``), so torch is imported once per worker, not per trial.
 
 Every epoch the trainable computes the utilisation metrics on validation
@@ -73,28 +76,28 @@ def image_data(payload: dict[str, Any]):
     return ImageData(name=payload["name"], train=train, val=val)
 
 
-def train_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
+def train_trial(config: dict[str, Any], *, data: dict[str, Any], factory) -> None:
     """Trains one trial's CAE for its own ``n_epochs`` (Ne), reporting every epoch.
 
     Args:
-        config: ``trial_id``, ``train`` (a TrainConfig dict), ``objective``
-            (``kind``, ``weight``), ``threads``, ``util_images``,
-            ``resume_from`` (its own checkpoint of an earlier session, or
-            ``None``), ``warm_start`` (``None``, or the ``trial_id``,
-            ``epochs`` and ``checkpoint`` of the trial it continues) and
-            ``recovery`` (``None``, or, for a trial run again because its
+        config: The trial's config (:meth:`TrialFactory.config`): ``trial_id``,
+            ``params``, ``resume_from`` (its own checkpoint of an earlier
+            session, or ``None``), ``warm_start`` (``None``, or the
+            ``trial_id``, ``epochs`` and ``checkpoint`` of the trial it continues)
+            and ``recovery`` (``None``, or, for a trial run again because its
             final checkpoint was found damaged, what it got past so far).
         data: The shared dataset, from :func:`data_payload`.
+        factory: The search's :class:`~caetune.search._searcher.TrialFactory`
+            (the space, the seed, the objective, threads and util_images).
     """
     import torch
     from ray import tune
 
-    from caetune.models import TrainConfig, Trainer
-    from caetune.search._objective import Objective
+    from caetune.models import Trainer
 
-    torch.set_num_threads(int(config["threads"]))
-    objective = Objective(**config["objective"])
-    train_config = TrainConfig.from_dict(dict(config["train"]))
+    torch.set_num_threads(int(factory.threads))
+    objective = factory.objective
+    train_config = factory.train(config["params"])
     state = {"epoch": 0, "seconds": 0.0, "cpu_seconds": 0.0}
     start = (time.perf_counter(), time.process_time())
     warm = config.get("warm_start") or {}
@@ -124,12 +127,12 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
             # (Or a warm start from a trial that ran exactly this Ne: nothing to train either.)
             frozen = {k: state[k] for k in ("seconds", "cpu_seconds")}
             clocks = (lambda: frozen) if before is not None else (lambda: _clocks(state, start))
-            _report_epoch(trainer, objective, config, clocks=clocks, recovery=recovery, inherited=inherited)
+            _report_epoch(trainer, objective, factory, clocks=clocks, recovery=recovery, inherited=inherited)
         while trainer.epoch < train_config.n_epochs:
             trainer.run_epoch()
             state["epoch"] = trainer.epoch
             _report_epoch(
-                trainer, objective, config, clocks=lambda: _clocks(state, start), recovery=recovery, inherited=inherited
+                trainer, objective, factory, clocks=lambda: _clocks(state, start), recovery=recovery, inherited=inherited
             )
     except Exception as err:  # noqa: BLE001 -- any error of the trial is its result
         # No metric in it: ASHA skips a result without one, and the recorder reads `failed`.
@@ -158,7 +161,7 @@ def epoch_metrics(trainer, objective, *, util_images: int) -> dict[str, Any]:
 def _report_epoch(
     trainer,
     objective,
-    config: dict,
+    factory,
     *,
     clocks: Callable[[], dict[str, float]],
     recovery: str | None,
@@ -172,7 +175,7 @@ def _report_epoch(
     """
     from ray import tune
 
-    result = epoch_metrics(trainer, objective, util_images=int(config["util_images"]))
+    result = epoch_metrics(trainer, objective, util_images=int(factory.util_images))
     result["epochs_trained"] = trainer.epoch - inherited  # by this trial; a warm start inherited the rest
     result.update(clocks())  # after U: the epoch's seconds include it
     reported = {k: result[k] for k in REPORTED}

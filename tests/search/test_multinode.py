@@ -106,7 +106,7 @@ class RemoveNodeMidway(Callback):
 
 def _midway(trial) -> bool:
     epoch = (trial.last_result or {}).get("epoch", 0)
-    return trial.checkpoint is not None and 1 <= epoch <= trial.config["train"]["n_epochs"] - 2
+    return trial.checkpoint is not None and 1 <= epoch <= trial.config["n_epochs"] - 2
 
 
 def _scenario(space: str, storage: str, facts_file: str) -> None:

@@ -249,7 +249,7 @@ class InterruptAtLastEpoch(Callback):
     """SIGUSR1 once a trial's last checkpoint is in: the driver stops before recording the trial's end."""
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        if trial.last_result.get("epoch") == trial.config["train"]["n_epochs"]:
+        if trial.last_result.get("epoch") == trial.config["n_epochs"]:
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
