@@ -28,11 +28,15 @@ WARM_UP = 30  # trials before the driver's memory is judged (imports, Ray's firs
 # Bytes of driver growth per finished trial, the least-squares slope of the driver's RSS. Not zero:
 # Ray Tune's controller keeps every trial (config, last result, per-metric statistics, cached JSON of
 # its state) for the whole experiment. Measured on the 2-core machine: 162-172 KiB/trial while the
-# trainable reported its ~30 layer metrics to Tune (~110 KiB of Python heap per trial by tracemalloc),
-# 107-116 KiB (4 runs) since it reports only epoch, val_mse and objective (~62 KiB by tracemalloc; the layer
-# metrics stay in the checkpoint's metrics.json). The bound fails the old reporting and any leak of
-# caetune's own (a model, an image batch or a study copy per trial is MiBs).
-RSS_SLOPE_BOUND = 144 * 1024
+# trainable reported its ~30 layer metrics to Tune (~110 KiB of Python heap per trial by tracemalloc);
+# 107-116 KiB (5 runs; ~54-62 KiB by tracemalloc) once it reported only epoch, val_mse and objective
+# (the layer metrics stay in the checkpoint's metrics.json); 80-110 KiB (4 runs, against 107-108 KiB
+# for the step before in 2 runs on the same machine and day; ~44 KiB by tracemalloc against ~54) since
+# a trial's config holds only its own params (the TrainConfig fields, objective, threads and
+# util_images the whole search shares reach the trainable once).
+# The bound fails the old reporting and any leak of caetune's own (a model, an image batch or a
+# study copy per trial is MiBs).
+RSS_SLOPE_BOUND = 128 * 1024
 OVERHEAD_BOUND_S = 1.0  # the target per trial
 TIMEOUT_S = 1500
 
@@ -55,9 +59,11 @@ def _sample(proc, log, samples: list, stop: threading.Event) -> None:
     driver = psutil.Process(proc.pid)
     while not stop.is_set() and proc.poll() is None:
         try:
-            samples.append((len(_END.findall(log.read_text())), driver.memory_info().rss))
+            rss = driver.memory_info().rss
         except psutil.Error:
             return
+        if rss:  # 0: the driver has exited and is not reaped yet (a zombie has no memory to read)
+            samples.append((len(_END.findall(log.read_text())), rss))
         time.sleep(0.5)
 
 
