@@ -139,7 +139,8 @@ class Recorder(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         config = trial.config
-        self.table.update(config["trial_id"], status="running", error=None, **_row_params(config, seed=self.factory.seed))
+        row = _row_params(config, seed=self.factory.seed)
+        self.table.update(config["trial_id"], status="running", error=None, **row)
         self.epochs[config["trial_id"]] = f"0/{config['n_epochs']}"
         self.table.write()
         warm = _warm_start(config)
