@@ -292,7 +292,7 @@ class DamageFinalCheckpoint(Callback):
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         config = trial.config
-        last = trial.last_result.get("epoch") == config["train"]["n_epochs"]
+        last = trial.last_result.get("epoch") == config["n_epochs"]
         if config["trial_id"] != self.trial_id or not last or len(self.damaged) >= self.times:
             return
         folder = Path(checkpoint.path)
