@@ -82,7 +82,8 @@ def open_study(
 
     Start points are enqueued only into a new study (a resumed one has them already).
     Given ``n_epochs_of`` (``params -> Ne``), a proposal the search has already
-    measured is replaced by an unmeasured one (:mod:`caetune.search._explore`).
+    measured becomes that config's next epoch, or an unmeasured point
+    (:mod:`caetune.search._explore`).
 
     Raises:
         InputError: The storage cannot be opened, or holds a study of that
