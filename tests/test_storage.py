@@ -245,6 +245,21 @@ def test_s3_filesystem_reads_endpoint_from_env(s3_bucket, s3_env, monkeypatch):
         storage.filesystem()
 
 
+def test_a_pickled_s3_filesystem_holds_no_credential_and_works_in_a_process_with_its_own(s3_bucket, s3_env, monkeypatch):
+    # Ray pickles the run's filesystem into trial configs (checkpoints) and its experiment-state file.
+    import pickle
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPICKLEDFAKEKEY01")  # moto's server takes any keys
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-in-a-pickle/fake+secret")
+    storage = parse_storage(f"s3://{s3_bucket}/p")
+    pickled = pickle.dumps(storage.filesystem())
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert os.environ[name].encode() not in pickled, name
+    write_bytes(storage, "x.txt", b"x")
+    with pickle.loads(pickled).open_input_stream(f"{s3_bucket}/p/x.txt") as stream:
+        assert stream.read() == b"x"
+
+
 def test_s3_check_reachable_missing_bucket_is_fast(s3_env):
     start = time.monotonic()
     with pytest.raises(InputError, match="cannot reach s3://no-such-bucket-here: no such bucket"):

@@ -62,8 +62,8 @@ def test_a_config_measured_to_the_largest_ne_gives_way_to_an_unmeasured_point():
         (IntDistribution(1, 20), 7, 8),
         (IntDistribution(1, 20), 20, None),
         (IntDistribution(2, 20, step=3), 5, 8),  # 2, 5, 8 ...
-        (IntDistribution(1, 20, step=3), 17, 19),  # Optuna ends the steps at 19
-        (IntDistribution(1, 20, step=3), 19, None),
+        (IntDistribution(1, 19, step=3), 17, 19),  # 1, 4, ... 19
+        (IntDistribution(1, 19, step=3), 19, None),
         (IntDistribution(1, 400, log=True), 30, 31),
         (CategoricalDistribution([10, 5, 20]), 5, 10),
         (CategoricalDistribution([10, 5, 20]), 20, None),
