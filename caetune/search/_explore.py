@@ -33,11 +33,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import optuna
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 
-from caetune.search._warm import config_key
+from caetune.search._warm import config_key, finished_runs
 
 DRAWS = 256  # random draws per repeat before giving up (a space every point of which is measured)
 
@@ -108,9 +107,7 @@ def _more_epochs(dist, ran: int) -> int | None:
 
 def epochs_measured(study) -> dict[tuple, int]:
     """``config_key -> the most epochs a finished trial of that config ran`` (its objective after each is known)."""
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     ran: dict[tuple, int] = {}
-    for trial in study.get_trials(deepcopy=False, states=finished):
-        key = config_key(trial.params)
-        ran[key] = max(ran.get(key, 0), int(trial.user_attrs.get("epochs_run") or 0))
+    for _, key, epochs in finished_runs(study):
+        ran[key] = max(ran.get(key, 0), epochs)
     return ran

@@ -54,6 +54,19 @@ def config_key(params: dict[str, Any]) -> tuple:
     return tuple(sorted(((k, v) for k, v in params.items() if k != "n_epochs"), key=lambda kv: kv[0]))
 
 
+def finished_runs(study):
+    """``(trial, config_key, epochs_run)`` of each finished trial (complete, or pruned by ASHA).
+
+    Its objective after every epoch up to ``epochs_run`` is known, and its
+    saved model (if kept) is the config's model after ``epochs_run`` epochs.
+    """
+    import optuna
+
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for trial in study.get_trials(deepcopy=False, states=finished):
+        yield trial, config_key(trial.params), int(trial.user_attrs.get("epochs_run") or 0)
+
+
 def find_warm_start(
     study, params: dict[str, Any], n_epochs: int, *, saved_model_of: Callable[[str], Any]
 ) -> WarmStart | None:
@@ -65,17 +78,14 @@ def find_warm_start(
         n_epochs: The proposal's Ne.
         saved_model_of: ``trial_id -> Checkpoint | None`` (``None``: no model saved).
     """
-    import optuna
-
     from caetune.search._searcher import TRIAL_ATTR
 
     key = config_key(params)
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    candidates = []
-    for trial in study.get_trials(deepcopy=False, states=finished):
-        epochs = int(trial.user_attrs.get("epochs_run") or 0)
-        if 0 < epochs <= n_epochs and TRIAL_ATTR in trial.user_attrs and config_key(trial.params) == key:
-            candidates.append((-epochs, trial.number, trial.user_attrs[TRIAL_ATTR]))
+    candidates = [
+        (-epochs, trial.number, trial.user_attrs[TRIAL_ATTR])
+        for trial, trial_key, epochs in finished_runs(study)
+        if 0 < epochs <= n_epochs and TRIAL_ATTR in trial.user_attrs and trial_key == key
+    ]
     for negative_epochs, _, trial_id in sorted(candidates):  # most epochs first, then the oldest trial
         checkpoint = saved_model_of(trial_id)
         if checkpoint is not None:
