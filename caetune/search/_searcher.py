@@ -150,7 +150,7 @@ class TrialFactory:
             "trial_number": number,
             "trial_id": trial_name(number),
             "params": {k: params[k] for k in self.space.params if k in params},  # the space's order
-            "n_epochs": self.train(params).n_epochs,  # searched, or fixed by the space
+            "n_epochs": self.space.n_epochs(params),  # searched, or fixed by the space
             "resume_from": resume_from,
             "warm_start": warm_start.to_config() if warm_start else None,
             RECOVERY: recovery,
