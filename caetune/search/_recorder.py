@@ -58,7 +58,6 @@ from caetune.search._searcher import (
     STATUS_ATTR,
     Resumable,
     StudySearcher,
-    TrialFactory,
     trial_handle,
 )
 from caetune.search._trainable import MODEL_BYTES, RECOVERY
@@ -90,12 +89,12 @@ class Recorder(Callback):
 
     Args:
         study: The open Optuna study.
-        factory: The search's TrialFactory (a trial's TrainConfig, for its config.yaml).
         objective: The search's objective.
         files: The run folder.
         table: The results table (rows of earlier sessions loaded).
         scheduler: The ASHA scheduler (to know which trials it stopped).
-        searcher: Runs a trial again when its final checkpoint is damaged.
+        searcher: The searcher: its factory gives a trial's TrainConfig (for its
+            config.yaml), and it runs a trial again when its final checkpoint is damaged.
         total: Trials the study will hold at the end (for progress lines).
         on_study_change: Called after each tell (uploads the study on S3).
         stream: Where progress lines go.
@@ -105,7 +104,6 @@ class Recorder(Callback):
         self,
         *,
         study,
-        factory: TrialFactory,
         objective: Objective,
         files: RunFiles,
         table: ResultsTable,
@@ -116,7 +114,6 @@ class Recorder(Callback):
         stream: TextIO | None = None,
     ) -> None:
         self.study = study
-        self.factory = factory
         self.objective = objective
         self.files = files
         self.table = table
@@ -139,7 +136,7 @@ class Recorder(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         config = trial.config
-        row = _row_params(config, seed=self.factory.seed)
+        row = _row_params(config, seed=self.searcher.factory.seed)
         self.table.update(config["trial_id"], status="running", error=None, **row)
         self.epochs[config["trial_id"]] = f"0/{config['n_epochs']}"
         self.table.write()
@@ -211,7 +208,7 @@ class Recorder(Callback):
             "error": reason,
             # The trial's last word on it is the newest (a failure after a fallback reports it, no checkpoint).
             RECOVERY: (trial.last_result or {}).get(RECOVERY) or result.get(RECOVERY),
-            **_row_params(config, seed=self.factory.seed),
+            **_row_params(config, seed=self.searcher.factory.seed),
             "val_mse": result.get("val_mse"),
             "best_val_mse": result.get("best_val_mse"),
             "objective": None if status == "failed" else result.get("objective"),
@@ -225,7 +222,7 @@ class Recorder(Callback):
         write_trial_files(
             self.files,
             trial_id,
-            config_yaml=yaml.safe_dump(self.factory.train(config["params"]).to_dict(), sort_keys=False),
+            config_yaml=yaml.safe_dump(self.searcher.factory.train(config["params"]).to_dict(), sort_keys=False),
             metrics={**(metrics or {}), **row, "trial_id": trial_id, "history": (metrics or {}).get("history", [])},
         )
         self.table.update(trial_id, **row)

@@ -344,7 +344,6 @@ class _Session:
         pending = searcher.pending()
         recorder = Recorder(
             study=study,
-            factory=searcher.factory,
             objective=self.objective,
             files=self.files,
             table=table,

@@ -140,8 +140,7 @@ def test_the_recorder_never_keeps_a_damaged_final_model(tmp_path, data, how):
         _damage(folders[-1], how)
     files = RunFiles(parse_storage(str(tmp_path)).child("run"))
     recorder = Recorder(
-        study=None, factory=None, objective=Objective("mse", 0.0), files=files, table=None, scheduler=None,
-        searcher=None, total=1,
+        study=None, objective=Objective("mse", 0.0), files=files, table=None, scheduler=None, searcher=None, total=1,
     )
     trial = types.SimpleNamespace(checkpoint=_ckpt(folders[-1]), config={"trial_id": "t0000"})
 
