@@ -156,13 +156,13 @@ def stop_at_first_hit(threshold: float):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             result, number = trial.last_result or {}, trial.config["trial_number"]
-            done = int(result.get("epoch") or 0) >= int(trial.config["params"]["n_epochs"])
+            done = int(result.get("epoch") or 0) >= int(trial.config["n_epochs"])
             if done and not result.get("failed") and float(result.get("objective", "inf")) <= threshold:
                 self.hit = number if self.hit is None else min(self.hit, number)
-            earlier_running = any(
-                t.status == "RUNNING" and t.config["trial_number"] < self.hit for t in trials if t is not trial
-            ) if self.hit is not None else True
-            if not earlier_running:
+            if self.hit is None:
+                return
+            earlier = [t for t in trials if t is not trial and t.config["trial_number"] < self.hit]
+            if not any(t.status == "RUNNING" for t in earlier):
                 os.kill(os.getpid(), signal.SIGUSR1)
 
     return StopAtFirstHit()
