@@ -33,10 +33,11 @@ WARM_UP = 30  # trials before the driver's memory is judged (imports, Ray's firs
 # (the layer metrics stay in the checkpoint's metrics.json); 80-110 KiB (4 runs, against 107-108 KiB
 # for the step before in 2 runs on the same machine and day; ~44 KiB by tracemalloc against ~54) since
 # a trial's config holds only its own params (the TrainConfig fields, objective, threads and
-# util_images the whole search shares reach the trainable once).
-# The bound fails the old reporting and any leak of caetune's own (a model, an image batch or a
-# study copy per trial is MiBs).
-RSS_SLOPE_BOUND = 128 * 1024
+# util_images the whole search shares reach the trainable once). A bound of 128 KiB failed a clean-clone
+# CI run at 129.4 KiB (the same code measured 99.3 KiB just after): the slope varies by about 30 KiB from
+# run to run, so the bound stays at 144 KiB. It fails the old reporting and any leak of caetune's own
+# (a model, an image batch or a study copy per trial is MiBs).
+RSS_SLOPE_BOUND = 144 * 1024
 OVERHEAD_BOUND_S = 1.0  # the target per trial
 TIMEOUT_S = 1500
 
