@@ -25,7 +25,11 @@ their params and their last checkpoint; new trials are asked until the study
 holds ``num_samples``. A trial of this session whose final checkpoint the
 recorder found damaged is queued the same way (:meth:`StudySearcher.run_again`),
 so the searcher ends the session (``Searcher.FINISHED``) only once no trial
-of it is still running and nothing is left to run or run again. Sampling is
+of it is still running and nothing is left to run or run again. The session
+runs its trials in a series of ``Tuner.fit`` calls of at most
+``max_trials`` each (:meth:`StudySearcher.begin_fit`, see
+:mod:`caetune.search._run`): a fit ends the same way once its share is
+suggested. Sampling is
 seeded multivariate TPE with the constant liar (so concurrent trials are not
 proposed on top of each other); with concurrent trials the order results
 arrive in, hence the proposals, can still vary from run to run.
@@ -203,6 +207,16 @@ class StudySearcher(Searcher):
         self.distributions = factory.space.distributions()
         self._started = started_trials(study)  # only this searcher asks: counted once, not per suggest
         self._live: set[str] = set()  # Tune trial ids suggested and not yet ended
+        self._fit_left: int | None = None  # trials the current Tuner.fit may still start (None: any number)
+        self.finished = False  # the current Tuner.fit was told Searcher.FINISHED (it did not stop early)
+
+    def begin_fit(self, *, max_trials: int) -> None:
+        """Starts the next ``Tuner.fit``: it runs at most ``max_trials`` trials, re-runs and resumed ones included."""
+        if max_trials < 1:
+            raise ValueError(f"max_trials must be at least 1, got {max_trials}")
+        self._fit_left = max_trials
+        self._live.clear()  # a fit that returned has no trial running
+        self.finished = False
 
     def __getstate__(self) -> dict:
         # Tuner pickles its config once for Tuner.restore, which caetune does not use (it
@@ -210,17 +224,25 @@ class StudySearcher(Searcher):
         return {"num_samples": self.num_samples}
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        if self._fit_left == 0:
+            return self._wait_or_finish()
         if self.resumable:
             job = self.resumable.pop(0)
             config = self.factory.config(job.number, job.params, job.checkpoint, job.warm_start, job.recovery)
         elif self._started < self.num_samples:
             config = self._ask()
-        elif self._live:
-            return None  # nothing to run now, but a running trial's final checkpoint may yet need a re-run
         else:
-            return Searcher.FINISHED
+            return self._wait_or_finish()
+        if self._fit_left is not None:
+            self._fit_left -= 1
         self._live.add(trial_id)
         return config
+
+    def _wait_or_finish(self) -> str | None:
+        if self._live:
+            return None  # nothing to run now, but a running trial's final checkpoint may yet need a re-run
+        self.finished = True
+        return Searcher.FINISHED
 
     def _ask(self) -> dict:
         """A new trial of the study, continuing an earlier trial of the same config where there is one."""

@@ -31,6 +31,7 @@ from caetune._runlayout import (
     TRIALS_DIR,
 )
 from caetune.search import SearchSettings, run_search
+from caetune.search import _run
 
 STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}
 SPACE = {
@@ -82,14 +83,36 @@ def snapshot(run):
     return files, tune
 
 
+class CountFits(Callback):
+    """Counts the Tuner.fit calls of a session (each calls its callbacks' setup once)."""
+
+    def __init__(self):
+        self.fits = 0
+
+    def setup(self, **info):
+        self.fits += 1
+
+
 @pytest.fixture(scope="module")
 def finished(ray_local, tmp_path_factory):
-    """One finished search with a failing trial and seed confirmation."""
+    """One finished search with a failing trial and seed confirmation, its 5 trials in fits of 2."""
     folder = tmp_path_factory.mktemp("search")
     chosen = settings(folder, confirm_seeds=1, top_k=1)
-    out, err = io.StringIO(), io.StringIO()
-    outcome = run_search(chosen, stream=err, out=out)
-    return {"settings": chosen, "outcome": outcome, "run": folder / "runs" / "tiny", "out": out.getvalue(), "err": err.getvalue()}
+    out, err, fits = io.StringIO(), io.StringIO(), CountFits()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_run, "TRIALS_PER_FIT", 2)
+        outcome = run_search(chosen, stream=err, out=out, callbacks=[fits])
+    return {
+        "settings": chosen, "outcome": outcome, "run": folder / "runs" / "tiny", "out": out.getvalue(),
+        "err": err.getvalue(), "fits": fits.fits,
+    }  # fmt: skip
+
+
+def test_the_trials_run_in_fits_of_trials_per_fit_each_once(finished):
+    run = finished["run"]
+    assert finished["fits"] == 3  # 2 + 2 + 1
+    tune_dirs = sorted(p.name.split("-")[0] for p in (run / "tune").iterdir() if p.is_dir())
+    assert tune_dirs == [f"t{i:04d}" for i in range(5)]
 
 
 def test_search_writes_the_run_layout(finished):
@@ -243,6 +266,31 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_loc
     # A bigger budget extends the same study.
     third = run_search(settings(tmp_path, space=space, num_samples=5), stream=io.StringIO(), out=io.StringIO())
     assert len(third.results) == 5 and len(load_study(run).trials) == 5
+
+
+class InterruptAtFirstFitEnd(Callback):
+    """SIGUSR1 as the first fit ends, its trials all recorded: the session must not start the next fit."""
+
+    def __init__(self):
+        self.sent = False
+
+    def on_experiment_end(self, trials, **info):
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_a_stop_signal_as_a_fit_ends_starts_no_further_fit(ray_local, tmp_path, monkeypatch):
+    monkeypatch.setattr(_run, "TRIALS_PER_FIT", 1)
+    doc = {**SPACE, "start": SPACE["start"][:1]}
+    chosen = settings(tmp_path, space=space_file(tmp_path, doc), num_samples=2, max_concurrent=1)
+    fits = CountFits()
+    first = run_search(chosen, stream=io.StringIO(), out=io.StringIO(), callbacks=[InterruptAtFirstFitEnd(), fits])
+    run = tmp_path / "runs" / "tiny"
+    assert first.interrupted and fits.fits == 1
+    assert [t.state.is_finished() for t in load_study(run).trials] == [True]
+    second = run_search(chosen, stream=io.StringIO(), out=io.StringIO())
+    assert not second.interrupted and len(second.results) == 2
 
 
 class InterruptAtLastEpoch(Callback):
