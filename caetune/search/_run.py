@@ -9,7 +9,8 @@ The order matters:
 2. Take the run's lock (before Ray starts: a second search on the run stops
    there), join or start Ray, open (or create) the Optuna study, write
    ``experiment.yaml``.
-3. Run the trials (Ray Tune + the study's searcher + ASHA + the recorder).
+3. Run the trials (Ray Tune + the study's searcher + ASHA + the recorder),
+   in a series of ``Tuner.fit`` calls of at most :data:`TRIALS_PER_FIT`.
 4. Confirm the top configs with extra seeds, write the report, print the
    summary.
 
@@ -49,8 +50,8 @@ ADDRESS_TIMEOUT_S = 5.0
 # Trials per Tuner.fit. Tune keeps every trial of a fit in the driver until the fit returns (Trial
 # objects, their state JSON, checkpoint bookkeeping: ~21 KiB of heap each even with the results dropped),
 # so a search runs as a series of fits sharing the searcher, ASHA and the recorder. Over 1200 one-epoch
-# trials the driver grew 25 KiB per trial so, 73 KiB as one fit. Each fit costs ~3.5 s (new trial
-# actors) and lets its last trials finish before the next one starts.
+# trials the driver grew 24.9 KiB per trial so, 72.1 as one fit (benchmarks/driver_memory.py). Each fit
+# costs 3-4 s (new trial actors) and lets its last trials finish before the next one starts.
 TRIALS_PER_FIT = 100
 
 @dataclass

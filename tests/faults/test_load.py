@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -36,24 +37,15 @@ WARM_UP = 100
 # of that code, 60-64 once the recorder dropped Tune's copy of each ended trial's results, 45-60
 # (7 runs) since the search runs as a series of Tuner.fit calls of 100 trials (Tune keeps every trial of
 # a fit until it returns). Judged after 100 trials, 27-51 KiB/trial (7 runs, the samples after the last
-# trial included; 27-44 without). In-process over 1200 trials: 25 KiB/trial, against 73 for one fit.
+# trial included; 27-44 without; -13 in a run whose first judged sample was the first fit's peak).
+# In-process over 1200 trials (benchmarks/driver_memory.py): 24.9 KiB/trial, against 72.1 as one fit.
 # It fails the old reporting, a Tune record kept for the whole search, and any leak of caetune's own
 # (a model, an image batch or a study copy per trial is MiBs).
 RSS_SLOPE_BOUND = 80 * 1024
 OVERHEAD_BOUND_S = 1.0  # the issue's target per trial
 TIMEOUT_S = 1500
 
-LOAD_SPACE = """\
-description: a tiny space for the load test
-fixed:
-  dataset: mnist-10k
-  subset: 100
-params:
-  n_neurons: {low: 4, high: 16}
-  n_maps: {low: 1, high: 4}
-  n_epochs: [1]
-  batch_size: [32]
-"""
+LOAD_SPACE = Path(__file__).resolve().parents[2] / "benchmarks" / "one_epoch_space.yaml"  # Nn 4-16, Nm 1-4, Ne 1
 _END = re.compile(r"^\s+t\d{4} (complete|pruned|failed)\b", re.MULTILINE)
 
 
@@ -78,13 +70,11 @@ def _at(samples, counts):
 @pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT_S + 120)
 def test_300_short_trials_keep_the_driver_flat(tmp_path):
-    space = tmp_path / "load.yaml"
-    space.write_text(LOAD_SPACE)
     storage_url = str(tmp_path / "runs")
     storage = parse_storage(storage_url)
     run, db = storage.child("load"), local_study(storage, "load", tmp_path)
     flags = [
-        "--space", str(space), "--storage", storage_url, "--name", "load", "--num-samples", str(NUM_SAMPLES),
+        "--space", str(LOAD_SPACE), "--storage", storage_url, "--name", "load", "--num-samples", str(NUM_SAMPLES),
         "--max-concurrent", str(CONCURRENCY), "--grace-period", "10", "--seed", "11",
     ]  # fmt: skip
 
