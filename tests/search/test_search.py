@@ -84,13 +84,17 @@ def snapshot(run):
 
 
 class CountFits(Callback):
-    """Counts the Tuner.fit calls of a session (each calls its callbacks' setup once)."""
+    """Counts the Tuner.fit calls of a session (each calls its callbacks' setup once), and what Tune kept."""
 
     def __init__(self):
         self.fits = 0
+        self.kept = []  # per fit, at its end: (trials Tune held, of them still holding result statistics)
 
     def setup(self, **info):
         self.fits += 1
+
+    def on_experiment_end(self, trials, **info):
+        self.kept.append((len(trials), sum(bool(t.run_metadata.metric_analysis) for t in trials)))
 
 
 @pytest.fixture(scope="module")
@@ -104,13 +108,15 @@ def finished(ray_local, tmp_path_factory):
         outcome = run_search(chosen, stream=err, out=out, callbacks=[fits])
     return {
         "settings": chosen, "outcome": outcome, "run": folder / "runs" / "tiny", "out": out.getvalue(),
-        "err": err.getvalue(), "fits": fits.fits,
+        "err": err.getvalue(), "fits": fits.fits, "kept": fits.kept,
     }  # fmt: skip
 
 
 def test_the_trials_run_in_fits_of_trials_per_fit_each_once(finished):
     run = finished["run"]
     assert finished["fits"] == 3  # 2 + 2 + 1
+    # Tune held only each fit's trials, and the recorder had dropped Tune's copy of their results.
+    assert finished["kept"] == [(2, 0), (2, 0), (1, 0)]
     tune_dirs = sorted(p.name.split("-")[0] for p in (run / "tune").iterdir() if p.is_dir())
     assert tune_dirs == [f"t{i:04d}" for i in range(5)]
 
