@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import io
 import json
 import subprocess
@@ -41,13 +42,18 @@ class _MallInfo2(ctypes.Structure):
     ]
 
 
+@functools.cache
+def _mallinfo2():
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    return libc.mallinfo2
+
+
 def _sample() -> tuple[float, ...]:
     """(RSS, glibc main heap in use, its size incl. mmapped blocks, Python's allocated blocks)."""
     import psutil
 
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
+    info = _mallinfo2()()
     return (psutil.Process().memory_info().rss, info.uordblks, info.arena + info.hblkhd, sys.getallocatedblocks())
 
 

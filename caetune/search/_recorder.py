@@ -190,10 +190,13 @@ class Recorder(Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         # A step later, not in on_trial_complete: Tune still stops the trial after its callbacks.
+        still_stopping = []
         for trial in self._ended:
             if trial.is_finished():
                 _forget_results(trial)
-        self._ended = [trial for trial in self._ended if not trial.is_finished()]
+            else:
+                still_stopping.append(trial)
+        self._ended = still_stopping
         if time.monotonic() - self._last_status >= STATUS_EVERY_S:
             self._last_status = time.monotonic()
             self._say(self.status_line())

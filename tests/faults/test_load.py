@@ -30,8 +30,8 @@ CONCURRENCY = 2  # the machine's 2 CPUs, one per trial
 WARM_UP = 100
 # Bytes of driver growth per finished trial, the least-squares slope of the driver's RSS. Not zero: the
 # study (Optuna caches every trial) and the results table grow with the search (~8 KiB of Python heap
-# per trial by tracemalloc, most of it theirs), and native memory outside the Python heap grows too (Ray's core worker;
-# not caetune's to free). History on the shared 2-core machine, judged after 30 trials: 162-172 KiB/trial
+# per trial by tracemalloc, most of it theirs), and so does memory tracemalloc does not see (free space
+# left in glibc's heap, other threads' heaps, native code). History on the shared 2-core machine, judged after 30 trials: 162-172 KiB/trial
 # while the trainable reported its ~30 layer metrics to Tune; 107-116 once it reported only epoch,
 # val_mse and objective; 80-129 once a trial's config held only its own params; 92-101 in 3 A/B runs
 # of that code, 60-64 once the recorder dropped Tune's copy of each ended trial's results, 45-60
