@@ -7,7 +7,7 @@ grid *is* the search's ground truth: every trial of a real run matched its
 grid point exactly) with the search's real parts: Optuna's TPE sampler with
 caetune's settings (seeded, multivariate, constant liar, 10 start-up
 trials), caetune's :class:`~caetune.search._explore.ExploringSampler` around
-it (``--no-explore`` leaves it out), Ray's own ASHA bracket (grace period,
+it (``--no-explore`` leaves it out, ``--no-promote`` its promotions), Ray's own ASHA bracket (grace period,
 reduction factor) deciding on each epoch's objective, and warm starts (a
 proposal continues the same config's longest finished trial up to its Ne,
 and trains only the epochs after). Time is counted in epochs: every epoch
@@ -33,7 +33,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from ray.tune.schedulers.async_hyperband import _Bracket
 
-from caetune.search._explore import ExploringSampler
+from caetune.search._defaults import DEFAULTS
+from caetune.search._explore import ExploringSampler, asha_rungs
 from caetune.search._searcher import default_startup_trials
 
 WITHIN = 0.05
@@ -44,7 +45,9 @@ class _Trial:  # what ASHA's bracket needs of a Tune trial
         self.trial_id = trial_id
 
 
-def simulate(grid: dict, seed: int, *, num_samples: int, explore: bool, grace: int, rf: float, concurrency: int) -> dict:
+def simulate(
+    grid: dict, seed: int, *, num_samples: int, explore: bool, promote: bool, grace: int, rf: float, concurrency: int
+) -> dict:
     """One search on one grid: whether it came within 5%, and at what share of the grid's trial-epochs."""
     table = {(c["n_neurons"], c["n_maps"]): c["objective"] for c in grid["configs"]}
     max_t = len(next(iter(table.values())))
@@ -58,7 +61,8 @@ def simulate(grid: dict, seed: int, *, num_samples: int, explore: bool, grace: i
         seed=seed, multivariate=True, constant_liar=True, n_startup_trials=default_startup_trials(num_samples)
     )
     if explore:
-        sampler = ExploringSampler(sampler, n_epochs_of=lambda p: p["n_epochs"], seed=seed)
+        rungs = asha_rungs(grace_period=grace, reduction_factor=rf, max_t=max_t) if promote else ()
+        sampler = ExploringSampler(sampler, n_epochs_of=lambda p: p["n_epochs"], seed=seed, rungs=rungs, reduction_factor=rf)
     study = optuna.create_study(sampler=sampler)
     bracket = _Bracket(grace, max_t, rf, 0)
     finished: dict[tuple, list[int]] = {}  # config -> epochs run by its finished trials
@@ -107,9 +111,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("grids", help="a search_bench.py --json file (its grids are used)")
     parser.add_argument("--runs", type=int, default=24, help="sampler seeds per grid")
     parser.add_argument("--num-samples", type=int, default=200)
-    parser.add_argument("--no-explore", dest="explore", action="store_false")
-    parser.add_argument("--grace-period", type=int, default=1)
-    parser.add_argument("--reduction-factor", type=float, default=2.0)
+    parser.add_argument("--no-explore", dest="explore", action="store_false", help="TPE's proposals as they are")
+    parser.add_argument("--no-promote", dest="promote", action="store_false", help="the ExploringSampler without promotions")
+    parser.add_argument("--grace-period", type=int, default=DEFAULTS["grace_period"])
+    parser.add_argument("--reduction-factor", type=float, default=DEFAULTS["reduction_factor"])
     parser.add_argument("--concurrency", type=int, default=2)
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {}
     for name, grid in sorted(grids.items()):
         runs = [
-            simulate(grid, seed, num_samples=args.num_samples, explore=args.explore, grace=args.grace_period,
+            simulate(grid, seed, num_samples=args.num_samples, explore=args.explore, promote=args.promote, grace=args.grace_period,
                      rf=args.reduction_factor, concurrency=args.concurrency)
             for seed in range(args.runs)
         ]  # fmt: skip

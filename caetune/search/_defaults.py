@@ -32,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "start_point": True,
     "grace_period": 1,
-    "reduction_factor": 2.0,
+    "reduction_factor": 3.0,
     "util_images": 256,
     "study_storage": None,
     "num_samples": 12,

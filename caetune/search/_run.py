@@ -297,6 +297,7 @@ class _Session:
         return SearchOutcome(files.url, self.name, table.frame(), ranking, report)
 
     def _open_study(self):
+        from caetune.search._explore import asha_rungs
         from caetune.search._searcher import default_startup_trials, open_study
 
         _quiet_tune_environment()
@@ -309,6 +310,12 @@ class _Session:
             n_startup_trials=default_startup_trials(self.values["num_samples"]),
             start_points=self.space.start if self.values["start_point"] else (),
             n_epochs_of=self.space.n_epochs,
+            rungs=asha_rungs(
+                grace_period=self.values["grace_period"],
+                reduction_factor=self.values["reduction_factor"],
+                max_t=self.space.max_epochs(),
+            ),
+            reduction_factor=self.values["reduction_factor"],
         )
         _write_experiment(
             self.files, self.name, self.values, self.space, self.objective, self.study_url, self.data, self.stored

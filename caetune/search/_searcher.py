@@ -81,13 +81,17 @@ def open_study(
     n_startup_trials: int,
     start_points: tuple[dict, ...] = (),
     n_epochs_of: Callable[[dict[str, Any]], int] | None = None,
+    rungs: tuple[int, ...] = (),
+    reduction_factor: float = 2.0,
 ):
     """Creates the study, or loads it when the storage already holds one of that name.
 
     Start points are enqueued only into a new study (a resumed one has them already).
     Given ``n_epochs_of`` (``params -> Ne``), a proposal the search has already
-    measured becomes that config's next epoch, or an unmeasured point
-    (:mod:`caetune.search._explore`).
+    measured, or of a config a running trial is training, becomes an ASHA
+    promotion (``rungs``, ``reduction_factor``: ASHA's, see
+    :func:`~caetune.search._explore.asha_rungs`), that config's next epoch, or
+    an unmeasured point (:mod:`caetune.search._explore`).
 
     Raises:
         InputError: The storage cannot be opened, or holds a study of that
@@ -100,7 +104,9 @@ def open_study(
         seed=seed, multivariate=True, constant_liar=True, n_startup_trials=n_startup_trials
     )
     if n_epochs_of is not None:
-        sampler = ExploringSampler(sampler, n_epochs_of=n_epochs_of, seed=seed)
+        sampler = ExploringSampler(
+            sampler, n_epochs_of=n_epochs_of, seed=seed, rungs=rungs, reduction_factor=reduction_factor
+        )
     try:
         storage = optuna.storages.RDBStorage(url)
     except Exception as err:  # noqa: BLE001 -- SQLAlchemy raises many kinds

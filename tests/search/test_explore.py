@@ -1,6 +1,8 @@
-"""ExploringSampler: a proposal the search has already measured becomes the config's next epoch, or a new point."""
+"""ExploringSampler: a proposal the search has measured, or is measuring, becomes a promotion, the config's next epoch, or a new point."""
 
 from __future__ import annotations
+
+import math
 
 import optuna
 import pytest
@@ -8,7 +10,7 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import TrialState, create_trial
 
-from caetune.search._explore import ExploringSampler, _more_epochs, epochs_measured
+from caetune.search._explore import ExploringSampler, _more_epochs, asha_rungs, epochs_measured
 
 SPACE = {"n_maps": CategoricalDistribution([8, 16]), "n_epochs": IntDistribution(1, 4)}
 
@@ -16,11 +18,11 @@ SPACE = {"n_maps": CategoricalDistribution([8, 16]), "n_epochs": IntDistribution
 class Proposes(BaseSampler):
     """Always proposes ``params`` (a stand-in for TPE that has settled on one point)."""
 
-    def __init__(self, params: dict):
-        self.params = params
+    def __init__(self, params: dict, space: dict = SPACE):
+        self.params, self.space = params, space
 
     def infer_relative_search_space(self, study, trial):
-        return dict(SPACE)
+        return dict(self.space)
 
     def sample_relative(self, study, trial, search_space):
         return dict(self.params)
@@ -29,13 +31,15 @@ class Proposes(BaseSampler):
         return self.params[param_name]
 
 
-def study_with(*finished: tuple[dict, TrialState, int], proposes: dict, n_epochs_of=lambda p: p["n_epochs"]):
-    sampler = ExploringSampler(Proposes(proposes), n_epochs_of=n_epochs_of, seed=0)
+def study_with(*finished: tuple[dict, TrialState, int], proposes: dict, n_epochs_of=lambda p: p["n_epochs"],
+               space=SPACE, curve=lambda params, epoch: 0.1, **options):
+    sampler = ExploringSampler(Proposes(proposes, space), n_epochs_of=n_epochs_of, seed=0, **options)
     study = optuna.create_study(sampler=sampler)
     for params, state, ran in finished:
+        values = {e: curve(params, e) for e in range(1, ran + 1)}
         study.add_trial(create_trial(
-            params=params, distributions=SPACE, state=state, value=0.1 if state == TrialState.COMPLETE else None,
-            intermediate_values={e: 0.1 for e in range(1, ran + 1)}, user_attrs={"epochs_run": ran},
+            params=params, distributions=space, state=state, value=values[ran] if state == TrialState.COMPLETE else None,
+            intermediate_values=values, user_attrs={"epochs_run": ran},
         ))
     return study, sampler
 
@@ -80,11 +84,18 @@ def test_a_proposal_beyond_what_was_measured_is_kept():
     assert sampler.explored == 0
 
 
-def test_failed_and_running_trials_measure_nothing():
+def test_failed_trials_measure_nothing():
     study, sampler = study_with(({"n_maps": 8, "n_epochs": 2}, TrialState.FAIL, 2), proposes={"n_maps": 8, "n_epochs": 2})
-    study.ask(SPACE)  # now RUNNING with the same point
     assert study.ask(SPACE).params == {"n_maps": 8, "n_epochs": 2}
     assert sampler.explored == 0
+
+
+def test_a_config_in_training_gives_way_to_another():
+    # A second trial of Nm=8 beside a running one could not continue it: it would train the same epochs again.
+    study, sampler = study_with(proposes={"n_maps": 8, "n_epochs": 3})
+    assert study.ask(SPACE).params == {"n_maps": 8, "n_epochs": 3}  # runs, and stays RUNNING
+    assert study.ask(SPACE).params["n_maps"] == 16
+    assert sampler.explored == 1
 
 
 def test_an_exhausted_space_gets_the_samplers_proposal():
@@ -109,3 +120,58 @@ def test_enqueued_points_are_run_as_given():
     study, sampler = study_with(({"n_maps": 8, "n_epochs": 2}, TrialState.COMPLETE, 2), proposes={"n_maps": 16, "n_epochs": 4})
     study.enqueue_trial({"n_maps": 8, "n_epochs": 2})
     assert study.ask(SPACE).params == {"n_maps": 8, "n_epochs": 2}
+
+
+MAPS = {"n_maps": CategoricalDistribution([8, 16, 24, 32, 40, 48]), "n_epochs": IntDistribution(1, 8)}
+
+
+def ranked(params: dict, epoch: int) -> float:
+    """Nm=8 is the best config at every epoch, then 16, 24 ...; every config improves with epochs."""
+    return params["n_maps"] / 100 + 1 / epoch
+
+
+def test_a_measured_proposal_becomes_ashas_promotion_from_the_highest_rung():
+    # Rungs 1, 2, 4, 8 (reduction factor 2). Six configs were stopped at rung 1; the best two of them went on:
+    # Nm=8 to epoch 3 (rung 2), Nm=16 to epoch 2. At rung 2 (two configs) the best half is Nm=8: it goes to 4.
+    finished = [({"n_maps": m, "n_epochs": 8}, TrialState.PRUNED, 1) for m in (24, 32, 40, 48)]
+    finished += [({"n_maps": 8, "n_epochs": 8}, TrialState.PRUNED, 3), ({"n_maps": 16, "n_epochs": 8}, TrialState.PRUNED, 2)]
+    study, sampler = study_with(*finished, proposes={"n_maps": 40, "n_epochs": 1}, space=MAPS, curve=ranked,
+                                rungs=(1, 2, 4, 8), reduction_factor=2.0)
+    assert study.ask(MAPS).params == {"n_maps": 8, "n_epochs": 4}
+    # Nm=8 is now training: the next measured proposal promotes from rung 1, where the best 3 of 6 are 8, 16
+    # and 24; 8 is in training and 16 ran past rung 2, so Nm=24 goes to rung 2.
+    assert study.ask(MAPS).params == {"n_maps": 24, "n_epochs": 2}
+    assert sampler.promoted == 2
+
+
+def test_a_new_proposal_runs_as_given_even_when_a_promotion_waits():
+    finished = [({"n_maps": m, "n_epochs": 8}, TrialState.PRUNED, 1) for m in (8, 16, 24, 32)]
+    study, sampler = study_with(*finished, proposes={"n_maps": 48, "n_epochs": 5}, space=MAPS, curve=ranked,
+                                rungs=(1, 2, 4, 8), reduction_factor=2.0)
+    assert study.ask(MAPS).params == {"n_maps": 48, "n_epochs": 5} and sampler.explored == 0
+
+
+def test_without_rungs_or_with_several_objectives_nothing_is_promoted():
+    finished = [({"n_maps": m, "n_epochs": 8}, TrialState.PRUNED, 1) for m in (8, 16, 24, 32)]
+    study, sampler = study_with(*finished, proposes={"n_maps": 32, "n_epochs": 1}, space=MAPS, curve=ranked)
+    assert study.ask(MAPS).params == {"n_maps": 32, "n_epochs": 2}  # the proposed config's next epoch
+    sampler = ExploringSampler(Proposes({"n_maps": 8, "n_epochs": 1}, MAPS), n_epochs_of=lambda p: p["n_epochs"], seed=0,
+                               rungs=(1, 2, 4, 8))
+    pareto = optuna.create_study(sampler=sampler, directions=["minimize", "maximize"])
+    for m in (8, 16, 24, 32):
+        pareto.add_trial(create_trial(params={"n_maps": m, "n_epochs": 1}, distributions=MAPS, values=[0.1, 0.5],
+                                      user_attrs={"epochs_run": 1}))
+    assert pareto.ask(MAPS).params == {"n_maps": 8, "n_epochs": 2} and sampler.promoted == 0
+
+
+@pytest.mark.parametrize(("grace", "rf", "max_t"), [(1, 2.0, 20), (1, 3.0, 20), (1, 4.0, 6), (2, 2.5, 30), (1, 2.0, 16), (3, 2.0, 3)])
+def test_the_rungs_are_where_rays_asha_judges(grace, rf, max_t):
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    ray_rungs = sorted(math.ceil(milestone) for milestone, _ in _Bracket(grace, max_t, rf, 0)._rungs)
+    assert asha_rungs(grace_period=grace, reduction_factor=rf, max_t=max_t) == tuple(dict.fromkeys([*ray_rungs, max_t]))
+
+
+def test_a_reduction_factor_of_one_is_refused():
+    with pytest.raises(ValueError, match="reduction_factor"):
+        ExploringSampler(Proposes({}), n_epochs_of=lambda p: 1, seed=0, reduction_factor=1.0)
