@@ -75,6 +75,10 @@ class SearchSettings:
         max_concurrent: At most this many trials at once (default: as resources allow).
         cpus_per_trial: CPUs per trial (also torch's thread count).
         gpus_per_trial: GPUs per trial, fractional to share one (> 0 trains on CUDA).
+        device: Where trials train, ``cpu`` or ``cuda``; default ``cuda`` when
+            ``gpus_per_trial`` > 0, else ``cpu``. ``cpu`` with GPUs per trial on
+            a Ray told it has GPUs (``ray.init(num_gpus=...)``) packs trials as
+            on a GPU machine without one (``benchmarks/gpu_packing.py``).
         max_failures: Ray retries of a trial whose worker or node died.
         confirm_seeds: Extra seeds for the top configs (0: no confirmation).
         top_k: How many configs to confirm and show.
@@ -101,6 +105,7 @@ class SearchSettings:
     max_concurrent: int | None = None
     cpus_per_trial: float | None = None
     gpus_per_trial: float | None = None
+    device: str | None = None
     max_failures: int | None = None
     confirm_seeds: int | None = None
     top_k: int | None = None
@@ -131,6 +136,8 @@ class SearchSettings:
             ("reduction_factor", 1.0, True),
         ):
             _check_number(field, getattr(self, field), low, strict)
+        if self.device not in (None, "cpu", "cuda"):
+            raise InputError("device", f"expected cpu or cuda, got {self.device!r}")
         if self.objective is not None and self.objective not in OBJECTIVES:
             raise InputError("--objective", f"expected one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.seed is not None and self.seed > MAX_SEED:
@@ -245,7 +252,7 @@ class _Session:
             space=self.space,
             objective=self.objective,
             seed=values["seed"],
-            device="cuda" if self.gpus > 0 else "cpu",
+            device=self.settings.device or ("cuda" if self.gpus > 0 else "cpu"),
             threads=max(1, int(self.cpus)),
             util_images=values["util_images"],
         )
