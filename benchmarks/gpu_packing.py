@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="where trials train (cpu: only with --declared-gpus)")
     parser.add_argument("--declared-gpus", type=int, default=0, help="GPUs to declare to a local Ray (0: Ray finds them)")
     parser.add_argument("--num-cpus", type=int, default=None, help="the local Ray's CPUs (default: all)")
-    parser.add_argument("--workdir", default=None, help="where the runs go (default: a temporary folder)")
+    parser.add_argument("--workdir", default=None, help="where the runs go, kept (default: a temporary folder, deleted at the end)")
     parser.add_argument("--json", default=None, help="write all numbers here")
     return parser.parse_args(argv)
 
@@ -115,8 +115,15 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.device == "cpu" and not args.declared_gpus:
         sys.exit("--device cpu: give --declared-gpus too (on a GPU machine, leave --device at cuda)")
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="caetune-gpu-packing-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        return measure(args, Path(args.workdir))
+    with tempfile.TemporaryDirectory(prefix="caetune-gpu-packing-") as folder:  # the trials' models: deleted at the end
+        return measure(args, Path(folder))
+
+
+def measure(args, workdir: Path) -> dict:
+    """Runs one search per packing in ``workdir``; prints and returns every number."""
     space = write_space(workdir, args)
 
     import ray

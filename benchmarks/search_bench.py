@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reduction-factor", type=float, default=None, help="ASHA's (default: caetune search's)")
     parser.add_argument("--overhead-trials", type=int, default=12)
     parser.add_argument("--num-cpus", type=int, default=2, help="the local Ray's CPUs")
-    parser.add_argument("--workdir", default=None, help="where the runs go (default: a temporary folder)")
+    parser.add_argument("--workdir", default=None, help="where the runs go, kept (default: a temporary folder, deleted at the end)")
     parser.add_argument("--grids-from", default=None, metavar="JSON",
                         help="reuse the grids of an earlier run's --json (same scale and seeds; training is deterministic, "
                              "and grid_consistency checks it)")
@@ -241,8 +241,16 @@ def scale(args) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="caetune-search-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        return measure(args, Path(args.workdir))
+    # The searches' trials leave 8-20 GB of models and checkpoints: a temporary folder goes when the run ends.
+    with tempfile.TemporaryDirectory(prefix="caetune-search-bench-") as folder:
+        return measure(args, Path(folder))
+
+
+def measure(args, workdir: Path) -> dict:
+    """Trains (or reuses) the grids, runs the searches in ``workdir``, prints and returns every number."""
     load_before = os.getloadavg()
 
     # More optimizer steps per epoch (a smaller batch) bring the reduced-scale curves closer to converged.
