@@ -127,11 +127,13 @@ class ExploringSampler(BaseSampler):
         curves = objective_curves(study)
         sign = 1.0 if study.direction == StudyDirection.MINIMIZE else -1.0
         for rung, above in reversed(list(zip(self._rungs, self._rungs[1:]))):
+            n_epochs = _more_epochs(n_epochs_dist, above - 1)
+            if n_epochs is None:
+                continue  # the distribution allows no Ne at or past the next rung
             at_rung = {key: sign * curve[rung] for key, curve in curves.items() if rung in curve}
             best = sorted(at_rung, key=at_rung.__getitem__)[: int(len(at_rung) / self._reduction_factor)]
             for key in best:
-                n_epochs = _more_epochs(n_epochs_dist, above - 1)
-                if key not in training and ran.get(key, 0) < above and n_epochs is not None:
+                if key not in training and ran.get(key, 0) < above:
                     return {**dict(key), "n_epochs": n_epochs}
         return None
 
