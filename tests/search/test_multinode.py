@@ -36,7 +36,8 @@ SCENARIO_TIMEOUT_S = 400
 def test_search_survives_losing_a_worker_node(tmp_path):
     import pandas as pd
 
-    space = write_space(tmp_path, subset=1500, epochs=(4, 5))
+    # Ne 6-7: both trials are half-way (epochs 1 to Ne-2) for several epochs at once, on a loaded machine too.
+    space = write_space(tmp_path, subset=1500, epochs=(6, 7))
     storage = tmp_path / "runs"
     facts_file = tmp_path / "facts.json"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
