@@ -31,14 +31,27 @@ from pathlib import Path
 
 import numpy as np
 
-SPACE = Path(__file__).with_name("one_epoch_space.yaml")  # the load test's trials (tests/faults/test_load.py)
+SPACE = Path(__file__).with_name(
+    "one_epoch_space.yaml"
+)  # the load test's trials (tests/faults/test_load.py)
 SERIES = ("rss", "heap_in_use", "heap_size", "py_blocks")
 
 
 class _MallInfo2(ctypes.Structure):
     _fields_ = [
         (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
     ]
 
 
@@ -54,7 +67,12 @@ def _sample() -> tuple[float, ...]:
     import psutil
 
     info = _mallinfo2()()
-    return (psutil.Process().memory_info().rss, info.uordblks, info.arena + info.hblkhd, sys.getallocatedblocks())
+    return (
+        psutil.Process().memory_info().rss,
+        info.uordblks,
+        info.arena + info.hblkhd,
+        sys.getallocatedblocks(),
+    )
 
 
 def run_one(trials: int, per_fit: int, seed: int) -> dict:
@@ -93,8 +111,13 @@ def summarise(run: dict, *, warm_up: int) -> dict:
     out = {"per_fit": run["per_fit"], "wall_s": round(run["wall_s"], 1), "trials": len(rows)}
     for i, name in enumerate(SERIES, start=1):
         unit = 1 if name == "py_blocks" else 1024
-        for label, keep in (("after_warm_up", rows[:, 0] >= warm_up), ("second_half", rows[:, 0] > half)):
-            out[f"{name}_{label}"] = round(float(np.polyfit(rows[keep, 0], rows[keep, i], 1)[0]) / unit, 1)
+        for label, keep in (
+            ("after_warm_up", rows[:, 0] >= warm_up),
+            ("second_half", rows[:, 0] > half),
+        ):
+            out[f"{name}_{label}"] = round(
+                float(np.polyfit(rows[keep, 0], rows[keep, i], 1)[0]) / unit, 1
+            )
     out["rss_mib_first_last"] = [round(rows[0, 1] / 2**20), round(rows[-1, 1] / 2**20)]
     return out
 
@@ -102,11 +125,15 @@ def summarise(run: dict, *, warm_up: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=1200, help="trials per variant")
-    parser.add_argument("--per-fit", type=int, default=None, help="trials per Tuner.fit (default: caetune's)")
+    parser.add_argument(
+        "--per-fit", type=int, default=None, help="trials per Tuner.fit (default: caetune's)"
+    )
     parser.add_argument("--warm-up", type=int, default=30, help="trials before the slope is taken")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--json", help="write the summary (and every sample) here")
-    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child: run this per_fit, print JSON
+    parser.add_argument(
+        "--one", type=int, help=argparse.SUPPRESS
+    )  # a child: run this per_fit, print JSON
     args = parser.parse_args(argv)
     if args.one is not None:
         print(json.dumps(run_one(args.trials, args.one, args.seed)))
@@ -117,22 +144,53 @@ def main(argv: list[str] | None = None) -> dict:
     per_fit = args.per_fit or TRIALS_PER_FIT
     runs = []
     for variant in (per_fit, args.trials):  # fitted, then one fit
-        child = [sys.executable, __file__, "--one", str(variant), "--trials", str(args.trials), "--seed", str(args.seed)]
+        child = [
+            sys.executable,
+            __file__,
+            "--one",
+            str(variant),
+            "--trials",
+            str(args.trials),
+            "--seed",
+            str(args.seed),
+        ]
         done = subprocess.run(child, capture_output=True, text=True, check=True)
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     summary = [summarise(run, warm_up=args.warm_up) for run in runs]
-    print(f"driver memory over {args.trials} one-epoch trials, KiB per trial (py_blocks: blocks per trial)")
-    print(f"{'trials per fit':>16} {'wall s':>7} " + " ".join(f"{s + ' all / 2nd half':>30}" for s in SERIES))
+    print(
+        f"driver memory over {args.trials} one-epoch trials, KiB per trial (py_blocks: blocks per trial)"
+    )
+    print(
+        f"{'trials per fit':>16} {'wall s':>7} "
+        + " ".join(f"{s + ' all / 2nd half':>30}" for s in SERIES)
+    )
     for s in summary:
-        cells = " ".join(f"{s[name + '_after_warm_up']:>14} / {s[name + '_second_half']:<13}" for name in SERIES)
+        cells = " ".join(
+            f"{s[name + '_after_warm_up']:>14} / {s[name + '_second_half']:<13}" for name in SERIES
+        )
         print(f"{s['per_fit']:>16} {s['wall_s']:>7} {cells}")
     fitted, whole = summary
-    ratio = {k: round(whole[k] / fitted[k], 2) for k in ("rss_after_warm_up", "rss_second_half") if fitted[k] > 0}
-    print(f"one fit / fits of {per_fit}: RSS slope x{ratio.get('rss_after_warm_up')}, second half x{ratio.get('rss_second_half')}; "
-          f"wall x{whole['wall_s'] / fitted['wall_s']:.2f}")
-    result = {"trials": args.trials, "warm_up": args.warm_up, "variants": summary, "ratio_one_fit_to_fitted": ratio}
+    ratio = {
+        k: round(whole[k] / fitted[k], 2)
+        for k in ("rss_after_warm_up", "rss_second_half")
+        if fitted[k] > 0
+    }
+    print(
+        f"one fit / fits of {per_fit}: RSS slope x{ratio.get('rss_after_warm_up')}, second half x{ratio.get('rss_second_half')}; "
+        f"wall x{whole['wall_s'] / fitted['wall_s']:.2f}"
+    )
+    result = {
+        "trials": args.trials,
+        "warm_up": args.warm_up,
+        "variants": summary,
+        "ratio_one_fit_to_fitted": ratio,
+    }
     if args.json:
-        Path(args.json).write_text(json.dumps({**result, "samples": {str(r["per_fit"]): r["rows"] for r in runs}}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {**result, "samples": {str(r["per_fit"]): r["rows"] for r in runs}}, indent=1
+            )
+        )
     return result
 
 

@@ -40,17 +40,40 @@ import yaml
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=16, help="trials per packing")
-    parser.add_argument("--per-gpu", type=int, nargs="+", default=[1, 4], help="trials per GPU, one search each")
+    parser.add_argument(
+        "--per-gpu", type=int, nargs="+", default=[1, 4], help="trials per GPU, one search each"
+    )
     parser.add_argument("--n-neurons", type=int, default=2560)
     parser.add_argument("--n-maps", type=int, default=32)
     parser.add_argument("--n-epochs", type=int, default=3)
     parser.add_argument("--subset", type=int, default=10000, help="mnist-10k images (train + val)")
     parser.add_argument("--util-images", type=int, default=256)
-    parser.add_argument("--cpus-per-trial", type=float, default=None, help="default: the CPUs / the most trials at once")
-    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="where trials train (cpu: only with --declared-gpus)")
-    parser.add_argument("--declared-gpus", type=int, default=0, help="GPUs to declare to a local Ray (0: Ray finds them)")
-    parser.add_argument("--num-cpus", type=int, default=None, help="the local Ray's CPUs (default: all)")
-    parser.add_argument("--workdir", default=None, help="where the runs go, kept (default: a temporary folder, deleted at the end)")
+    parser.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        default=None,
+        help="default: the CPUs / the most trials at once",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        default="cuda",
+        help="where trials train (cpu: only with --declared-gpus)",
+    )
+    parser.add_argument(
+        "--declared-gpus",
+        type=int,
+        default=0,
+        help="GPUs to declare to a local Ray (0: Ray finds them)",
+    )
+    parser.add_argument(
+        "--num-cpus", type=int, default=None, help="the local Ray's CPUs (default: all)"
+    )
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="where the runs go, kept (default: a temporary folder, deleted at the end)",
+    )
     parser.add_argument("--json", default=None, help="write all numbers here")
     return parser.parse_args(argv)
 
@@ -59,8 +82,13 @@ def write_space(folder: Path, args) -> Path:
     path = folder / "packing.yaml"
     doc = {
         "description": "gpu packing benchmark: one config, only the learning rate searched",
-        "fixed": {"dataset": "mnist-10k", "model": "model1", "n_neurons": args.n_neurons, "n_maps": args.n_maps,
-                  "n_epochs": args.n_epochs},
+        "fixed": {
+            "dataset": "mnist-10k",
+            "model": "model1",
+            "n_neurons": args.n_neurons,
+            "n_maps": args.n_maps,
+            "n_epochs": args.n_epochs,
+        },
         "params": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}},
     }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -114,11 +142,15 @@ def packed_search(space: Path, storage: Path, per_gpu: int, gpus: int, cpus: int
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.device == "cpu" and not args.declared_gpus:
-        sys.exit("--device cpu: give --declared-gpus too (on a GPU machine, leave --device at cuda)")
+        sys.exit(
+            "--device cpu: give --declared-gpus too (on a GPU machine, leave --device at cuda)"
+        )
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
         return measure(args, Path(args.workdir))
-    with tempfile.TemporaryDirectory(prefix="caetune-gpu-packing-") as folder:  # the trials' models: deleted at the end
+    with tempfile.TemporaryDirectory(
+        prefix="caetune-gpu-packing-"
+    ) as folder:  # the trials' models: deleted at the end
         return measure(args, Path(folder))
 
 
@@ -134,7 +166,9 @@ def measure(args, workdir: Path) -> dict:
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
         if gpus < 1:
-            sys.exit("no GPU in the Ray cluster (on a machine without one: --device cpu --declared-gpus 1)")
+            sys.exit(
+                "no GPU in the Ray cluster (on a machine without one: --device cpu --declared-gpus 1)"
+            )
         runs = []
         for per_gpu in args.per_gpu:
             print(f"{args.trials} trials, {per_gpu} per GPU on {gpus} GPU(s) ...", file=sys.stderr)

@@ -63,28 +63,55 @@ TARGET_OVERHEAD_S = 1.0
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--subset", type=int, default=1500, help="mnist-10k images used (train + val)")
-    parser.add_argument("--max-epochs", type=int, default=20, help="the grid's Ne and the search's cap")
-    parser.add_argument("--num-samples", type=int, default=200, help="trials per efficiency search (only the epochs up to the first hit count)")
+    parser.add_argument(
+        "--subset", type=int, default=1500, help="mnist-10k images used (train + val)"
+    )
+    parser.add_argument(
+        "--max-epochs", type=int, default=20, help="the grid's Ne and the search's cap"
+    )
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=200,
+        help="trials per efficiency search (only the epochs up to the first hit count)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--util-images", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=64, help="fixed in the space (0: TrainConfig's)")
-    parser.add_argument("--reduction-factor", type=float, default=None, help="ASHA's (default: caetune search's)")
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="fixed in the space (0: TrainConfig's)"
+    )
+    parser.add_argument(
+        "--reduction-factor", type=float, default=None, help="ASHA's (default: caetune search's)"
+    )
     parser.add_argument("--overhead-trials", type=int, default=12)
     parser.add_argument("--num-cpus", type=int, default=2, help="the local Ray's CPUs")
-    parser.add_argument("--workdir", default=None, help="where the runs go, kept (default: a temporary folder, deleted at the end)")
-    parser.add_argument("--grids-from", default=None, metavar="JSON",
-                        help="reuse the grids of an earlier run's --json (same scale and seeds; training is deterministic, "
-                             "and grid_consistency checks it)")
-    parser.add_argument("--grids-only", action="store_true",
-                        help="train the grids, write them to --json (for --grids-from) and stop")
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="where the runs go, kept (default: a temporary folder, deleted at the end)",
+    )
+    parser.add_argument(
+        "--grids-from",
+        default=None,
+        metavar="JSON",
+        help="reuse the grids of an earlier run's --json (same scale and seeds; training is deterministic, "
+        "and grid_consistency checks it)",
+    )
+    parser.add_argument(
+        "--grids-only",
+        action="store_true",
+        help="train the grids, write them to --json (for --grids-from) and stop",
+    )
     parser.add_argument("--json", default=None, help="write all numbers here")
     return parser.parse_args(argv)
 
 
 def write_space(folder: Path, name: str, params: dict, fixed: dict) -> Path:
     path = folder / f"{name}.yaml"
-    doc = {"description": f"search benchmark: {name}", "fixed": {"dataset": "mnist-10k", "model": "model1", **fixed}}
+    doc = {
+        "description": f"search benchmark: {name}",
+        "fixed": {"dataset": "mnist-10k", "model": "model1", **fixed},
+    }
     path.write_text(yaml.safe_dump({**doc, "params": params}, sort_keys=False))
     return path
 
@@ -111,10 +138,26 @@ def train_grid(space_path: Path, args, grid_seed: int) -> dict:
             per_epoch, t0 = [], time.perf_counter()
             while trainer.epoch < args.max_epochs:
                 trainer.run_epoch()
-                per_epoch.append(float(epoch_metrics(trainer, objective, util_images=args.util_images)["objective"]))
-            rows.append({"n_neurons": n_neurons, "n_maps": n_maps, "objective": per_epoch, "seconds": time.perf_counter() - t0})
-            print(f"  grid Nn={n_neurons:5d} Nm={n_maps:3d}: objective by Ne {[round(v, 4) for v in per_epoch]}", file=sys.stderr)
-    best = min((v, r["n_neurons"], r["n_maps"], e + 1) for r in rows for e, v in enumerate(r["objective"]))
+                per_epoch.append(
+                    float(
+                        epoch_metrics(trainer, objective, util_images=args.util_images)["objective"]
+                    )
+                )
+            rows.append(
+                {
+                    "n_neurons": n_neurons,
+                    "n_maps": n_maps,
+                    "objective": per_epoch,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            print(
+                f"  grid Nn={n_neurons:5d} Nm={n_maps:3d}: objective by Ne {[round(v, 4) for v in per_epoch]}",
+                file=sys.stderr,
+            )
+    best = min(
+        (v, r["n_neurons"], r["n_maps"], e + 1) for r in rows for e, v in enumerate(r["objective"])
+    )
     # How rare the goal is: a search that samples blindly hits it about this often per grid point.
     within = sum(v <= best[0] * (1 + WITHIN) for r in rows for v in r["objective"])
     return {
@@ -122,7 +165,12 @@ def train_grid(space_path: Path, args, grid_seed: int) -> dict:
         "configs": rows,
         "trial_epochs": len(rows) * args.max_epochs,
         "points_within": within,
-        "best": {"objective": best[0], "n_neurons": best[1], "n_maps": best[2], "n_epochs": best[3]},
+        "best": {
+            "objective": best[0],
+            "n_neurons": best[1],
+            "n_maps": best[2],
+            "n_epochs": best[3],
+        },
         "seconds": time.perf_counter() - start,
         "train": len(data.train),
         "val": len(data.val),
@@ -134,10 +182,17 @@ def reused_grids(args) -> dict:
     earlier = json.loads(Path(args.grids_from).read_text())
     scale = earlier["scale"]
     same = (scale["subset"], scale["batch_size"], scale["max_epochs"], scale["util_images"]) == (
-        args.subset, args.batch_size, args.max_epochs, args.util_images)
+        args.subset,
+        args.batch_size,
+        args.max_epochs,
+        args.util_images,
+    )
     if not same:
         sys.exit(f"--grids-from: {args.grids_from} has another scale ({scale})")
-    grids = {int(seed): {**grid, "from": args.grids_from, "date": earlier["date"]} for seed, grid in earlier["grids"].items()}
+    grids = {
+        int(seed): {**grid, "from": args.grids_from, "date": earlier["date"]}
+        for seed, grid in earlier["grids"].items()
+    }
     return {seed: grids[seed] for seed in args.seeds if seed in grids}
 
 
@@ -157,7 +212,11 @@ def stop_at_first_hit(threshold: float):
         def on_trial_complete(self, iteration, trials, trial, **info):
             result, number = trial.last_result or {}, trial.config["trial_number"]
             done = int(result.get("epoch") or 0) >= int(trial.config["n_epochs"])
-            if done and not result.get("failed") and float(result.get("objective", "inf")) <= threshold:
+            if (
+                done
+                and not result.get("failed")
+                and float(result.get("objective", "inf")) <= threshold
+            ):
                 self.hit = number if self.hit is None else min(self.hit, number)
             if self.hit is None:
                 return
@@ -168,7 +227,15 @@ def stop_at_first_hit(threshold: float):
     return StopAtFirstHit()
 
 
-def search(space_path: Path, storage: Path, name: str, args, *, stop_below: float | None = None, **overrides):
+def search(
+    space_path: Path,
+    storage: Path,
+    name: str,
+    args,
+    *,
+    stop_below: float | None = None,
+    **overrides,
+):
     """One ``run_search`` (ended at its first trial below ``stop_below`` if given), its wall time and its results frame."""
     from caetune.search import SearchSettings, run_search
 
@@ -188,7 +255,9 @@ def search(space_path: Path, storage: Path, name: str, args, *, stop_below: floa
     callbacks = [stop_at_first_hit(stop_below)] if stop_below is not None else []
     outcome = run_search(settings, stream=log, out=log, callbacks=callbacks)
     wall = time.perf_counter() - start
-    frame = outcome.results.sort_values("trial_id").reset_index(drop=True)  # t0000, t0001 ...: proposal order
+    frame = outcome.results.sort_values("trial_id").reset_index(
+        drop=True
+    )  # t0000, t0001 ...: proposal order
     return wall, frame
 
 
@@ -233,10 +302,18 @@ def scale(args) -> dict:
     from caetune.models import TrainConfig
     from caetune.search._defaults import DEFAULTS
 
-    return {"subset": args.subset, "batch_size": args.batch_size or TrainConfig.batch_size, "max_epochs": args.max_epochs,
-            "num_samples": args.num_samples, "util_images": args.util_images, "model": "model1", "dataset": "mnist-10k",
-            "start_point": False, "reduction_factor": args.reduction_factor or DEFAULTS["reduction_factor"],
-            "grace_period": DEFAULTS["grace_period"]}
+    return {
+        "subset": args.subset,
+        "batch_size": args.batch_size or TrainConfig.batch_size,
+        "max_epochs": args.max_epochs,
+        "num_samples": args.num_samples,
+        "util_images": args.util_images,
+        "model": "model1",
+        "dataset": "mnist-10k",
+        "start_point": False,
+        "reduction_factor": args.reduction_factor or DEFAULTS["reduction_factor"],
+        "grace_period": DEFAULTS["grace_period"],
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -264,7 +341,10 @@ def measure(args, workdir: Path) -> dict:
     grids = reused_grids(args) if args.grids_from else {}
     for seed in args.seeds:
         if seed not in grids:
-            print(f"grid, seed {seed}: {len(N_NEURONS) * len(N_MAPS)} configs x Ne={args.max_epochs}", file=sys.stderr)
+            print(
+                f"grid, seed {seed}: {len(N_NEURONS) * len(N_MAPS)} configs x Ne={args.max_epochs}",
+                file=sys.stderr,
+            )
             grids[seed] = train_grid(grid_space, args, seed)
     if args.grids_only:
         result = {"date": _now(), "scale": scale(args), "grids": grids}
@@ -283,19 +363,40 @@ def measure(args, workdir: Path) -> dict:
         for seed in args.seeds:
             print(f"efficiency search, seed {seed} ...", file=sys.stderr)
             wall, frame = search(
-                grid_space, workdir / "runs", f"eff-s{seed}", args,
-                seed=seed, num_samples=args.num_samples, max_epochs=args.max_epochs, **asha,
+                grid_space,
+                workdir / "runs",
+                f"eff-s{seed}",
+                args,
+                seed=seed,
+                num_samples=args.num_samples,
+                max_epochs=args.max_epochs,
+                **asha,
                 stop_below=grids[seed]["best"]["objective"] * (1 + WITHIN),
             )
-            runs[seed] = {"wall_s": wall, **efficiency(frame, grids[seed]), "grid_consistency": grid_consistency(frame, grids[seed])}
+            runs[seed] = {
+                "wall_s": wall,
+                **efficiency(frame, grids[seed]),
+                "grid_consistency": grid_consistency(frame, grids[seed]),
+            }
             print(f"  {runs[seed]}", file=sys.stderr)
 
         # Overhead: the smallest configs and 1-2 epochs, so the search's own work dominates the wall time.
-        tiny = write_space(workdir, "tiny", {"n_neurons": [40, 160], "n_maps": [8, 16], "n_epochs": {"low": 1, "high": 2}}, {})
+        tiny = write_space(
+            workdir,
+            "tiny",
+            {"n_neurons": [40, 160], "n_maps": [8, 16], "n_epochs": {"low": 1, "high": 2}},
+            {},
+        )
         print("overhead search (sequential) ...", file=sys.stderr)
         wall, frame = search(
-            tiny, workdir / "runs", "overhead", args,
-            seed=0, num_samples=args.overhead_trials, max_epochs=2, max_concurrent=1,
+            tiny,
+            workdir / "runs",
+            "overhead",
+            args,
+            seed=0,
+            num_samples=args.overhead_trials,
+            max_epochs=2,
+            max_concurrent=1,
         )
         inside = float(frame["seconds"].sum())
         overhead = {
@@ -314,12 +415,26 @@ def measure(args, workdir: Path) -> dict:
     all_reached = all(r["reached"] for r in runs.values())
     result = {
         "date": _now(),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_before": load_before,
+            "load_after": os.getloadavg(),
+        },
         "scale": scale(args),
         "grids": grids,
-        "efficiency": {"runs": runs, "mean_ratio": mean_ratio, "target": TARGET_RATIO, "all_reached": all_reached,
-                       "pass": all_reached and mean_ratio <= TARGET_RATIO},
-        "overhead": {**overhead, "target_s": TARGET_OVERHEAD_S, "pass": overhead["per_trial_s"] < TARGET_OVERHEAD_S},
+        "efficiency": {
+            "runs": runs,
+            "mean_ratio": mean_ratio,
+            "target": TARGET_RATIO,
+            "all_reached": all_reached,
+            "pass": all_reached and mean_ratio <= TARGET_RATIO,
+        },
+        "overhead": {
+            **overhead,
+            "target_s": TARGET_OVERHEAD_S,
+            "pass": overhead["per_trial_s"] < TARGET_OVERHEAD_S,
+        },
     }
     print(markdown(result))
     if args.json:
@@ -328,7 +443,12 @@ def measure(args, workdir: Path) -> dict:
 
 
 def markdown(result: dict) -> str:
-    grids, eff, ovh, scale = result["grids"], result["efficiency"], result["overhead"], result["scale"]
+    grids, eff, ovh, scale = (
+        result["grids"],
+        result["efficiency"],
+        result["overhead"],
+        result["scale"],
+    )
     some = next(iter(grids.values()))
     lines = [
         f"Scale: mnist-10k subset {scale['subset']} ({some['train']} train / {some['val']} val), Model 1, batch {scale['batch_size']}, "

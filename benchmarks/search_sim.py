@@ -46,7 +46,15 @@ class _Trial:  # what ASHA's bracket needs of a Tune trial
 
 
 def simulate(
-    grid: dict, seed: int, *, num_samples: int, explore: bool, promote: bool, grace: int, rf: float, concurrency: int
+    grid: dict,
+    seed: int,
+    *,
+    num_samples: int,
+    explore: bool,
+    promote: bool,
+    grace: int,
+    rf: float,
+    concurrency: int,
 ) -> dict:
     """One search on one grid: whether it came within 5%, and at what share of the grid's trial-epochs."""
     table = {(c["n_neurons"], c["n_maps"]): c["objective"] for c in grid["configs"]}
@@ -58,11 +66,20 @@ def simulate(
         "n_epochs": IntDistribution(1, max_t),
     }
     sampler = optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, constant_liar=True, n_startup_trials=default_startup_trials(num_samples)
+        seed=seed,
+        multivariate=True,
+        constant_liar=True,
+        n_startup_trials=default_startup_trials(num_samples),
     )
     if explore:
         rungs = asha_rungs(grace_period=grace, reduction_factor=rf, max_t=max_t) if promote else ()
-        sampler = ExploringSampler(sampler, n_epochs_of=lambda p: p["n_epochs"], seed=seed, rungs=rungs, reduction_factor=rf)
+        sampler = ExploringSampler(
+            sampler,
+            n_epochs_of=lambda p: p["n_epochs"],
+            seed=seed,
+            rungs=rungs,
+            reduction_factor=rf,
+        )
     study = optuna.create_study(sampler=sampler)
     bracket = _Bracket(grace, max_t, rf, 0)
     finished: dict[tuple, list[int]] = {}  # config -> epochs run by its finished trials
@@ -72,7 +89,14 @@ def simulate(
         ask = study.ask(space)
         key, n_epochs = (ask.params["n_neurons"], ask.params["n_maps"]), ask.params["n_epochs"]
         warm = max((e for e in finished.get(key, []) if e <= n_epochs), default=0)
-        trial = {"ask": ask, "key": key, "n_epochs": n_epochs, "epoch": warm, "trained": 0, "n": len(trials)}
+        trial = {
+            "ask": ask,
+            "key": key,
+            "n_epochs": n_epochs,
+            "epoch": warm,
+            "trained": 0,
+            "n": len(trials),
+        }
         trials.append(trial)
         heapq.heappush(running, (now + (1 if warm < n_epochs else 0), trial["n"], trial))
 
@@ -111,8 +135,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("grids", help="a search_bench.py --json file (its grids are used)")
     parser.add_argument("--runs", type=int, default=24, help="sampler seeds per grid")
     parser.add_argument("--num-samples", type=int, default=200)
-    parser.add_argument("--no-explore", dest="explore", action="store_false", help="TPE's proposals as they are")
-    parser.add_argument("--no-promote", dest="promote", action="store_false", help="the ExploringSampler without promotions")
+    parser.add_argument(
+        "--no-explore", dest="explore", action="store_false", help="TPE's proposals as they are"
+    )
+    parser.add_argument(
+        "--no-promote",
+        dest="promote",
+        action="store_false",
+        help="the ExploringSampler without promotions",
+    )
     parser.add_argument("--grace-period", type=int, default=DEFAULTS["grace_period"])
     parser.add_argument("--reduction-factor", type=float, default=DEFAULTS["reduction_factor"])
     parser.add_argument("--concurrency", type=int, default=2)
@@ -126,11 +157,18 @@ def main(argv: list[str] | None = None) -> dict:
                      rf=args.reduction_factor, concurrency=args.concurrency)
             for seed in range(args.runs)
         ]  # fmt: skip
-        summary[name] = {"reached": sum(r["reached"] for r in runs), "mean_ratio": float(np.mean([r["ratio"] for r in runs]))}
-        print(f"grid {name}: within 5% in {summary[name]['reached']}/{args.runs} runs, mean cost {summary[name]['mean_ratio']:.1%}")
+        summary[name] = {
+            "reached": sum(r["reached"] for r in runs),
+            "mean_ratio": float(np.mean([r["ratio"] for r in runs])),
+        }
+        print(
+            f"grid {name}: within 5% in {summary[name]['reached']}/{args.runs} runs, mean cost {summary[name]['mean_ratio']:.1%}"
+        )
     mean = float(np.mean([s["mean_ratio"] for s in summary.values()]))
-    print(f"all grids: within 5% in {sum(s['reached'] for s in summary.values())}/{args.runs * len(summary)} runs, "
-          f"mean cost {mean:.1%} (an unreached run counts 100%)")
+    print(
+        f"all grids: within 5% in {sum(s['reached'] for s in summary.values())}/{args.runs * len(summary)} runs, "
+        f"mean cost {mean:.1%} (an unreached run counts 100%)"
+    )
     return {"grids": summary, "mean_ratio": mean}
 
 

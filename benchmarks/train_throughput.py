@@ -57,23 +57,42 @@ STEPS = {
     "+fused": dict(resident=True, fused=True),
     "+channels_last": dict(resident=True, fused=True, channels_last=True),
     "+allocator": dict(resident=True, fused=True, channels_last=True, allocator=True),
-    "+allocator, grads kept": dict(resident=True, fused=True, channels_last=True, allocator=True, keep_grads=True),
+    "+allocator, grads kept": dict(
+        resident=True, fused=True, channels_last=True, allocator=True, keep_grads=True
+    ),
 }
 
 
 @dataclass
 class Variant:
     name: str
-    options: dict = field(default_factory=dict)  # "trainer" (and "amp"), or the hand-written loop's switches
+    options: dict = field(
+        default_factory=dict
+    )  # "trainer" (and "amp"), or the hand-written loop's switches
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--batch-size", type=int, default=TrainConfig.batch_size, help="images per step (default %(default)s)")
+    add(
+        "--batch-size",
+        type=int,
+        default=TrainConfig.batch_size,
+        help="images per step (default %(default)s)",
+    )
     add("--threads", type=int, default=2, help="torch intra-op threads (default %(default)s)")
-    add("--seconds", type=float, default=20.0, help="timed seconds per loop and model (default %(default)s)")
-    add("--images", type=int, default=2048, help="training images per timed epoch (default %(default)s)")
+    add(
+        "--seconds",
+        type=float,
+        default=20.0,
+        help="timed seconds per loop and model (default %(default)s)",
+    )
+    add(
+        "--images",
+        type=int,
+        default=2048,
+        help="training images per timed epoch (default %(default)s)",
+    )
     add("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS), help="which models")
     add("--device", choices=("cpu", "cuda"), default="cpu")
     add("--amp", action="store_true", help="also time the Trainer with bf16 autocast (CUDA)")
@@ -151,7 +170,9 @@ def _digits(args: argparse.Namespace):
 
     data = load_dataset("mnist-10k", seed=0)
     if args.images > data.train.shape[0]:
-        raise ValueError(f"--images {args.images}: mnist-10k has {data.train.shape[0]} training images")
+        raise ValueError(
+            f"--images {args.images}: mnist-10k has {data.train.shape[0]} training images"
+        )
     return ImageData(name=data.name, train=data.train[: args.images], val=data.val[:256])
 
 
@@ -160,7 +181,11 @@ def _trainer_epoch(model_name: str, args: argparse.Namespace, *, amp: bool):
 
     n_maps, n_neurons = MODELS[model_name]
     config = TrainConfig(
-        n_maps=n_maps, n_neurons=n_neurons, n_epochs=10**6, batch_size=args.batch_size, device=args.device
+        n_maps=n_maps,
+        n_neurons=n_neurons,
+        n_epochs=10**6,
+        batch_size=args.batch_size,
+        device=args.device,
     )
     trainer = Trainer(config, _digits(args), threads=args.threads, amp=amp)
 
@@ -187,7 +212,9 @@ def _loop_epoch(model_name: str, options: dict, args: argparse.Namespace):
     x = to_float_images(_digits(args).train, torch.device("cpu"))  # [N, 1, 28, 28]
     if options.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if options.get("fused") else {}))
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=1e-3, **({"fused": True} if options.get("fused") else {})
+    )
     batch_size = args.batch_size
 
     if options.get("resident"):
@@ -232,13 +259,17 @@ def _loop_epoch(model_name: str, options: dict, args: argparse.Namespace):
     return epoch
 
 
-def time_variants(variants: list[Variant], model_name: str, args: argparse.Namespace) -> dict[str, list[float]]:
+def time_variants(
+    variants: list[Variant], model_name: str, args: argparse.Namespace
+) -> dict[str, list[float]]:
     """Epoch seconds of each variant; the workers take turns until each had ``--seconds``."""
     context = mp.get_context("spawn")
     workers = {}
     for variant in variants:
         parent, child = context.Pipe()
-        process = context.Process(target=_worker, args=(child, variant, model_name, args), daemon=True)
+        process = context.Process(
+            target=_worker, args=(child, variant, model_name, args), daemon=True
+        )
         process.start()
         workers[variant.name] = (parent, process)
     try:
@@ -247,7 +278,10 @@ def time_variants(variants: list[Variant], model_name: str, args: argparse.Names
             if kind == "error":
                 raise RuntimeError(f"{name} on {model_name}: {value}")
         seconds: dict[str, list[float]] = {name: [] for name in workers}
-        while min(sum(s) for s in seconds.values()) < args.seconds or min(len(s) for s in seconds.values()) < 3:
+        while (
+            min(sum(s) for s in seconds.values()) < args.seconds
+            or min(len(s) for s in seconds.values()) < 3
+        ):
             for name, (conn, _) in workers.items():
                 conn.send("epoch")
                 kind, value = conn.recv()
@@ -303,9 +337,16 @@ def measure(args: argparse.Namespace) -> dict:
                 "vs_tutorial": min(by_loop["tutorial"]) / min(times),
                 # Each round runs every loop once, back to back: their ratio within a
                 # round shares that round's load, so its median is robust to noise.
-                "vs_tutorial_paired": statistics.median(t / v for t, v in zip(by_loop["tutorial"], times)),
+                "vs_tutorial_paired": statistics.median(
+                    t / v for t, v in zip(by_loop["tutorial"], times)
+                ),
             }
-        results[model_name] = {"n_maps": n_maps, "n_neurons": n_neurons, "forward_macs": macs, "loops": rows}
+        results[model_name] = {
+            "n_maps": n_maps,
+            "n_neurons": n_neurons,
+            "forward_macs": macs,
+            "loops": rows,
+        }
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": _machine(),
@@ -330,18 +371,29 @@ def targets(results: dict, peak: dict) -> list[dict]:
     for model_name, result in results.items():
         ratio = result["loops"]["caetune"]["vs_tutorial"]
         what = f"{model_name}: caetune vs tutorial >= {TARGET_RATIO}x"
-        checks.append({"what": what, "value": ratio, "shown": f"{ratio:.2f}x", "met": ratio >= TARGET_RATIO})
+        checks.append(
+            {"what": what, "value": ratio, "shown": f"{ratio:.2f}x", "met": ratio >= TARGET_RATIO}
+        )
     if "large" in results:
         share = results["large"]["loops"]["caetune"]["peak_share"]
         what = f"large: >= {TARGET_PEAK_SHARE:.0%} of matmul peak"
-        checks.append({"what": what, "value": share, "shown": f"{share:.0%}", "met": share >= TARGET_PEAK_SHARE})
+        checks.append(
+            {
+                "what": what,
+                "value": share,
+                "shown": f"{share:.0%}",
+                "met": share >= TARGET_PEAK_SHARE,
+            }
+        )
     return checks
 
 
 def _machine() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+            names = [
+                line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")
+            ]
         cpu = f"{names[0]} ({len(names)} logical CPUs)" if names else platform.processor()
     except OSError:
         cpu = platform.processor() or platform.machine()
@@ -380,7 +432,9 @@ def markdown(report: dict) -> str:
             lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     lines.append("")
     for check in report["targets"]:
-        lines.append(f"- target {check['what']}: {'PASS' if check['met'] else 'FAIL'} ({check['shown']})")
+        lines.append(
+            f"- target {check['what']}: {'PASS' if check['met'] else 'FAIL'} ({check['shown']})"
+        )
     return "\n".join(lines)
 
 

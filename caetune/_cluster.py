@@ -24,9 +24,10 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from caetune._errors import InputError
@@ -47,8 +48,17 @@ PASSED_ENV_PREFIX = "CAETUNE_"
 PASSED_ENV_NAMES = ("AWS_REGION", "AWS_DEFAULT_REGION")
 # Kept out of the uploaded checkout: environments, history, outputs, anything secret.
 WORKING_DIR_EXCLUDES = [
-    ".venv", ".git", "runs", "__pycache__", "*.egg-info", ".pytest_cache", ".ipynb_checkpoints",
-    ".env", ".aws", "*.pem", "cluster.local.yaml",
+    ".venv",
+    ".git",
+    "runs",
+    "__pycache__",
+    "*.egg-info",
+    ".pytest_cache",
+    ".ipynb_checkpoints",
+    ".env",
+    ".aws",
+    "*.pem",
+    "cluster.local.yaml",
 ]
 # Sub-commands that make no sense inside a job (they drive jobs themselves).
 CLUSTER_COMMANDS = ("submit", "status", "logs", "stop")
@@ -57,7 +67,9 @@ _TOKEN_SOURCES = f"{TOKEN_VAR}, {TOKEN_PATH_VAR} or {DEFAULT_TOKEN_FILE}"
 _HINT_START = "start one with `ray up cluster.yaml` and reach it with `ray dashboard cluster.yaml`"
 
 
-def resolve_address(address: str | None = None, *, environ: Mapping[str, str] = os.environ) -> tuple[str, str]:
+def resolve_address(
+    address: str | None = None, *, environ: Mapping[str, str] = os.environ
+) -> tuple[str, str]:
     """The dashboard URL to use and the name of where it came from (for error messages).
 
     Raises:
@@ -71,8 +83,16 @@ def resolve_address(address: str | None = None, *, environ: Mapping[str, str] = 
     if "://" not in url:
         url = "http://" + url
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or not _valid_port(parts):
-        raise InputError(field, f"the Ray dashboard's http://HOST:PORT (default {DEFAULT_ADDRESS}), not {value!r}")
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path
+        or not _valid_port(parts)
+    ):
+        raise InputError(
+            field,
+            f"the Ray dashboard's http://HOST:PORT (default {DEFAULT_ADDRESS}), not {value!r}",
+        )
     return url, field
 
 
@@ -103,7 +123,9 @@ def resolve_token(*, environ: Mapping[str, str] = os.environ) -> tuple[str | Non
             expected = f"a readable file holding the cluster's token ({path}: {err.strerror})"
             raise InputError(TOKEN_PATH_VAR, expected) from None
         if not token:
-            raise InputError(TOKEN_PATH_VAR, f"a file holding the cluster's token ({path} is empty)")
+            raise InputError(
+                TOKEN_PATH_VAR, f"a file holding the cluster's token ({path} is empty)"
+            )
         return token, str(path)
     home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
     path = home / DEFAULT_TOKEN_FILE.relative_to("~")
@@ -118,13 +140,18 @@ def project_checkout() -> Path | None:
     """The caetune source checkout this package runs from, or ``None`` when installed from a wheel."""
     root = Path(__file__).resolve().parent.parent
     pyproject = root / "pyproject.toml"
-    if pyproject.is_file() and re.search(r'(?m)^name\s*=\s*"caetune"', pyproject.read_text(encoding="utf-8")):
+    if pyproject.is_file() and re.search(
+        r'(?m)^name\s*=\s*"caetune"', pyproject.read_text(encoding="utf-8")
+    ):
         return root
     return None
 
 
 def build_runtime_env(
-    *, working_dir: Path | None = None, pip: list[str] | None = None, environ: Mapping[str, str] = os.environ
+    *,
+    working_dir: Path | None = None,
+    pip: list[str] | None = None,
+    environ: Mapping[str, str] = os.environ,
 ) -> dict:
     """The job's Ray runtime environment.
 
@@ -139,7 +166,9 @@ def build_runtime_env(
     Raises:
         InputError: ``working_dir`` is not a folder.
     """
-    env_vars = {k: v for k, v in environ.items() if k.startswith(PASSED_ENV_PREFIX) or k in PASSED_ENV_NAMES}
+    env_vars = {
+        k: v for k, v in environ.items() if k.startswith(PASSED_ENV_PREFIX) or k in PASSED_ENV_NAMES
+    }
     env_vars["PYTHONUNBUFFERED"] = "1"  # logs reach `caetune logs --follow` as they are printed
     runtime_env: dict = {"env_vars": env_vars}
     if working_dir is not None:
@@ -175,7 +204,9 @@ class JobClient:
         import shlex
 
         entrypoint = shlex.join(["python", "-m", "caetune.cli", *args])
-        return self.client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata or {})
+        return self.client.submit_job(
+            entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata or {}
+        )
 
     def details(self, job_id: str) -> JobDetails:
         """Raises InputError when the cluster has no job ``job_id``."""
@@ -183,7 +214,9 @@ class JobClient:
             return self.client.get_job_info(job_id)
         except RuntimeError as err:
             if "status code 404" in str(err):
-                expected = f"no job {job_id!r} on the cluster at {self.address} (see `caetune status`)"
+                expected = (
+                    f"no job {job_id!r} on the cluster at {self.address} (see `caetune status`)"
+                )
                 raise InputError("JOB", expected) from None
             raise
 
@@ -225,7 +258,10 @@ class JobClient:
 
 
 def connect(
-    address: str | None = None, *, environ: Mapping[str, str] = os.environ, timeout: float = CONNECT_TIMEOUT_S
+    address: str | None = None,
+    *,
+    environ: Mapping[str, str] = os.environ,
+    timeout: float = CONNECT_TIMEOUT_S,
 ) -> JobClient:
     """A :class:`JobClient` for the cluster at ``address``, after checking it answers and takes the token.
 
@@ -242,7 +278,9 @@ def connect(
     from ray.job_submission import JobSubmissionClient
 
     if server_ray.split(".")[:2] != ray.__version__.split(".")[:2]:
-        logging.getLogger(__name__).warning("the cluster runs Ray %s, this machine Ray %s", server_ray, ray.__version__)
+        logging.getLogger(__name__).warning(
+            "the cluster runs Ray %s, this machine Ray %s", server_ray, ray.__version__
+        )
     # Ray's SDK logs each packaging step and closed log stream at INFO; the CLI says what matters itself.
     for name in ("job.sdk", "dashboard_sdk"):
         logging.getLogger(f"ray.dashboard.modules.{name}").setLevel(logging.WARNING)
@@ -250,34 +288,48 @@ def connect(
     return JobClient(address=url, client=JobSubmissionClient(url, headers=headers))
 
 
-def _check_dashboard(url: str, field: str, headers: dict, token_source: str, *, timeout: float) -> str:
+def _check_dashboard(
+    url: str, field: str, headers: dict, token_source: str, *, timeout: float
+) -> str:
     """The cluster's Ray version, from ``/api/version``; raises InputError for each way this fails."""
     import requests
 
     try:
-        response = requests.get(f"{url}/api/version", headers=headers, timeout=(timeout, 2 * timeout))
+        response = requests.get(
+            f"{url}/api/version", headers=headers, timeout=(timeout, 2 * timeout)
+        )
     except requests.exceptions.RequestException as err:
         reason = "timed out" if isinstance(err, requests.exceptions.Timeout) else _short_reason(err)
-        raise InputError(field, f"no Ray cluster answers at {url} ({reason}); {_HINT_START}") from None
+        raise InputError(
+            field, f"no Ray cluster answers at {url} ({reason}); {_HINT_START}"
+        ) from None
     if response.status_code == 401:
         raise InputError(
-            "token", f"the cluster at {url} requires a Ray auth token and none was found in {_TOKEN_SOURCES}"
+            "token",
+            f"the cluster at {url} requires a Ray auth token and none was found in {_TOKEN_SOURCES}",
         )
     if response.status_code == 403:
         raise InputError(
-            "token", f"the cluster at {url} refused the token from {token_source}: use the one it was started with"
+            "token",
+            f"the cluster at {url} refused the token from {token_source}: use the one it was started with",
         )
     try:
         response.raise_for_status()
         return str(response.json()["ray_version"])
     except (requests.exceptions.HTTPError, ValueError, KeyError, TypeError):
-        raise InputError(field, f"{url} is not a Ray dashboard (HTTP {response.status_code} on /api/version)") from None
+        raise InputError(
+            field, f"{url} is not a Ray dashboard (HTTP {response.status_code} on /api/version)"
+        ) from None
 
 
 def _short_reason(err: Exception) -> str:
     text = str(err)
-    for needle, reason in (("refused", "connection refused"), ("Name or service not known", "unknown host"),
-                           ("nodename nor servname", "unknown host"), ("No route", "no route to host")):
+    for needle, reason in (
+        ("refused", "connection refused"),
+        ("Name or service not known", "unknown host"),
+        ("nodename nor servname", "unknown host"),
+        ("No route", "no route to host"),
+    ):
         if needle in text:
             return reason
     return type(err).__name__

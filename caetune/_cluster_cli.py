@@ -29,40 +29,64 @@ def register(subparsers) -> None:
             "never. Example: caetune submit -- search --space paper-mnist --gpus-per-trial 1 --storage s3://BUCKET/runs"
         ),
     )
-    submit.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
     submit.add_argument(
-        "--working-dir", metavar="DIR", help="the checkout to upload (default: the one caetune runs from)"
+        "--no-wait", action="store_true", help="print the job id and return at once"
     )
     submit.add_argument(
-        "--no-working-dir", action="store_true", help="upload nothing: run the caetune installed on the cluster"
+        "--working-dir",
+        metavar="DIR",
+        help="the checkout to upload (default: the one caetune runs from)",
     )
     submit.add_argument(
-        "--pip", action="append", metavar="REQUIREMENT", help="also install this for the job (repeatable)"
+        "--no-working-dir",
+        action="store_true",
+        help="upload nothing: run the caetune installed on the cluster",
     )
-    submit.add_argument("args", nargs="*", metavar="-- COMMAND", help="the caetune command and its flags, after --")
+    submit.add_argument(
+        "--pip",
+        action="append",
+        metavar="REQUIREMENT",
+        help="also install this for the job (repeatable)",
+    )
+    submit.add_argument(
+        "args", nargs="*", metavar="-- COMMAND", help="the caetune command and its flags, after --"
+    )
     submit.set_defaults(func=run_submit)
 
     status = subparsers.add_parser(
-        "status", parents=[common], help="show one job, or all jobs, of a Ray cluster",
+        "status",
+        parents=[common],
+        help="show one job, or all jobs, of a Ray cluster",
         description="Print JOB's status and message, or one line per job when JOB is left out.",
     )
     status.add_argument("job", nargs="?", metavar="JOB", help="a job id printed by caetune submit")
     status.set_defaults(func=run_status)
 
     logs = subparsers.add_parser(
-        "logs", parents=[common], help="print a job's logs", description="Print the logs of JOB so far."
+        "logs",
+        parents=[common],
+        help="print a job's logs",
+        description="Print the logs of JOB so far.",
     )
     logs.add_argument("job", metavar="JOB", help="a job id printed by caetune submit")
     logs.add_argument(
-        "--follow", "-f", action="store_true", help="stream until the job ends; exit code as for caetune submit"
+        "--follow",
+        "-f",
+        action="store_true",
+        help="stream until the job ends; exit code as for caetune submit",
     )
     logs.set_defaults(func=run_logs)
 
     stop = subparsers.add_parser(
-        "stop", parents=[common], help="stop a job", description="Stop JOB and wait until it has ended."
+        "stop",
+        parents=[common],
+        help="stop a job",
+        description="Stop JOB and wait until it has ended.",
     )
     stop.add_argument("job", metavar="JOB", help="a job id printed by caetune submit")
-    stop.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds to wait (default 60)")
+    stop.add_argument(
+        "--timeout", type=float, default=60.0, metavar="S", help="seconds to wait (default 60)"
+    )
     stop.set_defaults(func=run_stop)
 
 
@@ -73,15 +97,17 @@ def check_remote_command(args: list[str]) -> argparse.Namespace | None:
         InputError: It is not a caetune command that can run in a job.
         SystemExit: Its flags do not parse (one line on stderr, exit code 2).
     """
-    from caetune.cli import COMMANDS, build_parser
     from caetune._cluster import CLUSTER_COMMANDS
+    from caetune.cli import COMMANDS, build_parser
 
     runnable = [name for name in COMMANDS if name not in CLUSTER_COMMANDS]
     if args == ["--version"]:
         return None
     if not args or args[0] not in runnable:
         given = f", not {args[0]!r}" if args else ""
-        expected = f"{', '.join(runnable)} or --version after --, e.g. caetune submit -- search ...{given}"
+        expected = (
+            f"{', '.join(runnable)} or --version after --, e.g. caetune submit -- search ...{given}"
+        )
         raise InputError("COMMAND", expected)
     return build_parser({args[0]: COMMANDS[args[0]]}).parse_args(args)
 
@@ -93,13 +119,26 @@ def run_submit(args: argparse.Namespace) -> int:
     parsed = check_remote_command(args.args)
     if args.working_dir and args.no_working_dir:
         raise InputError("--working-dir", "either a folder to upload or --no-working-dir, not both")
-    working_dir = None if args.no_working_dir else (Path(args.working_dir) if args.working_dir else project_checkout())
+    working_dir = (
+        None
+        if args.no_working_dir
+        else (Path(args.working_dir) if args.working_dir else project_checkout())
+    )
     runtime_env = build_runtime_env(working_dir=working_dir, pip=args.pip)
     client = connect(args.address)
-    if parsed is not None and parsed.command == "search" and not str(parsed.storage or "").startswith("s3://"):
-        print("caetune submit: note: without --storage s3://..., results stay on the head's disk", file=sys.stderr)
+    if (
+        parsed is not None
+        and parsed.command == "search"
+        and not str(parsed.storage or "").startswith("s3://")
+    ):
+        print(
+            "caetune submit: note: without --storage s3://..., results stay on the head's disk",
+            file=sys.stderr,
+        )
 
-    job_id = client.submit(args.args, runtime_env=runtime_env, metadata={"caetune_version": __version__})
+    job_id = client.submit(
+        args.args, runtime_env=runtime_env, metadata={"caetune_version": __version__}
+    )
     print(job_id, flush=True)
     code = f"uploaded {working_dir}" if working_dir else "the caetune installed there"
     print(f"caetune submit: job {job_id} sent to {client.address} ({code})", file=sys.stderr)

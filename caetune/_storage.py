@@ -28,9 +28,10 @@ import re
 import sqlite3
 import tempfile
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Iterable, Union
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
 from urllib.parse import urlsplit
 
 from caetune._errors import InputError
@@ -153,16 +154,25 @@ def parse_storage(url: str, *, field: str = "--storage") -> Storage:
     # A secret may itself hold '/', which moves the '@' out of the netloc: look at the whole URL.
     if "@" in parts.netloc or re.match(r"s3://[^@]*:[^@]*@", text, re.IGNORECASE):
         # Never echo the URL: what precedes '@' may be a secret.
-        raise InputError(field, "s3://bucket/prefix without credentials (use the AWS environment or ~/.aws)")
+        raise InputError(
+            field, "s3://bucket/prefix without credentials (use the AWS environment or ~/.aws)"
+        )
     if parts.query or parts.fragment or "?" in text or "#" in text:
         raise InputError(field, "s3://bucket/prefix without '?' or '#'")
     bucket = parts.netloc
     if not _BUCKET_RE.match(bucket) or ".." in bucket:
-        raise InputError(field, f"s3://bucket/prefix with a valid bucket name (3-63 of a-z 0-9 . -), got {bucket!r}")
+        raise InputError(
+            field,
+            f"s3://bucket/prefix with a valid bucket name (3-63 of a-z 0-9 . -), got {bucket!r}",
+        )
     keys = parts.path.strip("/")
     if keys and any(part in ("", ".", "..") for part in keys.split("/")):
-        raise InputError(field, f"s3://bucket/prefix without empty, '.' or '..' parts, got {keys!r}")
-    return Storage(url=f"s3://{bucket}/{keys}" if keys else f"s3://{bucket}", bucket=bucket, prefix=keys)
+        raise InputError(
+            field, f"s3://bucket/prefix without empty, '.' or '..' parts, got {keys!r}"
+        )
+    return Storage(
+        url=f"s3://{bucket}/{keys}" if keys else f"s3://{bucket}", bucket=bucket, prefix=keys
+    )
 
 
 # --- file helpers -----------------------------------------------------------
@@ -255,7 +265,9 @@ def download_dir(
     patterns = None if include is None else list(include)
     out = Path(local_dir)
     written = []
-    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True)):
+    for info in fs.get_file_info(
+        pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True)
+    ):
         if info.type.name != "File":
             continue
         rel = info.path[len(root) + 1 :]
@@ -289,14 +301,18 @@ class StudySync:
             or ``~/.cache/caetune``.
     """
 
-    def __init__(self, storage: Storage, name: str, *, cache_dir: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, storage: Storage, name: str, *, cache_dir: str | os.PathLike | None = None
+    ) -> None:
         self.storage = storage
         self.remote_path = storage.join(name, STUDY_FILE)
         if storage.local_path is not None:
             self.local_path = Path(self.remote_path)
         else:
             root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-            self.local_path = root.joinpath(str(storage.bucket), *storage.prefix.split("/"), name, STUDY_FILE)
+            self.local_path = root.joinpath(
+                str(storage.bucket), *storage.prefix.split("/"), name, STUDY_FILE
+            )
         self._marker = self.local_path.with_name(STUDY_FILE + ".pushed")
 
     @property
@@ -439,7 +455,9 @@ S3_ATTEMPTS = 10
 
 
 @functools.lru_cache(maxsize=32)
-def _s3_filesystem(endpoint: str | None, scheme: str | None, region: str | None, timeout: float | None):
+def _s3_filesystem(
+    endpoint: str | None, scheme: str | None, region: str | None, timeout: float | None
+):
     import pyarrow.fs
 
     # A search outlives short S3 outages: AWS's standard retries back off up to 20 s apart, so
@@ -452,7 +470,9 @@ def _s3_filesystem(endpoint: str | None, scheme: str | None, region: str | None,
             retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=1),
         )
     options = (endpoint, scheme, region, timeout)
-    return _retrying_s3_class()(options, endpoint_override=endpoint, scheme=scheme, region=region, **kwargs)
+    return _retrying_s3_class()(
+        options, endpoint_override=endpoint, scheme=scheme, region=region, **kwargs
+    )
 
 
 @functools.lru_cache(maxsize=1)

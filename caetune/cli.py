@@ -41,7 +41,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(commands: dict[str, str] | None = None) -> argparse.ArgumentParser:
-    parser = _Parser(prog="caetune", description="Hyperparameter search for convolutional autoencoders.")
+    parser = _Parser(
+        prog="caetune", description="Hyperparameter search for convolutional autoencoders."
+    )
     parser.add_argument("--version", action="version", version=f"caetune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True

@@ -34,11 +34,16 @@ SECURITY_GROUP = "caetune-ssh"
 HEAD_ROLE, WORKER_ROLE = "caetune-head", "caetune-worker"
 # role -> {inline policy name: policy file beside this script}
 ROLE_POLICIES = {
-    HEAD_ROLE: {"caetune-s3": "iam-policy-s3.json", "caetune-autoscaler": "iam-policy-autoscaler.json"},
+    HEAD_ROLE: {
+        "caetune-s3": "iam-policy-s3.json",
+        "caetune-autoscaler": "iam-policy-autoscaler.json",
+    },
     WORKER_ROLE: {"caetune-s3": "iam-policy-s3.json"},
 }
 # AWS's public pointer to the newest Deep Learning Base AMI with the NVIDIA driver (Ubuntu 22.04, Python 3.10).
-AMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+AMI_PARAMETER = (
+    "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+)
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 _AMI_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _VPC_RE = re.compile(r"^vpc-[0-9a-f]{8,17}$")
@@ -69,11 +74,19 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _Parser(prog="setup_aws.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bucket", required=True, help="the existing S3 bucket for experiments")
-    parser.add_argument("--ssh-cidr", required=True, help="who may SSH to the head, e.g. YOUR.PUBLIC.IP/32")
+    parser.add_argument(
+        "--ssh-cidr", required=True, help="who may SSH to the head, e.g. YOUR.PUBLIC.IP/32"
+    )
     parser.add_argument("--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION)")
     parser.add_argument("--vpc-id", help="VPC for the cluster (default: the region's default VPC)")
-    parser.add_argument("--ami", help=f"image for all nodes (default: the SSM parameter {AMI_PARAMETER})")
-    parser.add_argument("--out", default="cluster.local.yaml", help="the filled-in config (default cluster.local.yaml)")
+    parser.add_argument(
+        "--ami", help=f"image for all nodes (default: the SSM parameter {AMI_PARAMETER})"
+    )
+    parser.add_argument(
+        "--out",
+        default="cluster.local.yaml",
+        help="the filled-in config (default cluster.local.yaml)",
+    )
     return parser.parse_args(argv)
 
 
@@ -84,12 +97,18 @@ def check_inputs(args: argparse.Namespace) -> dict:
     try:
         cidr = ipaddress.ip_network(args.ssh_cidr, strict=False)
     except ValueError:
-        raise BadInput("--ssh-cidr", f"an address range like 203.0.113.7/32, not {args.ssh_cidr!r}") from None
+        raise BadInput(
+            "--ssh-cidr", f"an address range like 203.0.113.7/32, not {args.ssh_cidr!r}"
+        ) from None
     if cidr.prefixlen == 0:
-        raise BadInput("--ssh-cidr", "your own address or range (e.g. YOUR.IP/32), never the whole internet")
+        raise BadInput(
+            "--ssh-cidr", "your own address or range (e.g. YOUR.IP/32), never the whole internet"
+        )
     region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if not region or not _REGION_RE.match(region):
-        raise BadInput("--region", f"an AWS region such as us-east-1 (or set AWS_REGION), not {region!r}")
+        raise BadInput(
+            "--region", f"an AWS region such as us-east-1 (or set AWS_REGION), not {region!r}"
+        )
     if args.ami and not _AMI_RE.match(args.ami):
         raise BadInput("--ami", f"an image id like ami-0123456789abcdef0, not {args.ami!r}")
     if args.vpc_id and not _VPC_RE.match(args.vpc_id):
@@ -117,7 +136,9 @@ def find_aws_inputs(session, args: argparse.Namespace) -> dict:
         vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
     if not vpcs:
         missing = args.vpc_id or "default VPC"
-        raise BadInput("--vpc-id", f"an existing VPC in {session.region_name} (there is no {missing})")
+        raise BadInput(
+            "--vpc-id", f"an existing VPC in {session.region_name} (there is no {missing})"
+        )
     ami = args.ami
     if not ami:
         try:
@@ -134,12 +155,17 @@ def find_aws_inputs(session, args: argparse.Namespace) -> dict:
 def ensure_security_group(ec2, *, vpc: str, cidr) -> str:
     """The id of ``caetune-ssh`` in ``vpc``, with exactly the two ingress rules of this cluster."""
     found = ec2.describe_security_groups(
-        Filters=[{"Name": "group-name", "Values": [SECURITY_GROUP]}, {"Name": "vpc-id", "Values": [vpc]}]
+        Filters=[
+            {"Name": "group-name", "Values": [SECURITY_GROUP]},
+            {"Name": "vpc-id", "Values": [vpc]},
+        ]
     )["SecurityGroups"]
     if found:
         group = found[0]
         if group["IpPermissions"]:  # a rerun (perhaps with a new --ssh-cidr): start from no rules
-            ec2.revoke_security_group_ingress(GroupId=group["GroupId"], IpPermissions=group["IpPermissions"])
+            ec2.revoke_security_group_ingress(
+                GroupId=group["GroupId"], IpPermissions=group["IpPermissions"]
+            )
         group_id = group["GroupId"]
     else:
         group_id = ec2.create_security_group(
@@ -147,7 +173,10 @@ def ensure_security_group(ec2, *, vpc: str, cidr) -> str:
             Description="caetune Ray cluster: SSH from one range, all traffic within the cluster",
             VpcId=vpc,
             TagSpecifications=[
-                {"ResourceType": "security-group", "Tags": [{"Key": "ray-cluster-name", "Value": CLUSTER_NAME}]}
+                {
+                    "ResourceType": "security-group",
+                    "Tags": [{"Key": "ray-cluster-name", "Value": CLUSTER_NAME}],
+                }
             ],
         )["GroupId"]
     ranges = "Ipv6Ranges" if cidr.version == 6 else "IpRanges"
@@ -155,9 +184,17 @@ def ensure_security_group(ec2, *, vpc: str, cidr) -> str:
     ec2.authorize_security_group_ingress(
         GroupId=group_id,
         IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, ranges: [{key: str(cidr), "Description": "SSH"}]},
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 22,
+                "ToPort": 22,
+                ranges: [{key: str(cidr), "Description": "SSH"}],
+            },
             # GCS, object manager, raylets, dashboard agents: members of this group only.
-            {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group_id, "Description": "within the cluster"}]},
+            {
+                "IpProtocol": "-1",
+                "UserIdGroupPairs": [{"GroupId": group_id, "Description": "within the cluster"}],
+            },
         ],
     )
     return group_id
@@ -170,7 +207,11 @@ def ensure_role(iam, name: str, policies: dict[str, str]) -> str:
         iam.get_role(RoleName=name)
         iam.update_assume_role_policy(RoleName=name, PolicyDocument=trust)
     except iam.exceptions.NoSuchEntityException:
-        iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust, Description=f"caetune Ray cluster: {name}")
+        iam.create_role(
+            RoleName=name,
+            AssumeRolePolicyDocument=trust,
+            Description=f"caetune Ray cluster: {name}",
+        )
     for stale in set(iam.list_role_policies(RoleName=name)["PolicyNames"]) - set(policies):
         iam.delete_role_policy(RoleName=name, PolicyName=stale)
     for policy_name, document in policies.items():
@@ -210,9 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     values["YOUR-SG-ID"] = group_id
     iam = session.client("iam")
     for role, policies in ROLE_POLICIES.items():
-        documents = {name: render((HERE / file).read_text(encoding="utf-8"), values) for name, file in policies.items()}
+        documents = {
+            name: render((HERE / file).read_text(encoding="utf-8"), values)
+            for name, file in policies.items()
+        }
         # Compact JSON: IAM counts whitespace against its inline-policy size limit.
-        documents = {name: json.dumps(json.loads(doc), separators=(",", ":")) for name, doc in documents.items()}
+        documents = {
+            name: json.dumps(json.loads(doc), separators=(",", ":"))
+            for name, doc in documents.items()
+        }
         ensure_role(iam, role, documents)
 
     out = checked["out"]
@@ -220,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(render(template, values), encoding="utf-8")
     os.replace(tmp, out)
     print(f"security group {group_id} in {found['vpc']}: SSH from {checked['cidr']} only")
-    print(f"instance profiles {HEAD_ROLE} and {WORKER_ROLE}: s3://{args.bucket} only (+ autoscaler EC2 on the head)")
+    print(
+        f"instance profiles {HEAD_ROLE} and {WORKER_ROLE}: s3://{args.bucket} only (+ autoscaler EC2 on the head)"
+    )
     print(f"wrote {out}; next: ray get-auth-token --generate && ray up {os.path.relpath(out)}")
     return 0
 

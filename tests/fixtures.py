@@ -20,8 +20,24 @@ from pathlib import Path
 
 import numpy as np
 
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+CIFAR10_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 
 
 def noise(shape: tuple[int, ...], *, seed: int = 0) -> np.ndarray:
@@ -36,7 +52,11 @@ def write_idx(path: str | Path, array: np.ndarray) -> Path:
     number of dimensions, then each dimension as a big-endian uint32.
     """
     array = np.ascontiguousarray(array, dtype=np.uint8)
-    payload = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    payload = (
+        bytes([0, 0, 0x08, array.ndim])
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.tobytes()
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -74,7 +94,9 @@ def make_mnist(
     return train, train_labels
 
 
-def make_cifar10(root: str | Path, *, per_batch: int = 4, n_test: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_cifar10(
+    root: str | Path, *, per_batch: int = 4, n_test: int = 4, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Writes ``ROOT/cifar-10-batches-py/`` as the python version of CIFAR-10 has it.
 
     ``data_batch_1`` .. ``data_batch_5`` and ``test_batch`` are pickled dicts
@@ -105,7 +127,11 @@ def make_cifar10(root: str | Path, *, per_batch: int = 4, n_test: int = 4, seed:
         dump(f"data_batch_{b + 1}", images[part], labels[part])
     dump("test_batch", np.full((n_test, 32, 32, 3), 255, np.uint8), np.zeros(n_test, np.int64))
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": CIFAR10_CLASSES, "num_cases_per_batch": per_batch, "num_vis": 3072}, f, protocol=2)
+        pickle.dump(
+            {"label_names": CIFAR10_CLASSES, "num_cases_per_batch": per_batch, "num_vis": 3072},
+            f,
+            protocol=2,
+        )
     return images, labels
 
 
@@ -123,7 +149,9 @@ def make_svhn(root: str | Path, *, n: int = 20, seed: int = 0) -> tuple[np.ndarr
     labels = np.arange(n) % 10
     Path(root).mkdir(parents=True, exist_ok=True)
     mat_labels = np.where(labels == 0, 10, labels).astype(np.uint8).reshape(n, 1)
-    savemat(str(Path(root) / "train_32x32.mat"), {"X": images.transpose(2, 3, 1, 0), "y": mat_labels})
+    savemat(
+        str(Path(root) / "train_32x32.mat"), {"X": images.transpose(2, 3, 1, 0), "y": mat_labels}
+    )
     return images, labels
 
 
@@ -152,7 +180,9 @@ def make_caltech101(
         for i in range(count):
             height, width = int(rng.integers(24, 80)), int(rng.integers(24, 80))
             grey = i % 3 == 2
-            pixels = rng.integers(0, 256, size=(height, width) if grey else (height, width, 3), dtype=np.uint8)
+            pixels = rng.integers(
+                0, 256, size=(height, width) if grey else (height, width, 3), dtype=np.uint8
+            )
             Image.fromarray(pixels).save(base / category / f"image_{i + 1:04d}.jpg", quality=90)
     return dict(counts)
 
@@ -189,7 +219,9 @@ def make_image_folder(
     return np.stack(written)
 
 
-def make_npz(path: str | Path, images: np.ndarray, labels: np.ndarray | None = None, **arrays: np.ndarray) -> Path:
+def make_npz(
+    path: str | Path, images: np.ndarray, labels: np.ndarray | None = None, **arrays: np.ndarray
+) -> Path:
     """Writes ``images`` (and ``labels``, and any extra arrays) with ``numpy.savez``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

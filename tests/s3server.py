@@ -31,7 +31,13 @@ import pytest
 
 _RUNNING_ON = re.compile(r"Running on http://127\.0\.0\.1:(\d+)")
 # Variables that would send a test's S3 traffic anywhere but this server.
-_CLEARED = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
+_CLEARED = (
+    "AWS_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+)
 
 
 class S3Server:
@@ -84,7 +90,9 @@ class S3Server:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {self.process.returncode}: {self._log.read_text()}")
+                raise RuntimeError(
+                    f"moto_server exited with {self.process.returncode}: {self._log.read_text()}"
+                )
             found = _RUNNING_ON.search(self._log.read_text(errors="replace"))
             if found and self._answers(int(found.group(1))):
                 self.port = int(found.group(1))
@@ -126,7 +134,9 @@ class S3Server:
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
         """Every object key under ``prefix``, sorted."""
-        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        pages = (
+            self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        )
         return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
 
     def __enter__(self) -> S3Server:

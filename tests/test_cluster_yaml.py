@@ -54,8 +54,13 @@ def policy(name: str) -> dict:
 
 def statements(document: dict) -> list[dict]:
     return [
-        {**s, "Action": [s["Action"]] if isinstance(s["Action"], str) else s["Action"],
-         "Resource": [s["Resource"]] if isinstance(s.get("Resource"), str) else s.get("Resource", [])}
+        {
+            **s,
+            "Action": [s["Action"]] if isinstance(s["Action"], str) else s["Action"],
+            "Resource": [s["Resource"]]
+            if isinstance(s.get("Resource"), str)
+            else s.get("Resource", []),
+        }
         for s in document["Statement"]
     ]
 
@@ -77,7 +82,9 @@ def test_cluster_yaml_passes_rays_own_validation():
     [
         lambda c: c.update(head_node_typo="head"),
         lambda c: c["available_node_types"]["gpu"].update(resources={"GPU": "one"}),
-        lambda c: c.update(max_workers=-1) or c["available_node_types"]["gpu"].update(min_workers=2),
+        lambda c: (
+            c.update(max_workers=-1) or c["available_node_types"]["gpu"].update(min_workers=2)
+        ),
     ],
 )
 def test_the_validation_catches_a_broken_config(break_it):
@@ -101,7 +108,9 @@ def test_a_cpu_head_and_autoscaling_gpu_workers():
     assert gpu["resources"]["GPU"] >= 1
     assert gpu["min_workers"] == 0 < gpu["max_workers"] <= config["max_workers"]
     assert config["idle_timeout_minutes"] > 0
-    assert config["provider"]["cache_stopped_nodes"] is False  # idle workers are terminated, not kept
+    assert (
+        config["provider"]["cache_stopped_nodes"] is False
+    )  # idle workers are terminated, not kept
 
 
 def test_setup_installs_caetune_and_the_same_ray_on_every_node():
@@ -119,7 +128,9 @@ def test_nodes_get_instance_profiles_and_the_prepared_security_group():
     for name, node_type in config["available_node_types"].items():
         role = "caetune-head" if name == config["head_node_type"] else "caetune-worker"
         node = node_type["node_config"]
-        assert re.fullmatch(rf"arn:aws:iam::[^:]+:instance-profile/{role}", node["IamInstanceProfile"]["Arn"])
+        assert re.fullmatch(
+            rf"arn:aws:iam::[^:]+:instance-profile/{role}", node["IamInstanceProfile"]["Arn"]
+        )
         assert node["SecurityGroupIds"], name  # without it Ray makes its own group ...
         assert node["MetadataOptions"] == {"HttpTokens": "required"}
     # ... whose default rules open SSH to the whole internet (why cluster.yaml never lets Ray make one).
@@ -130,11 +141,15 @@ def test_nodes_get_instance_profiles_and_the_prepared_security_group():
 
 def test_nothing_listens_for_the_outside_but_ssh_and_token_auth_is_on():
     config = load_config()
-    settings = json.dumps(config)  # the parsed config: comments may explain 0.0.0.0/0, settings never use it
+    settings = json.dumps(
+        config
+    )  # the parsed config: comments may explain 0.0.0.0/0, settings never use it
     assert "0.0.0.0" not in settings and "::/0" not in settings
     head = start_command(config["head_start_ray_commands"])
     assert "--head" in head and "--dashboard-host=127.0.0.1" in head
-    assert "--include-dashboard=false" not in head  # the dashboard is there, reached through `ray dashboard`
+    assert (
+        "--include-dashboard=false" not in head
+    )  # the dashboard is there, reached through `ray dashboard`
     for command in (head, start_command(config["worker_start_ray_commands"])):
         assert command.split("ray start")[0].rstrip().endswith("RAY_AUTH_MODE=token")
     assert any("export RAY_AUTH_MODE=token" in c for c in config["setup_commands"])
@@ -143,13 +158,19 @@ def test_nothing_listens_for_the_outside_but_ssh_and_token_auth_is_on():
     assert "RAY_AUTH_TOKEN" not in settings
 
 
-@pytest.mark.parametrize("path", [CLUSTER_YAML, *(ROOT / "cluster").iterdir()], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [CLUSTER_YAML, *(ROOT / "cluster").iterdir()], ids=lambda p: p.name
+)
 def test_no_aws_keys_in_any_file(path):
     if path.is_dir() or path.suffix == ".pyc":
         return
     text = path.read_text(encoding="utf-8")
     assert not re.search(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", text)
-    assert not re.search(r"aws_secret_access_key\s*[:=]|aws_access_key_id\s*[:=]|aws_session_token\s*[:=]", text, re.I)
+    assert not re.search(
+        r"aws_secret_access_key\s*[:=]|aws_access_key_id\s*[:=]|aws_session_token\s*[:=]",
+        text,
+        re.I,
+    )
 
 
 def test_no_credentials_are_copied_to_the_nodes():
@@ -179,7 +200,9 @@ def test_the_autoscaler_policy_only_manages_this_clusters_instances():
         equals = s.get("Condition", {}).get("StringEquals", {})
         if "*" in s["Resource"]:
             assert all(a.startswith("ec2:Describe") for a in s["Action"]), s["Sid"]
-        if "ec2:RunInstances" in s["Action"] and any(r.endswith(":instance/*") for r in s["Resource"]):
+        if "ec2:RunInstances" in s["Action"] and any(
+            r.endswith(":instance/*") for r in s["Resource"]
+        ):
             assert equals.get(cluster_tag[0]) == cluster_tag[1]
             found["launch"] = True
         if "ec2:TerminateInstances" in s["Action"]:
@@ -203,8 +226,12 @@ def test_only_ec2_instances_can_take_the_roles():
 
 def run_setup(server, *args, cwd):
     return subprocess.run(
-        [sys.executable, str(SETUP), *args], env=server.subprocess_env(), cwd=cwd,
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, str(SETUP), *args],
+        env=server.subprocess_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -213,8 +240,11 @@ def aws(server, service: str):
 
     env = server.env
     return boto3.client(
-        service, endpoint_url=server.endpoint_url, region_name=env["AWS_REGION"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        service,
+        endpoint_url=server.endpoint_url,
+        region_name=env["AWS_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
     )
 
 
@@ -227,7 +257,14 @@ def caetune_groups(server) -> list[dict]:
 def test_setup_aws_creates_tight_pieces_and_a_valid_config(s3_server, tmp_path):  # noqa: F811
     bucket = s3_server.create_bucket()
     iam = aws(s3_server, "iam")
-    base = ["--region", "us-east-1", "--ami", "ami-0123456789abcdef0", "--out", str(tmp_path / "cluster.local.yaml")]
+    base = [
+        "--region",
+        "us-east-1",
+        "--ami",
+        "ami-0123456789abcdef0",
+        "--out",
+        str(tmp_path / "cluster.local.yaml"),
+    ]
 
     # Bad input first: one line, exit 2, and nothing made.
     for bad, field in [
@@ -245,13 +282,18 @@ def test_setup_aws_creates_tight_pieces_and_a_valid_config(s3_server, tmp_path):
     assert not [r for r in iam.list_roles()["Roles"] if r["RoleName"].startswith("caetune-")]
     assert not (tmp_path / "cluster.local.yaml").exists()
 
-    done = run_setup(s3_server, "--bucket", bucket, "--ssh-cidr", "203.0.113.7/32", *base, cwd=tmp_path)
+    done = run_setup(
+        s3_server, "--bucket", bucket, "--ssh-cidr", "203.0.113.7/32", *base, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     (group,) = caetune_groups(s3_server)
     assert_only_ssh_from(group, "203.0.113.7/32")
 
     account = aws(s3_server, "sts").get_caller_identity()["Account"]
-    for role, names in {"caetune-head": {"caetune-s3", "caetune-autoscaler"}, "caetune-worker": {"caetune-s3"}}.items():
+    for role, names in {
+        "caetune-head": {"caetune-s3", "caetune-autoscaler"},
+        "caetune-worker": {"caetune-s3"},
+    }.items():
         assert set(iam.list_role_policies(RoleName=role)["PolicyNames"]) == names
         profile = iam.get_instance_profile(InstanceProfileName=role)["InstanceProfile"]
         assert [r["RoleName"] for r in profile["Roles"]] == [role]
@@ -271,11 +313,18 @@ def test_setup_aws_creates_tight_pieces_and_a_valid_config(s3_server, tmp_path):
     assert rendered["provider"]["region"] == "us-east-1"
     for node_type in rendered["available_node_types"].values():
         node = node_type["node_config"]
-        assert node["SecurityGroupIds"] == [group["GroupId"]] and node["ImageId"] == "ami-0123456789abcdef0"
-        assert node["IamInstanceProfile"]["Arn"].startswith(f"arn:aws:iam::{account}:instance-profile/caetune-")
+        assert (
+            node["SecurityGroupIds"] == [group["GroupId"]]
+            and node["ImageId"] == "ami-0123456789abcdef0"
+        )
+        assert node["IamInstanceProfile"]["Arn"].startswith(
+            f"arn:aws:iam::{account}:instance-profile/caetune-"
+        )
 
     # Run again with a new range: the old one is gone, nothing else is added.
-    done = run_setup(s3_server, "--bucket", bucket, "--ssh-cidr", "198.51.100.0/24", *base, cwd=tmp_path)
+    done = run_setup(
+        s3_server, "--bucket", bucket, "--ssh-cidr", "198.51.100.0/24", *base, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     (again,) = caetune_groups(s3_server)
     assert again["GroupId"] == group["GroupId"]

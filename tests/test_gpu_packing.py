@@ -37,7 +37,12 @@ def test_a_quarter_gpu_per_trial_runs_four_trials_on_one_gpu(tmp_path):
 
 
 def test_cpu_training_needs_a_declared_gpu(tmp_path):
-    run = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode != 0 and "--declared-gpus" in run.stderr
 
 

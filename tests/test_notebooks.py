@@ -31,7 +31,10 @@ NAMES = ("01_quickstart.ipynb", "02_other_datasets.ipynb", "03_explore_run.ipynb
 KERNEL = "caetune-tests"
 CELL_TIMEOUT_S = 420  # the search cells; each takes about a minute on a busy 2-core machine
 # Where 02_other_datasets looks for a JPEG copy of CIFAR-10, relative to the notebooks folder.
-CIFAR10_JPEG = [NOTEBOOKS / "../shared/data/cifar10-test-jpeg", NOTEBOOKS / "../../shared/data/cifar10-test-jpeg"]
+CIFAR10_JPEG = [
+    NOTEBOOKS / "../shared/data/cifar10-test-jpeg",
+    NOTEBOOKS / "../../shared/data/cifar10-test-jpeg",
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +52,16 @@ def kernel(tmp_path_factory):
     env = {
         "CAETUNE_NB_BUDGET": "tiny",
         "CAETUNE_NB_RUNS": str(runs),
-        "CAETUNE_DATA_DIR": str(empty),  # Caltech-101 from the notebook's generated copy, whatever this machine has
+        "CAETUNE_DATA_DIR": str(
+            empty
+        ),  # Caltech-101 from the notebook's generated copy, whatever this machine has
         "CAETUNE_NB_RUN": "",
         "CAETUNE_NB_CIFAR10": "",
     }
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": KERNEL, "language": "python", "env": env}))
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": KERNEL, "language": "python", "env": env})
+    )
     return {"dirs": [str(root / "kernels")], "runs": runs}
 
 
@@ -65,9 +72,13 @@ def execute(name: str, kernel: dict) -> nbformat.NotebookNode:
     from nbclient import NotebookClient
 
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    manager = AsyncKernelManager(kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=kernel["dirs"]))
+    manager = AsyncKernelManager(
+        kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=kernel["dirs"])
+    )
     before = sorted(NOTEBOOKS.rglob("*"))
-    NotebookClient(nb, km=manager, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    NotebookClient(
+        nb, km=manager, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(NOTEBOOKS)}}
+    ).execute()
     assert sorted(NOTEBOOKS.rglob("*")) == before, f"{name} wrote into the notebooks folder"
     return nb
 
@@ -75,12 +86,17 @@ def execute(name: str, kernel: dict) -> nbformat.NotebookNode:
 def printed(nb: nbformat.NotebookNode) -> str:
     """Everything the notebook printed on stdout, cell after cell."""
     return "".join(
-        out.get("text", "") for cell in nb.cells for out in cell.get("outputs", []) if out.get("name") == "stdout"
+        out.get("text", "")
+        for cell in nb.cells
+        for out in cell.get("outputs", [])
+        if out.get("name") == "stdout"
     )
 
 
 def n_images(nb: nbformat.NotebookNode) -> int:
-    return sum("image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", []))
+    return sum(
+        "image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", [])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +112,9 @@ def test_committed_notebooks_have_no_outputs():
         nbformat.validate(nb)
         for cell in nb.cells:
             if cell.cell_type == "code":
-                assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: cell {cell.get('id')} has outputs"
+                assert cell.outputs == [] and cell.execution_count is None, (
+                    f"{path.name}: cell {cell.get('id')} has outputs"
+                )
 
 
 @pytest.mark.slow
@@ -105,7 +123,9 @@ def test_quickstart_searches_reports_exports_and_retrains(quickstart, kernel):
     results = pd.read_csv(run / "results.csv", dtype={"trial_id": str})
     assert len(results) == 3 and (results["status"] == "complete").any(), results.to_string()
     assert (run / "confirm.csv").is_file() and (run / "report" / "index.html").is_file()
-    assert n_images(quickstart) >= 3  # the summary, the best trial's reconstructions, the loaded model's
+    assert (
+        n_images(quickstart) >= 3
+    )  # the summary, the best trial's reconstructions, the loaded model's
 
     manifest = json.loads((kernel["runs"] / "quickstart-tiny-export" / "manifest.json").read_text())
     best = manifest["trials"][0]
@@ -127,7 +147,9 @@ def test_other_datasets_run_cifar10_and_caltech101(kernel):
     nb = execute("02_other_datasets.ipynb", kernel)
     text = printed(nb)
     jpeg = any(folder.is_dir() for folder in CIFAR10_JPEG)
-    assert ("(the CIFAR-10 JPEG copy)" if jpeg else "(generated images (no CIFAR-10 found))") in text
+    assert (
+        "(the CIFAR-10 JPEG copy)" if jpeg else "(generated images (no CIFAR-10 found))"
+    ) in text
     assert "(a generated tiny copy (no Caltech-101 found))" in text
     for name, shape in (("cifar10", (3, 32, 32)), ("caltech101", (3, 64, 64))):
         run = kernel["runs"] / f"{name}-tiny"
@@ -139,8 +161,12 @@ def test_other_datasets_run_cifar10_and_caltech101(kernel):
         assert (kernel["runs"] / f"{name}-tiny-export" / "manifest.json").is_file()
         assert f"input {shape}" in text
     if jpeg:
-        assert "cifar10-test-jpeg" in yaml.safe_load((kernel["runs"] / "cifar10-tiny" / "experiment.yaml").read_text())[
-            "dataset"]["name"]
+        assert (
+            "cifar10-test-jpeg"
+            in yaml.safe_load((kernel["runs"] / "cifar10-tiny" / "experiment.yaml").read_text())[
+                "dataset"
+            ]["name"]
+        )
     assert n_images(nb) >= 2  # one reconstruction figure per dataset
 
 
@@ -148,7 +174,9 @@ def test_other_datasets_run_cifar10_and_caltech101(kernel):
 def test_explore_run_reads_the_quickstart_run(quickstart, kernel):
     nb = execute("03_explore_run.ipynb", kernel)
     text = printed(nb)
-    results = pd.read_csv(kernel["runs"] / "quickstart-tiny" / "results.csv", dtype={"trial_id": str})
+    results = pd.read_csv(
+        kernel["runs"] / "quickstart-tiny" / "results.csv", dtype={"trial_id": str}
+    )
     done = results[results["status"] == "complete"]
     assert f"{len(results)} trials, directions ['MINIMIZE']" in text
     # The lowest MSE is never beaten on MSE, so that trial is on the MSE-utilisation front.

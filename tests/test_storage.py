@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.s3server import s3_bucket, s3_env, s3_server  # noqa: F401  (fixtures)
 
 from caetune import InputError
 from caetune._storage import (
@@ -23,6 +22,7 @@ from caetune._storage import (
     upload_file,
     write_bytes,
 )
+from tests.s3server import s3_bucket, s3_env, s3_server  # noqa: F401  (fixtures)
 
 FAST = 10.0  # seconds within which an unusable storage must be reported
 
@@ -38,7 +38,9 @@ def test_parse_local_paths_are_absolute_and_expanded(tmp_path, monkeypatch):
     assert rel.local_path == tmp_path.resolve() / "runs" / "x"
     assert rel.url == rel.fs_path == str(rel.local_path)
     assert parse_storage("~/r").local_path == (tmp_path / "home" / "r").resolve()
-    assert parse_storage("a/../b").local_path == tmp_path.resolve() / "b"  # local '..' is just a path
+    assert (
+        parse_storage("a/../b").local_path == tmp_path.resolve() / "b"
+    )  # local '..' is just a path
     assert parse_storage(tmp_path / "p").local_path == tmp_path.resolve() / "p"
 
 
@@ -169,7 +171,9 @@ def test_local_upload_sync_and_download(tmp_path):
 
     write_bytes(storage, "run/trials/1/metrics.json", b"{}")
     write_bytes(storage, "run/trials/2/metrics.json", b"{}")
-    got = download_dir(storage, "run", tmp_path / "down", include=["trials/*/metrics.json", "results.csv"])
+    got = download_dir(
+        storage, "run", tmp_path / "down", include=["trials/*/metrics.json", "results.csv"]
+    )
     assert [p.relative_to(tmp_path / "down").as_posix() for p in got] == [
         "results.csv",
         "trials/1/metrics.json",
@@ -228,8 +232,13 @@ def test_s3_round_trip(s3_bucket, s3_env, tmp_path):
     with pytest.raises(FileNotFoundError):
         read_bytes(storage, "exp/nope.csv")
 
-    got = download_dir(storage, "exp", tmp_path / "down", include=["results.csv", "trials/*/model.pt"])
-    assert [p.relative_to(tmp_path / "down").as_posix() for p in got] == ["results.csv", "trials/1/model.pt"]
+    got = download_dir(
+        storage, "exp", tmp_path / "down", include=["results.csv", "trials/*/model.pt"]
+    )
+    assert [p.relative_to(tmp_path / "down").as_posix() for p in got] == [
+        "results.csv",
+        "trials/1/model.pt",
+    ]
     assert (tmp_path / "down/trials/1/model.pt").read_bytes() == source.read_bytes()
     assert len(download_dir(storage.child("exp"), "", tmp_path / "all")) == 4
 
@@ -245,7 +254,9 @@ def test_s3_filesystem_reads_endpoint_from_env(s3_bucket, s3_env, monkeypatch):
         storage.filesystem()
 
 
-def test_a_pickled_s3_filesystem_holds_no_credential_and_works_in_a_process_with_its_own(s3_bucket, s3_env, monkeypatch):
+def test_a_pickled_s3_filesystem_holds_no_credential_and_works_in_a_process_with_its_own(
+    s3_bucket, s3_env, monkeypatch
+):
     # Ray pickles the run's filesystem into trial configs (checkpoints) and its experiment-state file.
     import pickle
 
@@ -294,7 +305,9 @@ def test_s3_check_reachable_silent_endpoint_is_fast(s3_env, monkeypatch):
         silent.listen(8)
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
         start = time.monotonic()
-        with pytest.raises(InputError, match="cannot reach s3://bucket-y: .*(Timeout|no answer within 1 s)"):
+        with pytest.raises(
+            InputError, match="cannot reach s3://bucket-y: .*(Timeout|no answer within 1 s)"
+        ):
             parse_storage("s3://bucket-y").check_reachable(timeout=1)
         assert time.monotonic() - start < FAST
 

@@ -29,7 +29,13 @@ from caetune import __version__
 from caetune._cluster import build_runtime_env, resolve_address, resolve_token
 from caetune.cli import main
 
-CLIENT_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+CLIENT_VARS = (
+    "RAY_ADDRESS",
+    "RAY_API_SERVER_ADDRESS",
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+)
 
 
 def free_port() -> int:
@@ -62,7 +68,9 @@ def _leftovers(temp_dir: str, token: str) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if temp_dir.encode() in cmdline or f"RAY_AUTH_TOKEN={token}".encode() in environ.split(b"\0"):
+        if temp_dir.encode() in cmdline or f"RAY_AUTH_TOKEN={token}".encode() in environ.split(
+            b"\0"
+        ):
             pids.append(int(entry.name))
     return pids
 
@@ -80,18 +88,34 @@ def head():
     # As on a cluster node (cluster.yaml activates its venv): `python` in a job is the one with caetune.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     ports = {
-        "--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
-        "--runtime-env-agent-port": free_port(), "--metrics-export-port": free_port(),
-        "--node-manager-port": free_port(), "--object-manager-port": free_port(),
+        "--port": free_port(),
+        "--dashboard-port": dashboard,
+        "--ray-client-server-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+        "--metrics-export-port": free_port(),
+        "--node-manager-port": free_port(),
+        "--object-manager-port": free_port(),
     }
     command = [
-        str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--num-cpus", "1",
-        "--dashboard-host", "127.0.0.1", "--temp-dir", temp_dir, "--disable-usage-stats",
+        str(Path(sys.executable).with_name("ray")),
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus",
+        "1",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--temp-dir",
+        temp_dir,
+        "--disable-usage-stats",
         *[str(x) for pair in ports.items() for x in pair],
     ]
     log = open(Path(temp_dir) / "head.log", "wb")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{dashboard}"
     try:
         wait_for_head(process, url, token, Path(temp_dir) / "head.log")
@@ -107,14 +131,18 @@ def head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def wait_for_head(process: subprocess.Popen, url: str, token: str, log: Path, timeout_s: float = 120) -> None:
+def wait_for_head(
+    process: subprocess.Popen, url: str, token: str, log: Path, timeout_s: float = 120
+) -> None:
     """Until the head's dashboard answers with the token; fails the test if ``ray start`` exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while True:
         if process.poll() is not None:
             pytest.fail(f"ray start exited {process.returncode}: {log.read_text()[-2000:]}")
         try:
-            if requests.get(f"{url}/api/version", headers={"Authorization": f"Bearer {token}"}, timeout=2).ok:
+            if requests.get(
+                f"{url}/api/version", headers={"Authorization": f"Bearer {token}"}, timeout=2
+            ).ok:
                 return
         except requests.RequestException:
             pass
@@ -161,11 +189,20 @@ def one_error_line(err: str) -> str:
 
 def test_runtime_env_passes_caetune_settings_and_region_but_never_credentials(tmp_path):
     environ = {
-        "CAETUNE_STORAGE": "s3://b/runs", "AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEEXAMPLE12",
-        "AWS_SECRET_ACCESS_KEY": "x" * 40, "AWS_SESSION_TOKEN": "t", "RAY_AUTH_TOKEN": "secret", "HOME": "/root",
+        "CAETUNE_STORAGE": "s3://b/runs",
+        "AWS_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEEXAMPLE12",
+        "AWS_SECRET_ACCESS_KEY": "x" * 40,
+        "AWS_SESSION_TOKEN": "t",
+        "RAY_AUTH_TOKEN": "secret",
+        "HOME": "/root",
     }
     env = build_runtime_env(working_dir=tmp_path, pip=["caetune==0.1.0"], environ=environ)
-    assert env["env_vars"] == {"CAETUNE_STORAGE": "s3://b/runs", "AWS_REGION": "eu-west-1", "PYTHONUNBUFFERED": "1"}
+    assert env["env_vars"] == {
+        "CAETUNE_STORAGE": "s3://b/runs",
+        "AWS_REGION": "eu-west-1",
+        "PYTHONUNBUFFERED": "1",
+    }
     assert env["working_dir"] == str(tmp_path.resolve()) and env["pip"] == ["caetune==0.1.0"]
     assert {".venv", ".git", "runs", ".env", ".aws", "*.pem"} <= set(env["excludes"])
     assert "working_dir" not in build_runtime_env(working_dir=None, environ={})
@@ -175,14 +212,27 @@ def test_address_and_token_are_found_where_ray_looks(tmp_path):
     assert resolve_address(None, environ={}) == ("http://127.0.0.1:8265", "--address")
     env = {"RAY_ADDRESS": "10.0.0.5:8265", "RAY_API_SERVER_ADDRESS": "https://head:443/"}
     assert resolve_address(None, environ=env) == ("https://head:443", "RAY_API_SERVER_ADDRESS")
-    assert resolve_address(None, environ={"RAY_ADDRESS": "10.0.0.5:8265"})[0] == "http://10.0.0.5:8265"
+    assert (
+        resolve_address(None, environ={"RAY_ADDRESS": "10.0.0.5:8265"})[0] == "http://10.0.0.5:8265"
+    )
 
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
     (tmp_path / "t").write_text("from-path")
-    assert resolve_token(environ={"HOME": str(tmp_path)}) == ("from-home", str(tmp_path / ".ray" / "auth_token"))
-    assert resolve_token(environ={"HOME": str(tmp_path), "RAY_AUTH_TOKEN_PATH": str(tmp_path / "t")})[0] == "from-path"
-    assert resolve_token(environ={"HOME": str(tmp_path), "RAY_AUTH_TOKEN": "from-env"})[0] == "from-env"
+    assert resolve_token(environ={"HOME": str(tmp_path)}) == (
+        "from-home",
+        str(tmp_path / ".ray" / "auth_token"),
+    )
+    assert (
+        resolve_token(environ={"HOME": str(tmp_path), "RAY_AUTH_TOKEN_PATH": str(tmp_path / "t")})[
+            0
+        ]
+        == "from-path"
+    )
+    assert (
+        resolve_token(environ={"HOME": str(tmp_path), "RAY_AUTH_TOKEN": "from-env"})[0]
+        == "from-env"
+    )
     assert resolve_token(environ={"HOME": str(tmp_path / "nobody")})[0] is None
 
 
@@ -214,10 +264,14 @@ def test_a_remote_command_with_bad_flags_fails_here_before_sending(client_env, c
 def test_no_cluster_at_the_address_is_one_line_and_fast(client_env, capsys):
     closed = free_port()  # nothing listens there once the probe socket is closed
     started = time.monotonic()
-    code, out, err = run(capsys, "submit", "--address", f"http://127.0.0.1:{closed}", "--", "--version")
+    code, out, err = run(
+        capsys, "submit", "--address", f"http://127.0.0.1:{closed}", "--", "--version"
+    )
     assert code == 2 and out == ""
     line = one_error_line(err)
-    assert "--address" in line and "no Ray cluster answers" in line and "ray up cluster.yaml" in line
+    assert (
+        "--address" in line and "no Ray cluster answers" in line and "ray up cluster.yaml" in line
+    )
     assert time.monotonic() - started < 5
 
 
@@ -225,7 +279,9 @@ def test_no_cluster_at_the_address_is_one_line_and_fast(client_env, capsys):
 
 
 @pytest.mark.slow
-def test_submit_uploads_the_checkout_streams_logs_and_reports_success(head, client_env, capsys, monkeypatch):
+def test_submit_uploads_the_checkout_streams_logs_and_reports_success(
+    head, client_env, capsys, monkeypatch
+):
     monkeypatch.setenv("RAY_AUTH_TOKEN", head.token)
     monkeypatch.setenv("CAETUNE_TEST_MARK", "passed-on")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-sent")
@@ -250,13 +306,35 @@ def test_submit_uploads_the_checkout_streams_logs_and_reports_success(head, clie
 
 
 @pytest.mark.slow
-def test_a_real_tiny_training_job_and_no_wait_then_follow(head, client_env, capsys, monkeypatch, tmp_path):
+def test_a_real_tiny_training_job_and_no_wait_then_follow(
+    head, client_env, capsys, monkeypatch, tmp_path
+):
     monkeypatch.setenv("RAY_AUTH_TOKEN", head.token)
     out_dir = tmp_path / "run"  # the job runs on this machine, so it writes here
     code, out, err = run(
-        capsys, "submit", "--no-wait", "--address", head.url, "--",
-        "train", "--dataset", "mnist-10k", "--subset", "200", "--n-neurons", "8", "--n-maps", "2",
-        "--n-epochs", "1", "--batch-size", "64", "--device", "cpu", "--out", str(out_dir),
+        capsys,
+        "submit",
+        "--no-wait",
+        "--address",
+        head.url,
+        "--",
+        "train",
+        "--dataset",
+        "mnist-10k",
+        "--subset",
+        "200",
+        "--n-neurons",
+        "8",
+        "--n-maps",
+        "2",
+        "--n-epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--out",
+        str(out_dir),
     )
     assert code == 0, err
     job_id = out.strip()
@@ -272,7 +350,16 @@ def test_a_failing_job_gives_its_own_exit_code(head, client_env, capsys, monkeyp
     monkeypatch.setenv("RAY_AUTH_TOKEN", head.token)
     # Parses here (an int), fails validation there: the job's InputError exit code 2 comes back.
     code, out, err = run(
-        capsys, "submit", "--address", head.url, "--", "train", "--n-neurons", "-5", "--out", str(tmp_path / "r")
+        capsys,
+        "submit",
+        "--address",
+        head.url,
+        "--",
+        "train",
+        "--n-neurons",
+        "-5",
+        "--out",
+        str(tmp_path / "r"),
     )
     assert code == 2, out + err
     assert "n_neurons" in out and "FAILED" in err
@@ -322,7 +409,9 @@ def test_the_token_is_read_from_a_file_too(head, client_env, capsys, monkeypatch
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("token,needle", [("wrong-token", "refused the token"), (None, "requires a Ray auth token")])
+@pytest.mark.parametrize(
+    "token,needle", [("wrong-token", "refused the token"), (None, "requires a Ray auth token")]
+)
 def test_a_missing_or_wrong_token_is_refused_and_nothing_is_submitted(
     head, client_env, capsys, monkeypatch, token, needle
 ):
@@ -342,7 +431,11 @@ def test_the_installed_command_line_says_one_line_and_exits_2(head, client_env, 
     env["RAY_AUTH_TOKEN"] = "wrong-token"
     done = subprocess.run(
         [sys.executable, "-m", "caetune.cli", "status", "--address", head.url],
-        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     assert done.returncode == 2 and done.stdout == ""
     assert "refused the token" in one_error_line(done.stderr)
@@ -351,7 +444,9 @@ def test_the_installed_command_line_says_one_line_and_exits_2(head, client_env, 
 def test_the_readme_commands_parse(client_env):
     from caetune._cluster_cli import check_remote_command
 
-    readme = (Path(__file__).resolve().parent.parent / "cluster" / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parent.parent / "cluster" / "README.md").read_text(
+        encoding="utf-8"
+    )
     lines = [line for line in readme.splitlines() if line.startswith("caetune submit -- ")]
     submits = [line.split(" -- ", 1)[1].split() for line in lines]
     assert submits

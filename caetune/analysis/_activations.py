@@ -90,7 +90,9 @@ def collect_activations(
     n_images = _positive_int("n_images", n_images)
     batch_size = _positive_int("batch_size", batch_size)
     if images.ndim != 4 or images.shape[0] == 0:
-        raise InputError("images", f"expected a non-empty [N, C, H, W] batch, got shape {tuple(images.shape)}")
+        raise InputError(
+            "images", f"expected a non-empty [N, C, H, W] batch, got shape {tuple(images.shape)}"
+        )
     device = next(model.parameters()).device
     images = images[:n_images]
     if images.dtype in (np.uint8, torch.uint8):
@@ -128,11 +130,15 @@ def layer_values(acts: Activations | np.ndarray, layer: str) -> np.ndarray:
     values = acts.layer(layer) if isinstance(acts, Activations) else np.asarray(acts)
     rank = 4 if layer == "layer3" else 2
     if values.ndim != rank or values.shape[0] == 0:
-        raise InputError(layer, f"expected a non-empty {rank}-D activation array, got shape {values.shape}")
+        raise InputError(
+            layer, f"expected a non-empty {rank}-D activation array, got shape {values.shape}"
+        )
     return values
 
 
-def stacked_map(acts: Activations | np.ndarray, layer: str, *, image_index: int | None = None) -> np.ndarray:
+def stacked_map(
+    acts: Activations | np.ndarray, layer: str, *, image_index: int | None = None
+) -> np.ndarray:
     """The paper's 2-D arrangement of one layer's activations.
 
     Args:

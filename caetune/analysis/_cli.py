@@ -16,8 +16,12 @@ def register(subparsers) -> None:
         ),
     )
     report.add_argument("run", metavar="RUN", help="the run: STORAGE/NAME, a folder or s3:// URL")
-    report.add_argument("--top", type=int, default=3, metavar="K", help="how many of the best trials (default 3)")
-    report.add_argument("--out", metavar="DIR", help="report folder or s3:// URL (default RUN/report)")
+    report.add_argument(
+        "--top", type=int, default=3, metavar="K", help="how many of the best trials (default 3)"
+    )
+    report.add_argument(
+        "--out", metavar="DIR", help="report folder or s3:// URL (default RUN/report)"
+    )
     report.set_defaults(func=run_report)
 
     reproduce = subparsers.add_parser(
@@ -28,12 +32,24 @@ def register(subparsers) -> None:
             "each finding of Tang, Lim & Siebert beside what caetune measured (agree, disagree, inconclusive)."
         ),
     )
-    reproduce.add_argument("--out", required=True, metavar="DIR", help="folder for findings.md and the CSV tables")
-    reproduce.add_argument("--seeds", type=int, default=2, help="seeds per configuration, >= 2 (default 2)")
-    reproduce.add_argument("--n-epochs", type=int, default=20, metavar="NE", help="epochs per run (default 20)")
-    reproduce.add_argument("--subset", type=int, metavar="N", help="use only N of the 10,000 images (default all)")
-    reproduce.add_argument("--grid", default="small", help="tiny, small (default: 7 configurations) or paper (16)")
-    reproduce.add_argument("--batch-size", type=int, default=256, help="images per optimizer step (default 256)")
+    reproduce.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for findings.md and the CSV tables"
+    )
+    reproduce.add_argument(
+        "--seeds", type=int, default=2, help="seeds per configuration, >= 2 (default 2)"
+    )
+    reproduce.add_argument(
+        "--n-epochs", type=int, default=20, metavar="NE", help="epochs per run (default 20)"
+    )
+    reproduce.add_argument(
+        "--subset", type=int, metavar="N", help="use only N of the 10,000 images (default all)"
+    )
+    reproduce.add_argument(
+        "--grid", default="small", help="tiny, small (default: 7 configurations) or paper (16)"
+    )
+    reproduce.add_argument(
+        "--batch-size", type=int, default=256, help="images per optimizer step (default 256)"
+    )
     reproduce.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     reproduce.set_defaults(func=run_reproduce)
 
@@ -50,8 +66,13 @@ def run_reproduce(args: argparse.Namespace) -> int:
     from caetune.analysis._reproduce import reproduce
 
     result = reproduce(
-        out=args.out, seeds=args.seeds, n_epochs=args.n_epochs, subset=args.subset, grid=args.grid,
-        batch_size=args.batch_size, device=args.device,
+        out=args.out,
+        seeds=args.seeds,
+        n_epochs=args.n_epochs,
+        subset=args.subset,
+        grid=args.grid,
+        batch_size=args.batch_size,
+        device=args.device,
     )
     for row in result.findings.itertuples():
         print(f"{row.verdict:12s} {row.finding}: {row._3}")

@@ -79,9 +79,14 @@ def fit_mse_curve(epochs, mse, *, level_fraction: float = LEVEL_FRACTION) -> Cur
     x = np.asarray(epochs, dtype=np.float64).ravel()
     y = np.asarray(mse, dtype=np.float64).ravel()
     if x.shape != y.shape:
-        raise InputError("mse", f"expected one value per epoch, got {y.size} values for {x.size} epochs")
+        raise InputError(
+            "mse", f"expected one value per epoch, got {y.size} values for {x.size} epochs"
+        )
     if not (isinstance(level_fraction, (int, float)) and 0 < level_fraction < 1):
-        raise InputError("level_fraction", f"expected a number between 0 and 1 (exclusive), got {level_fraction!r}")
+        raise InputError(
+            "level_fraction",
+            f"expected a number between 0 and 1 (exclusive), got {level_fraction!r}",
+        )
     finite = np.isfinite(x) & np.isfinite(y)
     x, y = x[finite], y[finite]
     if x.size < 3:
@@ -93,7 +98,12 @@ def fit_mse_curve(epochs, mse, *, level_fraction: float = LEVEL_FRACTION) -> Cur
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", OptimizeWarning)
                 params, _ = curve_fit(
-                    _model, x, y, p0=p0, bounds=([0.0, 0.0, 0.0], [np.inf, A_MAX, np.inf]), maxfev=5000
+                    _model,
+                    x,
+                    y,
+                    p0=p0,
+                    bounds=([0.0, 0.0, 0.0], [np.inf, A_MAX, np.inf]),
+                    maxfev=5000,
                 )
         except (RuntimeError, ValueError):
             continue
@@ -104,7 +114,12 @@ def fit_mse_curve(epochs, mse, *, level_fraction: float = LEVEL_FRACTION) -> Cur
         return _failed(y)
     sse, (k, a, c) = best
     return CurveFit(
-        float(k), float(a), float(c), _level_epoch(x, y, k, a, level_fraction), True, math.sqrt(sse / x.size)
+        float(k),
+        float(a),
+        float(c),
+        _level_epoch(x, y, k, a, level_fraction),
+        True,
+        math.sqrt(sse / x.size),
     )
 
 

@@ -57,7 +57,9 @@ def note_figure(text: str, *, title: str | None = None) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path_stem: str | Path, *, svg: bool = False, dpi: int = 120) -> list[Path]:
+def save_figure(
+    fig: Figure, path_stem: str | Path, *, svg: bool = False, dpi: int = 120
+) -> list[Path]:
     """Writes ``PATH_STEM.png`` (and ``PATH_STEM.svg``) and closes the figure.
 
     Args:
@@ -141,8 +143,16 @@ def plot_mse_curve(
             text += " (beyond the run)"
     else:
         text = "no curve fitted (fewer than 3 points or no fit)"
-    ax.text(0.97, 0.97, text, transform=ax.transAxes, ha="right", va="top", fontsize=9,
-            bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8})
+    ax.text(
+        0.97,
+        0.97,
+        text,
+        transform=ax.transAxes,
+        ha="right",
+        va="top",
+        fontsize=9,
+        bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8},
+    )
     ax.set_xlabel("epoch (Ne)")
     ax.set_ylabel("MSE")
     ax.set_title(title or "Reconstruction error vs epochs")
@@ -159,7 +169,9 @@ def _as_images(images) -> np.ndarray:
     array = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
     if array.ndim != 4:
         raise InputError("images", f"expected [N, C, H, W], got shape {array.shape}")
-    array = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    array = (
+        array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    )
     return np.clip(array, 0.0, 1.0)
 
 
@@ -204,7 +216,9 @@ _MAP_AXES = {
 }
 
 
-def _quantized_map(acts: Activations | np.ndarray, layer: str, image_index: int | None) -> np.ndarray:
+def _quantized_map(
+    acts: Activations | np.ndarray, layer: str, image_index: int | None
+) -> np.ndarray:
     """A stacked map in 8-bit levels, scaled by the layer's max over all images."""
     values = layer_values(acts, layer)
     return quantize8(stacked_map(values, layer, image_index=image_index), scale=float(values.max()))
@@ -216,7 +230,9 @@ def _map_title(kind: str, layer: str, image_index: int | None) -> str:
     return f"{kind}: layer 4 of {'all images' if image_index is None else f'image {image_index}'}"
 
 
-def plot_stacked_map(acts: Activations | np.ndarray, layer: str, *, image_index: int | None = None) -> Figure:
+def plot_stacked_map(
+    acts: Activations | np.ndarray, layer: str, *, image_index: int | None = None
+) -> Figure:
     """The paper's stacked activation map of one layer, as 8-bit grey levels.
 
     Layer 3: ``Nm`` rows x ``h*w`` columns for one image; layer 4: images x
@@ -255,14 +271,23 @@ def plot_histogram(acts: Activations | np.ndarray, layer: str, *, bins: int = 64
 
 
 def plot_local_entropy(
-    acts: Activations | np.ndarray, layer: str, *, image_index: int | None = None, size: int = LOCAL_SIZE
+    acts: Activations | np.ndarray,
+    layer: str,
+    *,
+    image_index: int | None = None,
+    size: int = LOCAL_SIZE,
 ) -> Figure:
     """Local entropy (``size x size`` window, bits) of a layer's stacked map."""
     entropy = local_entropy(_quantized_map(acts, layer, image_index), size=size)
     fig = new_figure(8, 3.6)
     ax = fig.add_subplot()
     shown = ax.imshow(
-        entropy, cmap="viridis", vmin=0, vmax=math.log2(size * size), aspect="auto", interpolation="nearest"
+        entropy,
+        cmap="viridis",
+        vmin=0,
+        vmax=math.log2(size * size),
+        aspect="auto",
+        interpolation="nearest",
     )
     fig.colorbar(shown, ax=ax, label="bits")
     xlabel, ylabel = _MAP_AXES[layer]
@@ -301,15 +326,27 @@ def _scatter_with_medians(ax, frame: pd.DataFrame, x: str, y: str, yerr: str | N
         color = MODEL_COLORS.get(model)
         marker = MODEL_MARKERS.get(model, "o")
         err = group[yerr] if yerr is not None and yerr in group else None
-        points = ax.errorbar(group[x], group[y], yerr=err, fmt=marker, ms=4, alpha=0.6, color=color,
-                             elinewidth=0.8, capsize=2, label=str(model))
+        points = ax.errorbar(
+            group[x],
+            group[y],
+            yerr=err,
+            fmt=marker,
+            ms=4,
+            alpha=0.6,
+            color=color,
+            elinewidth=0.8,
+            capsize=2,
+            label=str(model),
+        )
         medians = group.groupby(x)[y].median()
         if len(medians) > 1:
             ax.plot(medians.index, medians.to_numpy(), "-", lw=1, color=points.lines[0].get_color())
 
 
 def _missing(ax, column: str) -> None:
-    ax.text(0.5, 0.5, f"no {column} in the results", ha="center", va="center", transform=ax.transAxes)
+    ax.text(
+        0.5, 0.5, f"no {column} in the results", ha="center", va="center", transform=ax.transAxes
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -338,8 +375,11 @@ def plot_trials_summary(results: pd.DataFrame) -> Figure:
     frame = _completed(results)
     if frame.empty or "val_mse" not in frame:
         return note_figure("no completed trials with a validation MSE yet", title="Trials summary")
-    rows = (("val_mse", None, "validation MSE"), ("layer3_mean", "layer3_std", "layer 3 mean ± std"),
-            ("layer4_mean", "layer4_std", "layer 4 mean ± std"))
+    rows = (
+        ("val_mse", None, "validation MSE"),
+        ("layer3_mean", "layer3_std", "layer 3 mean ± std"),
+        ("layer4_mean", "layer4_std", "layer 4 mean ± std"),
+    )
     fig = new_figure(10, 12)
     axes = fig.subplots(len(rows) + 1, 2, squeeze=False)
     for col, (x, xlabel) in enumerate(_SUMMARY_X):
@@ -353,7 +393,9 @@ def plot_trials_summary(results: pd.DataFrame) -> Figure:
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-    for col, (y, ylabel) in enumerate((("val_mse", "validation MSE"), ("utilisation", "utilisation U"))):
+    for col, (y, ylabel) in enumerate(
+        (("val_mse", "validation MSE"), ("utilisation", "utilisation U"))
+    ):
         ax = axes[-1, col]
         if y not in frame:
             _missing(ax, y)
@@ -394,7 +436,11 @@ def plot_study(study, kind: str) -> Figure:
     import optuna
     from optuna.visualization import matplotlib as optuna_mpl
 
-    title = {"history": "Optimisation history", "importances": "Parameter importances", "pareto": "Pareto front"}
+    title = {
+        "history": "Optimisation history",
+        "importances": "Parameter importances",
+        "pareto": "Pareto front",
+    }
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     multi = len(study.directions) > 1
     names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
@@ -402,7 +448,9 @@ def plot_study(study, kind: str) -> Figure:
     # Optuna's default importance evaluator (PED-ANOVA) ranks params by how they
     # lower a custom target, so a maximised first objective is negated there.
     sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    importance_target = {"target": (lambda t: sign * t.values[0]), "target_name": names[0]} if multi else {}
+    importance_target = (
+        {"target": (lambda t: sign * t.values[0]), "target_name": names[0]} if multi else {}
+    )
     if not completed:
         return note_figure("no completed trials yet", title=title[kind])
     if kind == "importances":
@@ -411,13 +459,20 @@ def plot_study(study, kind: str) -> Figure:
             for name, value in trial.params.items():
                 seen.setdefault(name, set()).add(repr(value))
         if len(completed) < 2 or all(len(values) < 2 for values in seen.values()):
-            return note_figure("needs at least 2 completed trials whose parameters vary", title=title[kind])
+            return note_figure(
+                "needs at least 2 completed trials whose parameters vary", title=title[kind]
+            )
     if kind == "pareto" and not multi:
         return note_figure("single-objective study: no Pareto front", title=title[kind])
 
-    with warnings.catch_warnings(), matplotlib.rc_context():  # Optuna switches pyplot to ggplot style
+    with (
+        warnings.catch_warnings(),
+        matplotlib.rc_context(),
+    ):  # Optuna switches pyplot to ggplot style
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")  # handled by sign
+        warnings.filterwarnings(
+            "ignore", message="PedAnovaImportanceEvaluator computes"
+        )  # handled by sign
         try:
             if kind == "history":
                 ax = optuna_mpl.plot_optimization_history(study, **first)

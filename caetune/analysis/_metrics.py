@@ -98,7 +98,9 @@ def local_entropy(map2d_uint8: np.ndarray, *, size: int = LOCAL_SIZE) -> np.ndar
     size = _positive_int("size", size)
     image = np.asarray(map2d_uint8)
     if image.ndim != 2 or image.dtype != np.uint8:
-        raise InputError("map2d_uint8", f"expected a 2-D uint8 map, got {image.dtype} of shape {image.shape}")
+        raise InputError(
+            "map2d_uint8", f"expected a 2-D uint8 map, got {image.dtype} of shape {image.shape}"
+        )
     return _rank_entropy(image, np.ones((size, size), dtype=bool))
 
 
@@ -140,7 +142,9 @@ def dead_fraction(acts: np.ndarray, *, eps: float = DEAD_EPS) -> float:
     """
     values = np.asarray(acts)
     if values.ndim < 2 or values.shape[0] == 0:
-        raise InputError("acts", f"expected a non-empty [N, units...] array, got shape {values.shape}")
+        raise InputError(
+            "acts", f"expected a non-empty [N, units...] array, got shape {values.shape}"
+        )
     peak = values.reshape(values.shape[0], -1).max(axis=0)  # [units]
     return float(np.mean(peak <= eps))
 
@@ -167,7 +171,10 @@ def layer_summary(
         maps = [stacked_map(values, layer, image_index=i) for i in range(n_local)]  # each [Nm, h*w]
     else:
         maps = [values[:n_local]]  # [n_local, Nn]
-    local = float(np.mean([local_entropy(quantize8(m, scale=scale)).mean() for m in maps])) / ENTROPY_BITS
+    local = (
+        float(np.mean([local_entropy(quantize8(m, scale=scale)).mean() for m in maps]))
+        / ENTROPY_BITS
+    )
     dead = dead_fraction(values)
     return {
         "mean": float(values.mean(dtype=np.float64)),
@@ -214,10 +221,14 @@ def model_utilisation(
         n_images: How many images to run through the model.
         local_images: How many of those feed the local entropy.
     """
-    return utilisation(collect_activations(model, images, n_images=n_images), local_images=local_images)
+    return utilisation(
+        collect_activations(model, images, n_images=n_images), local_images=local_images
+    )
 
 
-def combined_objective(val_mse: float, utilisation: float | Mapping[str, float], *, weight: float) -> float:
+def combined_objective(
+    val_mse: float, utilisation: float | Mapping[str, float], *, weight: float
+) -> float:
     """``val_mse * (1 + weight * (1 - U))``, the value the search minimises.
 
     Args:
@@ -226,7 +237,11 @@ def combined_objective(val_mse: float, utilisation: float | Mapping[str, float],
         weight: The search's ``utilisation_weight``, ``>= 0``; 0 gives the
             pure MSE.
     """
-    if isinstance(weight, bool) or not isinstance(weight, Real) or not (math.isfinite(weight) and weight >= 0):
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, Real)
+        or not (math.isfinite(weight) and weight >= 0)
+    ):
         raise InputError("utilisation_weight", f"expected a number >= 0, got {weight!r}")
     u = float(utilisation["utilisation"] if isinstance(utilisation, Mapping) else utilisation)
     if not 0.0 <= u <= 1.0:

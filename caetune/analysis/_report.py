@@ -49,8 +49,22 @@ MARKER = "caetune-report"  # in index.html: lets a later report replace this fol
 _TRIAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # Columns of the results table on the page (the CSV holds them all).
 PAGE_COLUMNS = (
-    "trial_id", "status", "model", "n_neurons", "n_maps", "n_epochs", "lr", "batch_size", "activation",
-    "val_mse", "best_val_mse", "utilisation", "objective", "epochs_run", "seconds", "error",
+    "trial_id",
+    "status",
+    "model",
+    "n_neurons",
+    "n_maps",
+    "n_epochs",
+    "lr",
+    "batch_size",
+    "activation",
+    "val_mse",
+    "best_val_mse",
+    "utilisation",
+    "objective",
+    "epochs_run",
+    "seconds",
+    "error",
 )
 UTILISATION_TEXT = (
     "U = mean over layers 3 and 4 of (1 − dead fraction) × local entropy, the local entropy being that of the "
@@ -74,7 +88,9 @@ class _Trial:
     fit: Any = None
 
 
-def write_report(run: str | os.PathLike, *, top: int = 3, out: str | os.PathLike | None = None) -> Path | str:
+def write_report(
+    run: str | os.PathLike, *, top: int = 3, out: str | os.PathLike | None = None
+) -> Path | str:
     """Writes the report of a search run: figures and ``index.html``.
 
     Args:
@@ -102,20 +118,28 @@ def write_report(run: str | os.PathLike, *, top: int = 3, out: str | os.PathLike
     target = parse_storage(out, field="--out") if out is not None else storage.child(REPORT_DIR)
     with tempfile.TemporaryDirectory(prefix="caetune-report-") as work:
         work = Path(work)
-        local_run = storage.local_path or _download(storage, work / "run", [RESULTS_CSV, EXPERIMENT_FILE, STUDY_FILE,
-                                                                            CONFIRM_CSV])
+        local_run = storage.local_path or _download(
+            storage, work / "run", [RESULTS_CSV, EXPERIMENT_FILE, STUDY_FILE, CONFIRM_CSV]
+        )
         results = read_results(local_run, name=str(storage))
         chosen = top_trials(results, top)
         _check_trial_ids(chosen["trial_id"], run_name=str(storage))
         if storage.is_s3:
             _download(storage, local_run, [f"{TRIALS_DIR}/{t}/*" for t in chosen["trial_id"]])
-        trials = [_load_trial(local_run, row, rank) for rank, row in enumerate(chosen.to_dict("records"), 1)]
+        trials = [
+            _load_trial(local_run, row, rank)
+            for rank, row in enumerate(chosen.to_dict("records"), 1)
+        ]
         if target.is_s3:
             target.check_reachable()
         else:
             _check_report_target(target.local_path)
-        datasets: dict[tuple, Any] = {}  # trials of one search share their data: load each split once
-        models = [_rebuild(trial, datasets) for trial in trials]  # bad data or shapes fail here, before writing
+        datasets: dict[
+            tuple, Any
+        ] = {}  # trials of one search share their data: load each split once
+        models = [
+            _rebuild(trial, datasets) for trial in trials
+        ]  # bad data or shapes fail here, before writing
 
         stage = work / "report"
         _build(stage, local_run, results, trials, models, run_name=str(storage))
@@ -171,14 +195,22 @@ def top_trials(results, top: int):
     done = done[done["_score"].map(math.isfinite)]
     if done.empty:
         raise InputError("RUN", "the run has no completed trial yet (nothing to report)")
-    return done.sort_values(["_score", "trial_id"]).head(top).drop(columns="_score").reset_index(drop=True)
+    return (
+        done.sort_values(["_score", "trial_id"])
+        .head(top)
+        .drop(columns="_score")
+        .reset_index(drop=True)
+    )
 
 
 def _check_trial_ids(trial_ids, *, run_name: str) -> None:
     """A hostile ``results.csv`` (``../../x``, ``/abs``) must not steer reads or writes out of their folders."""
     for trial_id in trial_ids:
         if not _TRIAL_ID.fullmatch(str(trial_id)):
-            raise InputError("RUN", f"{run_name}/{RESULTS_CSV} names a trial {str(trial_id)!r} that is not a folder name")
+            raise InputError(
+                "RUN",
+                f"{run_name}/{RESULTS_CSV} names a trial {str(trial_id)!r} that is not a folder name",
+            )
 
 
 def _load_trial(run: Path, row: dict, rank: int) -> _Trial:
@@ -193,11 +225,17 @@ def _load_trial(run: Path, row: dict, rank: int) -> _Trial:
         # A checkpoint from someone else's run (a shared bucket) must not run code when read.
         state = read_checkpoint(path)
     except pickle.UnpicklingError:
-        raise InputError(str(path), "refused: the checkpoint holds Python objects beyond tensors and plain data") from None
+        raise InputError(
+            str(path), "refused: the checkpoint holds Python objects beyond tensors and plain data"
+        ) from None
     except Exception as err:  # torch.load raises many kinds (zip, EOF, OS) for one cause
-        raise InputError(str(path), f"unreadable checkpoint ({type(err).__name__}: {_first_line(err)})") from None
+        raise InputError(
+            str(path), f"unreadable checkpoint ({type(err).__name__}: {_first_line(err)})"
+        ) from None
     if not isinstance(state, dict) or not {"config", "model"} <= set(state):
-        raise InputError(str(path), "not a caetune checkpoint (expected a Trainer state with config and model)")
+        raise InputError(
+            str(path), "not a caetune checkpoint (expected a Trainer state with config and model)"
+        )
     try:
         config = TrainConfig.from_dict(dict(state["config"]), source=f"{path}: config")
     except (TypeError, ValueError) as err:
@@ -228,11 +266,22 @@ def _rebuild(trial: _Trial, datasets: dict[tuple, Any]):
         model.load_state_dict(trial.model_state)
     except RuntimeError as err:
         path = trial.folder / TRIAL_MODEL
-        raise InputError(str(path), f"checkpoint does not fit its config: {_first_line(err)}") from None
+        raise InputError(
+            str(path), f"checkpoint does not fit its config: {_first_line(err)}"
+        ) from None
     return model.eval(), data.val  # val: uint8 [M, C, H, W]
 
 
-_DATA_FIELDS = ("dataset", "data_dir", "download", "image_size", "grayscale", "val_fraction", "subset", "seed")
+_DATA_FIELDS = (
+    "dataset",
+    "data_dir",
+    "download",
+    "image_size",
+    "grayscale",
+    "val_fraction",
+    "subset",
+    "seed",
+)
 
 
 # -- checks ---------------------------------------------------------------------------
@@ -251,14 +300,21 @@ def _check_report_target(path: Path) -> None:
     check_writable_dir(path, field="--out")
     if path.is_dir() and any(path.iterdir()):
         index = path / "index.html"
-        if not (index.is_file() and MARKER in index.read_text(encoding="utf-8", errors="replace")[:2000]):
-            raise InputError("--out", f"{path} holds other files; give a new or empty folder, or an earlier report")
+        if not (
+            index.is_file() and MARKER in index.read_text(encoding="utf-8", errors="replace")[:2000]
+        ):
+            raise InputError(
+                "--out",
+                f"{path} holds other files; give a new or empty folder, or an earlier report",
+            )
 
 
 # -- writing ---------------------------------------------------------------------------
 
 
-def _build(stage: Path, run: Path, results, trials: list[_Trial], models: list, *, run_name: str) -> None:
+def _build(
+    stage: Path, run: Path, results, trials: list[_Trial], models: list, *, run_name: str
+) -> None:
     """Every file of the report, into ``stage``."""
     from caetune.analysis import (
         collect_activations,
@@ -291,30 +347,63 @@ def _build(stage: Path, run: Path, results, trials: list[_Trial], models: list, 
 
     for trial, (model, val_images) in zip(trials, models):
         stem = f"{trial.trial_id}-"
-        (stage / "configs" / f"{trial.trial_id}.yaml").write_text(trial.config.to_yaml(), encoding="utf-8")
-        acts = collect_activations(model, val_images, n_images=N_IMAGES)  # layer3 [N,Nm,h,w], layer4 [N,Nn]
+        (stage / "configs" / f"{trial.trial_id}.yaml").write_text(
+            trial.config.to_yaml(), encoding="utf-8"
+        )
+        acts = collect_activations(
+            model, val_images, n_images=N_IMAGES
+        )  # layer3 [N,Nm,h,w], layer4 [N,Nn]
         trial.metrics = utilisation(acts)
         if trial.history:
             epochs = [h["epoch"] for h in trial.history]
             trial.fit = fit_mse_curve(epochs, [h["val_mse"] for h in trial.history])
-            trial.figures.append(("MSE over epochs", save(
-                plot_mse_curve(trial.history, fit=trial.fit, title=f"{trial.trial_id}: MSE vs epochs"), stem + "mse"
-            )))
-        trial.figures.append(("Reconstructions", save(
-            plot_reconstructions(acts.images, acts.reconstructions, n=N_RECONSTRUCTIONS), stem + "reconstructions"
-        )))
+            trial.figures.append(
+                (
+                    "MSE over epochs",
+                    save(
+                        plot_mse_curve(
+                            trial.history, fit=trial.fit, title=f"{trial.trial_id}: MSE vs epochs"
+                        ),
+                        stem + "mse",
+                    ),
+                )
+            )
+        trial.figures.append(
+            (
+                "Reconstructions",
+                save(
+                    plot_reconstructions(acts.images, acts.reconstructions, n=N_RECONSTRUCTIONS),
+                    stem + "reconstructions",
+                ),
+            )
+        )
         for layer in ("layer3", "layer4"):
             trial.figures += [
-                (f"{layer}: stacked map", save(plot_stacked_map(acts, layer), f"{stem}{layer}-map")),
-                (f"{layer}: histogram", save(plot_histogram(acts, layer), f"{stem}{layer}-histogram")),
-                (f"{layer}: local entropy", save(plot_local_entropy(acts, layer), f"{stem}{layer}-entropy")),
+                (
+                    f"{layer}: stacked map",
+                    save(plot_stacked_map(acts, layer), f"{stem}{layer}-map"),
+                ),
+                (
+                    f"{layer}: histogram",
+                    save(plot_histogram(acts, layer), f"{stem}{layer}-histogram"),
+                ),
+                (
+                    f"{layer}: local entropy",
+                    save(plot_local_entropy(acts, layer), f"{stem}{layer}-entropy"),
+                ),
             ]
 
     experiment = _read_experiment(run)
     confirm = _read_confirm(run)
     page = _page(
-        run_name=run_name, results=results, trials=trials, summary=summary, study_note=study_note,
-        objective=_objective_text(experiment, study), experiment=experiment, confirm=confirm,
+        run_name=run_name,
+        results=results,
+        trials=trials,
+        summary=summary,
+        study_note=study_note,
+        objective=_objective_text(experiment, study),
+        experiment=experiment,
+        confirm=confirm,
     )
     (stage / "index.html").write_text(page, encoding="utf-8")
 
@@ -323,7 +412,11 @@ def _study_figures(study, save) -> list[tuple[str, str]]:
     from caetune.analysis import plot_study
 
     kinds = ["history", "importances"] + (["pareto"] if len(study.directions) > 1 else [])
-    names = {"history": "Optimisation history", "importances": "Parameter importances", "pareto": "Pareto front"}
+    names = {
+        "history": "Optimisation history",
+        "importances": "Parameter importances",
+        "pareto": "Pareto front",
+    }
     return [(names[k], save(plot_study(study, k), f"study-{k}")) for k in kinds]
 
 
@@ -398,7 +491,9 @@ def _objective_text(experiment: dict, study) -> str:
         return "objective = val_mse"
     if kind == "combined" and weight is not None:
         return f"objective = val_mse * (1 + {float(weight):g} * (1 - U))"
-    return "objective = val_mse * (1 + utilisation_weight * (1 - U)) (weight not recorded in the run)"
+    return (
+        "objective = val_mse * (1 + utilisation_weight * (1 - U)) (weight not recorded in the run)"
+    )
 
 
 def _move_into_place(stage: Path, target: Path) -> None:
@@ -472,15 +567,21 @@ def _page(*, run_name, results, trials, summary, study_note, objective, experime
     running = counts.get("running", 0)
     table = _results_table(results, {t.trial_id for t in trials})
     parts = [
-        f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"generator\" "
-        f"content=\"{MARKER}\">\n<title>caetune report: {esc(Path(run_name).name)}</title>\n<style>{_CSS}</style>\n"
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<meta name="generator" '
+        f'content="{MARKER}">\n<title>caetune report: {esc(Path(run_name).name)}</title>\n<style>{_CSS}</style>\n'
         f"</head>\n<body>\n<h1>caetune report: {esc(Path(run_name).name)}</h1>",
         f"<p>Run <code>{esc(run_name)}</code>: {esc(status)}. Generated {esc(time.strftime('%Y-%m-%d %H:%M'))}."
-        + (f' <span class="note">The search was still running ({running} trials).</span>' if running else "")
+        + (
+            f' <span class="note">The search was still running ({running} trials).</span>'
+            if running
+            else ""
+        )
         + "</p>",
-        "<nav>" + "".join(f'<a href="#{esc(t.trial_id)}">#{t.rank} {esc(t.trial_id)}</a>' for t in trials)
+        "<nav>"
+        + "".join(f'<a href="#{esc(t.trial_id)}">#{t.rank} {esc(t.trial_id)}</a>' for t in trials)
         + '<a href="results.csv">results.csv</a>'
-        + (f'<a href="{EXPERIMENT_FILE}">{EXPERIMENT_FILE}</a>' if experiment else "") + "</nav>",
+        + (f'<a href="{EXPERIMENT_FILE}">{EXPERIMENT_FILE}</a>' if experiment else "")
+        + "</nav>",
         "<h2>Objective</h2>",
         f'<p class="formula"><code>{esc(objective)}</code></p><p>{esc(UTILISATION_TEXT)} '
         "Lower objective is better; the reported trials are the best completed ones by objective "
@@ -490,8 +591,11 @@ def _page(*, run_name, results, trials, summary, study_note, objective, experime
         f'<div class="wide">{table}</div>',
     ]
     if confirm is not None and len(confirm):
-        parts += ["<h2>Confirmation runs</h2>", "<p>The best configurations re-trained with extra seeds.</p>",
-                  confirm.to_html(index=False, float_format=lambda v: f"{v:.5g}", na_rep="", border=0)]
+        parts += [
+            "<h2>Confirmation runs</h2>",
+            "<p>The best configurations re-trained with extra seeds.</p>",
+            confirm.to_html(index=False, float_format=lambda v: f"{v:.5g}", na_rep="", border=0),
+        ]
     parts += ["<h2>Across trials</h2>"]
     if study_note:
         parts.append(f'<p class="note">{esc(study_note)}</p>')
@@ -499,8 +603,10 @@ def _page(*, run_name, results, trials, summary, study_note, objective, experime
     for trial in trials:
         parts += _trial_section(trial)
     if experiment:
-        parts += ["<h2>Search settings</h2>",
-                  f"<pre>{esc(yaml.safe_dump(experiment, sort_keys=False, allow_unicode=True))}</pre>"]
+        parts += [
+            "<h2>Search settings</h2>",
+            f"<pre>{esc(yaml.safe_dump(experiment, sort_keys=False, allow_unicode=True))}</pre>",
+        ]
     parts.append("</body>\n</html>\n")
     return "\n".join(parts)
 
@@ -513,9 +619,12 @@ def _results_table(results, reported: set[str]) -> str:
         if frame[column].dtype == object:
             frame[column] = frame[column].map(lambda v: "" if v is None or v != v else esc(str(v)))
     frame["trial_id"] = [
-        f'<a href="#{tid}"><b>{tid}</b></a>' if tid in reported else tid for tid in frame["trial_id"]
+        f'<a href="#{tid}"><b>{tid}</b></a>' if tid in reported else tid
+        for tid in frame["trial_id"]
     ]
-    return frame.to_html(index=False, escape=False, float_format=lambda v: f"{v:.5g}", na_rep="", border=0)
+    return frame.to_html(
+        index=False, escape=False, float_format=lambda v: f"{v:.5g}", na_rep="", border=0
+    )
 
 
 def _figure_block(figures: list[tuple[str, str]]) -> str:
@@ -535,13 +644,16 @@ def _trial_section(trial: _Trial) -> list[str]:
     fit_text = (
         f"Fit k·exp(−a·Ne) + c: k = {fit.k:.4g}, a = {fit.a:.4g}, c = {fit.c:.4g}, "
         f"levels off at Ne ≈ {fit.level_epoch}."
-        if fit is not None and fit.ok else "No exponential fit (fewer than 3 epochs or no convergence)."
+        if fit is not None and fit.ok
+        else "No exponential fit (fewer than 3 epochs or no convergence)."
     )
     rows = "".join(
-        f"<tr><th>{layer}</th>" + "".join(
+        f"<tr><th>{layer}</th>"
+        + "".join(
             f"<td>{trial.metrics[f'{layer}_{key}']:.4g}</td>"
             for key in ("mean", "std", "dead_fraction", "entropy", "local_entropy", "utilisation")
-        ) + "</tr>"
+        )
+        + "</tr>"
         for layer in ("layer3", "layer4")
     )
     util = (
@@ -551,7 +663,8 @@ def _trial_section(trial: _Trial) -> list[str]:
     )
     row = trial.row
     score = ", ".join(
-        f"{k} {row[k]:.5g}" for k in ("objective", "val_mse", "utilisation")
+        f"{k} {row[k]:.5g}"
+        for k in ("objective", "val_mse", "utilisation")
         if isinstance(row.get(k), (int, float)) and math.isfinite(row[k])
     )
     return [

@@ -33,9 +33,9 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -97,17 +97,26 @@ def make_grid(
 
 GRIDS: dict[str, tuple[GridPoint, ...]] = {
     # A smoke test: seconds per run on a CPU, every finding row exercised.
-    "tiny": make_grid(n_neurons=(16, 64), n_maps=(4,), anchor_n_neurons=64, anchor_n_maps=4, model2_at=[(64, 4)]),
+    "tiny": make_grid(
+        n_neurons=(16, 64), n_maps=(4,), anchor_n_neurons=64, anchor_n_maps=4, model2_at=[(64, 4)]
+    ),
     # One sweep per parameter through the paper's setting (Nn=2560 is Model 1's
     # largest bottleneck; Nm=32 its maps): 7 configurations.
     "small": make_grid(
-        n_neurons=(40, 160, 640, 2560), n_maps=(8, 16, 32), anchor_n_neurons=640, anchor_n_maps=32,
+        n_neurons=(40, 160, 640, 2560),
+        n_maps=(8, 16, 32),
+        anchor_n_neurons=640,
+        anchor_n_maps=32,
         model2_at=[(2560, 32)],
     ),
     # Every Nn x Nm pair for Model 1, and Model 2 at each Nn: 16 configurations.
     "paper": make_grid(
-        n_neurons=(40, 160, 640, 2560), n_maps=(8, 16, 32), anchor_n_neurons=640, anchor_n_maps=32,
-        model2_at=[(nn, 32) for nn in (40, 160, 640, 2560)], factorial=True,
+        n_neurons=(40, 160, 640, 2560),
+        n_maps=(8, 16, 32),
+        anchor_n_neurons=640,
+        anchor_n_maps=32,
+        model2_at=[(nn, 32) for nn in (40, 160, 640, 2560)],
+        factorial=True,
     ),
 }
 
@@ -168,27 +177,45 @@ def reproduce(
     points = _check_grid(grid)
     seeds = _int_at_least("seeds", seeds, 2)
     base = TrainConfig(
-        dataset=DATASET, subset=subset, n_epochs=n_epochs, batch_size=batch_size, device=device,
-        n_neurons=points[0].n_neurons, n_maps=points[0].n_maps, model=points[0].model,
+        dataset=DATASET,
+        subset=subset,
+        n_epochs=n_epochs,
+        batch_size=batch_size,
+        device=device,
+        n_neurons=points[0].n_neurons,
+        n_maps=points[0].n_maps,
+        model=points[0].model,
     )  # validates n_epochs, subset, batch_size and device the one way every run does
     resolve_device(device)  # no GPU for device=cuda: say so now, not after the first run
     out = Path(out)
     check_writable_dir(out, field="--out")
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    settings = {"n_epochs": base.n_epochs, "subset": base.subset, "batch_size": base.batch_size, "dataset": DATASET}
+    settings = {
+        "n_epochs": base.n_epochs,
+        "subset": base.subset,
+        "batch_size": base.batch_size,
+        "dataset": DATASET,
+    }
 
     curves = _previous_curves(out, settings)
     done = set(map(tuple, curves[RUN_KEYS].drop_duplicates().itertuples(index=False)))
     runs = [(p, s) for p in points for s in range(seeds)]
     start = time.perf_counter()
-    data_by_seed = {0: load_data(TrainConfig.from_dict({**base.to_dict(), "seed": 0}))}  # a bad subset fails here
+    data_by_seed = {
+        0: load_data(TrainConfig.from_dict({**base.to_dict(), "seed": 0}))
+    }  # a bad subset fails here
     out.mkdir(parents=True, exist_ok=True)
     for index, (point, seed) in enumerate(runs, 1):
         if (point.model, point.n_neurons, point.n_maps, seed) in done:
             continue
         config = TrainConfig.from_dict(
-            {**base.to_dict(), "model": point.model, "n_neurons": point.n_neurons, "n_maps": point.n_maps,
-             "seed": seed}
+            {
+                **base.to_dict(),
+                "model": point.model,
+                "n_neurons": point.n_neurons,
+                "n_maps": point.n_maps,
+                "seed": seed,
+            }
         )
         if seed not in data_by_seed:  # the split depends on the seed only
             data_by_seed[seed] = load_data(config)
@@ -197,21 +224,37 @@ def reproduce(
         seconds = time.perf_counter() - began
         rows = pd.DataFrame(
             [
-                {"model": point.model, "n_neurons": point.n_neurons, "n_maps": point.n_maps, "seed": seed,
-                 "epoch": m.epoch, "train_mse": m.train_mse, "val_mse": m.val_mse, "seconds": seconds, **settings}
+                {
+                    "model": point.model,
+                    "n_neurons": point.n_neurons,
+                    "n_maps": point.n_maps,
+                    "seed": seed,
+                    "epoch": m.epoch,
+                    "train_mse": m.train_mse,
+                    "val_mse": m.val_mse,
+                    "seconds": seconds,
+                    **settings,
+                }
                 for m in history
             ]
         )
         curves = pd.concat([curves, rows], ignore_index=True) if len(curves) else rows
         _write_csv(curves, out / "curves.csv")  # after every run, so a restart resumes here
-        log(f"[{index}/{len(runs)}] {point.label()} seed={seed}: val_mse {history[-1].val_mse:.6f} ({seconds:.1f} s)")
+        log(
+            f"[{index}/{len(runs)}] {point.label()} seed={seed}: val_mse {history[-1].val_mse:.6f} ({seconds:.1f} s)"
+        )
 
     keep = {(p.model, p.n_neurons, p.n_maps, s) for p, s in runs}
-    curves = curves[[tuple(r) in keep for r in curves[RUN_KEYS].itertuples(index=False)]].reset_index(drop=True)
+    curves = curves[
+        [tuple(r) in keep for r in curves[RUN_KEYS].itertuples(index=False)]
+    ].reset_index(drop=True)
     result = analyse(curves)
     result.out = out
     result.seconds = float(time.perf_counter() - start)
-    write_tables(result, settings={**settings, "seeds": seeds, "grid": grid if isinstance(grid, str) else "custom"})
+    write_tables(
+        result,
+        settings={**settings, "seeds": seeds, "grid": grid if isinstance(grid, str) else "custom"},
+    )
     return result
 
 
@@ -225,12 +268,20 @@ def analyse(curves: pd.DataFrame) -> Reproduction:
     runs = (
         curves.sort_values("epoch")
         .groupby(RUN_KEYS, as_index=False)
-        .agg(epochs=("epoch", "max"), val_mse=("val_mse", "last"), best_val_mse=("val_mse", "min"),
-             seconds=("seconds", "first"))
+        .agg(
+            epochs=("epoch", "max"),
+            val_mse=("val_mse", "last"),
+            best_val_mse=("val_mse", "min"),
+            seconds=("seconds", "first"),
+        )
     )
     configs = (
         runs.groupby(CONFIG_KEYS, as_index=False)
-        .agg(val_mse_mean=("val_mse", "mean"), val_mse_sd=("val_mse", "std"), n_seeds=("seed", "nunique"))
+        .agg(
+            val_mse_mean=("val_mse", "mean"),
+            val_mse_sd=("val_mse", "std"),
+            n_seeds=("seed", "nunique"),
+        )
         .sort_values(CONFIG_KEYS, ignore_index=True)
     )
     mean_curves = curves.groupby(CONFIG_KEYS + ["epoch"], as_index=False)["val_mse"].mean()
@@ -245,7 +296,15 @@ def analyse(curves: pd.DataFrame) -> Reproduction:
     rows = []
     for key, claim in FINDINGS.items():
         verdict, evidence, rule = checks[key]()
-        rows.append({"finding": key, "paper": claim, "caetune measured": evidence, "verdict": verdict, "rule": rule})
+        rows.append(
+            {
+                "finding": key,
+                "paper": claim,
+                "caetune measured": evidence,
+                "verdict": verdict,
+                "rule": rule,
+            }
+        )
     findings = pd.DataFrame(rows)
     return Reproduction(Path("."), runs, curves, configs, fits, findings, seconds=float("nan"))
 
@@ -265,15 +324,19 @@ def _check_nn(configs: pd.DataFrame) -> tuple[str, str, str]:
     means = sweep["val_mse_mean"].to_numpy()
     drop = means[0] - means[-1]
     worst_rise = float(np.max(np.diff(means))) if len(means) > 1 else 0.0
-    evidence = f"Nm={sweep['n_maps'].iloc[0]}: " + _levels(sweep, "n_neurons", "Nn") + (
-        f"; drop {drop:.3g} vs {NOISE_SDS:g} sd = {noise:.2g}"
+    evidence = (
+        f"Nm={sweep['n_maps'].iloc[0]}: "
+        + _levels(sweep, "n_neurons", "Nn")
+        + (f"; drop {drop:.3g} vs {NOISE_SDS:g} sd = {noise:.2g}")
     )
     return _verdict(drop, noise, extra_ok=worst_rise <= noise), evidence, rule
 
 
 def _check_models(configs: pd.DataFrame) -> tuple[str, str, str]:
     rule = f"agree: Model 2's mean MSE exceeds Model 1's by more than {NOISE_SDS:g} pooled sd; disagree: the reverse"
-    pivot = configs.pivot_table(index=["n_neurons", "n_maps"], columns="model", values="val_mse_mean")
+    pivot = configs.pivot_table(
+        index=["n_neurons", "n_maps"], columns="model", values="val_mse_mean"
+    )
     if not {"model1", "model2"} <= set(pivot.columns) or pivot[["model1", "model2"]].dropna().empty:
         return "inconclusive", "needs Model 1 and Model 2 at the same Nn and Nm", rule
     both = pivot[["model1", "model2"]].dropna()
@@ -296,7 +359,11 @@ def _check_fit(fits: pd.DataFrame) -> tuple[str, str, str]:
     )
     good = fits[fits["ok"]]
     if good.empty:
-        return "inconclusive", f"no curve could be fitted ({len(fits)} tried; a fit needs several epochs)", rule
+        return (
+            "inconclusive",
+            f"no curve could be fitted ({len(fits)} tried; a fit needs several epochs)",
+            rule,
+        )
     k_ok, a_ok = good["k"] < FIT_K_MAX, good["a"] < FIT_A_MAX
     inside = k_ok & a_ok
     evidence = (
@@ -345,12 +412,17 @@ def _check_nm(configs: pd.DataFrame) -> tuple[str, str, str]:
     nm_sweep = _longest_sweep(configs, vary="n_maps", fixed="n_neurons")
     nn_sweep = _longest_sweep(configs, vary="n_neurons", fixed="n_maps")
     if nm_sweep is None or nn_sweep is None:
-        return "inconclusive", "needs Model 1 at two or more Nm (same Nn) and two or more Nn (same Nm)", rule
+        return (
+            "inconclusive",
+            "needs Model 1 at two or more Nm (same Nn) and two or more Nn (same Nm)",
+            rule,
+        )
     noise = _noise(pd.concat([nm_sweep, nn_sweep]).drop_duplicates(CONFIG_KEYS))
     nm_effect = float(np.ptp(nm_sweep["val_mse_mean"]))
     nn_effect = float(np.ptp(nn_sweep["val_mse_mean"]))
     evidence = (
-        f"Nn={nm_sweep['n_neurons'].iloc[0]}: " + _levels(nm_sweep, "n_maps", "Nm")
+        f"Nn={nm_sweep['n_neurons'].iloc[0]}: "
+        + _levels(nm_sweep, "n_maps", "Nm")
         + f"; Nm effect {nm_effect:.3g} vs Nn effect {nn_effect:.3g} ({NOISE_SDS:g} sd = {noise:.2g})"
     )
     return _verdict(nn_effect - nm_effect, noise), evidence, rule
@@ -389,7 +461,8 @@ def _longest_sweep(configs: pd.DataFrame, *, vary: str, fixed: str) -> pd.DataFr
 
 def _levels(sweep: pd.DataFrame, column: str, name: str) -> str:
     return ", ".join(
-        f"{name} {row[column]}: {_pm(row['val_mse_mean'], row['val_mse_sd'])}" for _, row in sweep.iterrows()
+        f"{name} {row[column]}: {_pm(row['val_mse_mean'], row['val_mse_sd'])}"
+        for _, row in sweep.iterrows()
     )
 
 
@@ -403,8 +476,16 @@ def _fit_table(mean_curves: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, curve in mean_curves.groupby(CONFIG_KEYS):
         fit = fit_mse_curve(curve["epoch"].to_numpy(), curve["val_mse"].to_numpy())
-        rows.append({**dict(zip(CONFIG_KEYS, key)), "k": fit.k, "a": fit.a, "c": fit.c,
-                     "level_epoch": fit.level_epoch, "ok": bool(fit.ok)})
+        rows.append(
+            {
+                **dict(zip(CONFIG_KEYS, key)),
+                "k": fit.k,
+                "a": fit.a,
+                "c": fit.c,
+                "level_epoch": fit.level_epoch,
+                "ok": bool(fit.ok),
+            }
+        )
     return pd.DataFrame(rows, columns=CONFIG_KEYS + ["k", "a", "c", "level_epoch", "ok"])
 
 
@@ -433,7 +514,9 @@ def _previous_curves(out: Path, settings: dict) -> pd.DataFrame:
     try:
         curves = pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise InputError("--out", f"{path} exists but cannot be read ({err}); move it away to start afresh") from None
+        raise InputError(
+            "--out", f"{path} exists but cannot be read ({err}); move it away to start afresh"
+        ) from None
     same = pd.Series(True, index=curves.index)
     for key, value in settings.items():
         if key not in curves:
@@ -457,7 +540,9 @@ def write_tables(result: Reproduction, *, settings: dict) -> None:
     _write_csv(result.fits, out / "fits.csv")
     _write_csv(result.findings, out / "findings.csv")
     configs = result.configs.assign(
-        val_mse=[_pm(m, s) for m, s in zip(result.configs["val_mse_mean"], result.configs["val_mse_sd"])]
+        val_mse=[
+            _pm(m, s) for m, s in zip(result.configs["val_mse_mean"], result.configs["val_mse_sd"])
+        ]
     )[CONFIG_KEYS + ["val_mse", "n_seeds"]]
     setting_text = ", ".join(f"{k}={v}" for k, v in settings.items())
     lines = [
@@ -499,13 +584,22 @@ def plot_reproduction(result: Reproduction):
     fig = new_figure(15, 4.2)
     axes = fig.subplots(1, 3)
     configs = result.configs
-    for ax, (vary, fixed, label) in zip(axes, (("n_neurons", "n_maps", "Nn"), ("n_maps", "n_neurons", "Nm"))):
+    for ax, (vary, fixed, label) in zip(
+        axes, (("n_neurons", "n_maps", "Nn"), ("n_maps", "n_neurons", "Nm"))
+    ):
         for (model, value), group in configs.groupby(["model", fixed]):
             if group[vary].nunique() < 2 and model == "model1":
                 continue
             group = group.sort_values(vary)
-            ax.errorbar(group[vary], group["val_mse_mean"], yerr=group["val_mse_sd"], fmt="o-", ms=4, capsize=3,
-                        label=f"{model}, {'Nm' if fixed == 'n_maps' else 'Nn'}={value}")
+            ax.errorbar(
+                group[vary],
+                group["val_mse_mean"],
+                yerr=group["val_mse_sd"],
+                fmt="o-",
+                ms=4,
+                capsize=3,
+                label=f"{model}, {'Nm' if fixed == 'n_maps' else 'Nn'}={value}",
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")  # one unstable configuration must not flatten the others
         levels = sorted(configs[vary].unique())
@@ -531,6 +625,7 @@ def plot_reproduction(result: Reproduction):
 
 def _markdown(frame: pd.DataFrame) -> str:
     """A GitHub-style table (pandas' own needs the optional ``tabulate``)."""
+
     def cell(value) -> str:
         if isinstance(value, float):
             return f"{value:.4g}"

@@ -2,7 +2,15 @@
 
 from caetune.models._cae import ACTIVATIONS, CAE, MODEL_DEPTHS, CAEShape, cae_shape
 from caetune.models._config import TrainConfig, read_yaml_mapping
-from caetune.models._data import DATASETS, DatasetEntry, ImageData, dataset_names, default_data_dir, load_data, load_dataset
+from caetune.models._data import (
+    DATASETS,
+    DatasetEntry,
+    ImageData,
+    dataset_names,
+    default_data_dir,
+    load_data,
+    load_dataset,
+)
 from caetune.models._seed import resolve_device, seed_everything
 from caetune.models._train import (
     ALLOCATOR_TUNABLES,

@@ -87,7 +87,11 @@ def cae_shape(
     *, in_channels: int, image_size: tuple[int, int], n_maps: int, n_neurons: int, n_conv: int
 ) -> CAEShape:
     """Validates a CAE's hyperparameters and works out its tensor sizes."""
-    for field, value in (("in_channels", in_channels), ("n_maps", n_maps), ("n_neurons", n_neurons)):
+    for field, value in (
+        ("in_channels", in_channels),
+        ("n_maps", n_maps),
+        ("n_neurons", n_neurons),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InputError(field, f"expected an integer >= 1, got {value!r}")
     if n_conv not in (1, 2, 3):
@@ -103,7 +107,9 @@ def cae_shape(
                 "image_size",
                 f"{image_size[0]}x{image_size[1]} is too small for {n_conv} conv/pool stages",
             )
-    return CAEShape(in_channels, (image_size[0], image_size[1]), n_maps, n_neurons, tuple(sizes), (h, w))
+    return CAEShape(
+        in_channels, (image_size[0], image_size[1]), n_maps, n_neurons, tuple(sizes), (h, w)
+    )
 
 
 class CAE(nn.Module):
@@ -130,9 +136,15 @@ class CAE(nn.Module):
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise InputError("activation", f"expected one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+            raise InputError(
+                "activation", f"expected one of {', '.join(ACTIVATIONS)}, got {activation!r}"
+            )
         self.shape = cae_shape(
-            in_channels=in_channels, image_size=image_size, n_maps=n_maps, n_neurons=n_neurons, n_conv=n_conv
+            in_channels=in_channels,
+            image_size=image_size,
+            n_maps=n_maps,
+            n_neurons=n_neurons,
+            n_conv=n_conv,
         )
         act = ACTIVATIONS[activation]
 
@@ -142,15 +154,22 @@ class CAE(nn.Module):
             encoder += [nn.Conv2d(c_in, n_maps, KERNEL), act(), nn.MaxPool2d(2)]
             c_in = n_maps
         self.encoder = nn.Sequential(*encoder)
-        self.to_bottleneck = nn.Sequential(nn.Flatten(), nn.Linear(self.shape.n_features, n_neurons), act())
+        self.to_bottleneck = nn.Sequential(
+            nn.Flatten(), nn.Linear(self.shape.n_features, n_neurons), act()
+        )
         self.from_bottleneck = nn.Sequential(
-            nn.Linear(n_neurons, self.shape.n_features), act(), nn.Unflatten(1, (n_maps, *self.shape.feature_size))
+            nn.Linear(n_neurons, self.shape.n_features),
+            act(),
+            nn.Unflatten(1, (n_maps, *self.shape.feature_size)),
         )
 
         decoder: list[nn.Module] = []
         for stage, size in reversed(list(enumerate(self.shape.conv_sizes))):
             c_out = in_channels if stage == 0 else n_maps
-            decoder += [nn.Upsample(size=size, mode="nearest"), nn.ConvTranspose2d(n_maps, c_out, KERNEL)]
+            decoder += [
+                nn.Upsample(size=size, mode="nearest"),
+                nn.ConvTranspose2d(n_maps, c_out, KERNEL),
+            ]
             decoder.append(nn.Sigmoid() if stage == 0 else act())
         self.decoder = nn.Sequential(*decoder)
 

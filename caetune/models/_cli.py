@@ -96,11 +96,18 @@ def check_model_fits(config, data) -> None:
     from caetune.models._seed import resolve_device
 
     shape = cae_shape(
-        in_channels=data.channels, image_size=data.image_size, n_maps=config.n_maps,
-        n_neurons=config.n_neurons, n_conv=config.n_conv,
+        in_channels=data.channels,
+        image_size=data.image_size,
+        n_maps=config.n_maps,
+        n_neurons=config.n_neurons,
+        n_conv=config.n_conv,
     )
     device = resolve_device(config.device)
-    have = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else physical_memory()
+    have = (
+        torch.cuda.get_device_properties(device).total_memory
+        if device.type == "cuda"
+        else physical_memory()
+    )
     needed = shape.parameter_count() * TRAIN_BYTES_PER_PARAMETER
     if have is not None and needed > have:
         where = "the GPU has" if device.type == "cuda" else "this machine has"
@@ -118,9 +125,15 @@ def register(subparsers) -> None:
         help="train one CAE and print its validation MSE",
         description="Train one CAE; writes OUT/config.yaml, OUT/metrics.json and OUT/model.pt.",
     )
-    parser.add_argument("--config", metavar="FILE.yaml", help="a YAML file of the fields below; flags override it")
-    parser.add_argument("--out", default="runs/train", metavar="DIR", help="output folder (default runs/train)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/model.pt if it exists")
+    parser.add_argument(
+        "--config", metavar="FILE.yaml", help="a YAML file of the fields below; flags override it"
+    )
+    parser.add_argument(
+        "--out", default="runs/train", metavar="DIR", help="output folder (default runs/train)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from OUT/model.pt if it exists"
+    )
     add_config_flags(parser)
     parser.set_defaults(func=run)
 
@@ -165,7 +178,11 @@ def run(args: argparse.Namespace) -> int:
 
 def write_metrics(path: Path, trainer) -> None:
     history = [m.to_dict() for m in trainer.history]
-    payload = {"val_mse": history[-1]["val_mse"] if history else None, "epochs": len(history), "history": history}
+    payload = {
+        "val_mse": history[-1]["val_mse"] if history else None,
+        "epochs": len(history),
+        "history": history,
+    }
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     os.replace(tmp, path)

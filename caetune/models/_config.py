@@ -98,7 +98,10 @@ class TrainConfig:
         if self.image_size is not None:
             _at_least("image_size", self.image_size, 4)
         if not (0.0 < self.val_fraction < 1.0):
-            raise InputError("val_fraction", f"expected a number between 0 and 1 (exclusive), got {self.val_fraction}")
+            raise InputError(
+                "val_fraction",
+                f"expected a number between 0 and 1 (exclusive), got {self.val_fraction}",
+            )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise InputError("lr", f"expected a positive learning rate, got {self.lr}")
         _one_of("model", self.model, MODEL_DEPTHS)
@@ -111,7 +114,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
         """Builds a config from a mapping, rejecting unknown keys.
 
         Args:
@@ -119,15 +122,19 @@ class TrainConfig:
             source: Named in the error for an unknown key.
         """
         if not isinstance(values, dict):
-            raise InputError(source, f"expected a mapping of field: value, got {type(values).__name__}")
+            raise InputError(
+                source, f"expected a mapping of field: value, got {type(values).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         for key in values:
             if key not in known:
-                raise InputError(f"{source}.{key}", f"unknown field; expected one of {', '.join(sorted(known))}")
+                raise InputError(
+                    f"{source}.{key}", f"unknown field; expected one of {', '.join(sorted(known))}"
+                )
         return cls(**values)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Reads a YAML file of fields; ``overrides`` (not ``None``) win.
 
         A top-level ``export:`` mapping is metadata that ``caetune export``
@@ -153,7 +160,9 @@ def read_yaml_mapping(path: str | Path, *, field: str) -> dict[str, Any]:
         with path.open("rb") as handle:
             data = handle.read(MAX_YAML_BYTES + 1)
         if len(data) > MAX_YAML_BYTES:
-            raise InputError(field, f"{str(path)!r} is larger than {MAX_YAML_BYTES:,} bytes; not a config")
+            raise InputError(
+                field, f"{str(path)!r} is larger than {MAX_YAML_BYTES:,} bytes; not a config"
+            )
         text = data.decode("utf-8")
     except InputError:
         raise
@@ -172,7 +181,9 @@ def read_yaml_mapping(path: str | Path, *, field: str) -> dict[str, Any]:
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise InputError(field, f"{path} must hold a mapping of field: value, not a {type(values).__name__}")
+        raise InputError(
+            field, f"{path} must hold a mapping of field: value, not a {type(values).__name__}"
+        )
     return values
 
 

@@ -35,10 +35,11 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -154,7 +155,9 @@ def default_data_dir() -> Path:
     An absolute default, because Ray Tune runs trials in their own working
     directories.
     """
-    return Path(os.environ.get("CAETUNE_DATA_DIR") or "~/.cache/caetune/data").expanduser().absolute()
+    return (
+        Path(os.environ.get("CAETUNE_DATA_DIR") or "~/.cache/caetune/data").expanduser().absolute()
+    )
 
 
 def dataset_names() -> tuple[str, ...]:
@@ -201,7 +204,13 @@ def load_dataset(
             a split that would be empty.
     """
     entry, path = _parse_spec(spec)
-    _check_options(image_size=image_size, grayscale=grayscale, val_fraction=val_fraction, subset=subset, seed=seed)
+    _check_options(
+        image_size=image_size,
+        grayscale=grayscale,
+        val_fraction=val_fraction,
+        subset=subset,
+        seed=seed,
+    )
     if not isinstance(download, bool):
         raise InputError("download", f"expected true or false, got {download!r}")
     request = _Request(
@@ -265,8 +274,14 @@ def _check_options(*, image_size, grayscale, val_fraction, subset, seed) -> None
         raise InputError("image_size", f"expected a positive integer or none, got {image_size!r}")
     if grayscale is not None and not isinstance(grayscale, bool):
         raise InputError("grayscale", f"expected true, false or none, got {grayscale!r}")
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-        raise InputError("val_fraction", f"expected a number between 0 and 1 (exclusive), got {val_fraction!r}")
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, (int, float))
+        or not 0 < val_fraction < 1
+    ):
+        raise InputError(
+            "val_fraction", f"expected a number between 0 and 1 (exclusive), got {val_fraction!r}"
+        )
     if subset is not None and not (is_int(subset) and subset >= 2):
         raise InputError("subset", f"expected an integer >= 2 or none, got {subset!r}")
     if not (is_int(seed) and seed >= 0):
@@ -295,7 +310,9 @@ def _check_resize_fits(n_images: int, image_size: int | None) -> None:
     have = physical_memory()
     if image_size is None or have is None:
         return
-    needed = n_images * image_size * image_size  # uint8 at one channel: the least the split can take
+    needed = (
+        n_images * image_size * image_size
+    )  # uint8 at one channel: the least the split can take
     if needed > have:
         raise InputError(
             "image_size",
@@ -312,10 +329,14 @@ def _data_dir(data_dir) -> Path:
     return Path(data_dir).expanduser().absolute()
 
 
-def _split(size: int, *, val_fraction: float, subset: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _split(
+    size: int, *, val_fraction: float, subset: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded ``(train, val)`` index tensors, each sorted; one permutation draws both."""
     if subset is not None and subset > size:
-        raise InputError("subset", f"expected at most {size} (the images the dataset has), got {subset}")
+        raise InputError(
+            "subset", f"expected at most {size} (the images the dataset has), got {subset}"
+        )
     n = size if subset is None else subset
     n_val = math.floor(n * val_fraction + 0.5)
     if n_val < 1 or n_val >= n:
@@ -339,7 +360,9 @@ def _luma(images: torch.Tensor) -> torch.Tensor:
     return luma.to(torch.uint8).unsqueeze(1)
 
 
-def _convert(images: torch.Tensor, *, image_size: int | None, grayscale: bool | None) -> torch.Tensor:
+def _convert(
+    images: torch.Tensor, *, image_size: int | None, grayscale: bool | None
+) -> torch.Tensor:
     """Channels then size of ``uint8 [N, C, H, W]`` (C in 1, 3), chunk by chunk."""
     out = []
     for chunk in images.split(_CHUNK):
@@ -411,7 +434,11 @@ def _parallel_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
     chunks = [items[i : i + step] for i in range(0, len(items), step)]
     executor = ThreadPoolExecutor(max_workers=workers)
     try:
-        return [result for chunk in executor.map(lambda part: [fn(item) for item in part], chunks) for result in chunk]
+        return [
+            result
+            for chunk in executor.map(lambda part: [fn(item) for item in part], chunks)
+            for result in chunk
+        ]
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
 
@@ -430,7 +457,9 @@ def _file_pool(
     channels = 1 if mode == "L" else 3
 
     def read(indices: torch.Tensor) -> torch.Tensor:
-        out = np.empty((len(indices), image_size, image_size, channels), dtype=np.uint8)  # [n, H, W, C]
+        out = np.empty(
+            (len(indices), image_size, image_size, channels), dtype=np.uint8
+        )  # [n, H, W, C]
 
         def fill(slot_index: tuple[int, int]) -> None:
             slot, index = slot_index
@@ -472,13 +501,22 @@ def _construct(cls: type, request: _Request, label: str, **kwargs: Any) -> Any:
         # types (AssertionError from the IDX reader, UnpicklingError,
         # MatReadError, URLError, RuntimeError), none of them user-facing.
         if request.download:
-            raise InputError("download", f"could not fetch {label} into {request.data_dir}: {_one_line(err)}") from err
-        raise InputError("data_dir", f"cannot read {label} from {request.data_dir}: {_one_line(err)}") from err
+            raise InputError(
+                "download", f"could not fetch {label} into {request.data_dir}: {_one_line(err)}"
+            ) from err
+        raise InputError(
+            "data_dir", f"cannot read {label} from {request.data_dir}: {_one_line(err)}"
+        ) from err
 
 
 # --- torchvision datasets ------------------------------------------------------
 
-_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def _gunzip(source: Path, target: Path) -> Path:
@@ -548,7 +586,9 @@ def _load_cifar10(request: _Request) -> _Pool:
     names = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     _missing_files(folder, names, request, what=" (the python version of CIFAR-10)")
     dataset = _construct(cls, request, "cifar10", train=True)
-    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # [N, 32, 32, 3] -> [N, 3, 32, 32]
+    images = (
+        torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
+    )  # [N, 32, 32, 3] -> [N, 3, 32, 32]
     return _array_pool(
         images,
         torch.as_tensor(dataset.targets),
@@ -585,9 +625,13 @@ def _load_caltech101(request: _Request) -> _Pool:
             )
         # torchvision removes this folder from the categories and fails without it.
         if not (folder / "BACKGROUND_Google").is_dir():
-            raise InputError("data_dir", f"expected {folder}/BACKGROUND_Google/ (Caltech-101 as distributed)")
+            raise InputError(
+                "data_dir", f"expected {folder}/BACKGROUND_Google/ (Caltech-101 as distributed)"
+            )
     size = request.image_size
-    mode = "L" if request.grayscale else "RGB"  # a colour dataset: grey images are expanded, for one shape
+    mode = (
+        "L" if request.grayscale else "RGB"
+    )  # a colour dataset: grey images are expanded, for one shape
     dataset = _construct(
         torchvision.datasets.Caltech101,
         request,
@@ -625,8 +669,12 @@ def _mnist_10k() -> tuple[torch.Tensor, torch.Tensor]:
 
     # torchvision's IDX reader opens plain files only.
     with tempfile.TemporaryDirectory(prefix="caetune-mnist-") as tmp:
-        images = read_image_file(str(_gunzip(_VENDORED / "t10k-images-idx3-ubyte.gz", Path(tmp) / "images")))
-        labels = read_label_file(str(_gunzip(_VENDORED / "t10k-labels-idx1-ubyte.gz", Path(tmp) / "labels")))
+        images = read_image_file(
+            str(_gunzip(_VENDORED / "t10k-images-idx3-ubyte.gz", Path(tmp) / "images"))
+        )
+        labels = read_label_file(
+            str(_gunzip(_VENDORED / "t10k-labels-idx1-ubyte.gz", Path(tmp) / "labels"))
+        )
     return images, labels
 
 
@@ -651,7 +699,9 @@ def _load_npz(request: _Request) -> _Pool:
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise InputError("dataset", f"expected {_NPZ_EXPECTED}; {path} holds a single .npy array")
+            raise InputError(
+                "dataset", f"expected {_NPZ_EXPECTED}; {path} holds a single .npy array"
+            )
         with archive:
             if "images" not in archive.files:
                 found = ", ".join(archive.files) or "nothing"
@@ -662,10 +712,14 @@ def _load_npz(request: _Request) -> _Pool:
         raise
     except Exception as err:
         # numpy reports damaged archives as BadZipFile, zlib.error, EOFError or ValueError.
-        raise InputError("dataset", f"expected {_NPZ_EXPECTED}; cannot read {path}: {_one_line(err)}") from err
+        raise InputError(
+            "dataset", f"expected {_NPZ_EXPECTED}; cannot read {path}: {_one_line(err)}"
+        ) from err
     _check_npz(path, images, labels)
     tensor = torch.from_numpy(images)
-    tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)  # -> [N, C, H, W]
+    tensor = (
+        tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
+    )  # -> [N, C, H, W]
     return _array_pool(
         tensor.contiguous(),
         None if labels is None else torch.from_numpy(labels.astype(np.int64)),
@@ -687,7 +741,9 @@ def _check_npz(path: Path, images: np.ndarray, labels: np.ndarray | None) -> Non
         raise bad(f"'images' is empty, shape {list(images.shape)}")
     if labels is not None:
         if labels.dtype.kind not in "iu" or labels.shape != images.shape[:1]:
-            raise bad(f"'labels' is {labels.dtype} {list(labels.shape)} for {images.shape[0]} images")
+            raise bad(
+                f"'labels' is {labels.dtype} {list(labels.shape)} for {images.shape[0]} images"
+            )
 
 
 def _image_files(root: Path) -> list[Path]:
@@ -702,7 +758,9 @@ def _image_files(root: Path) -> list[Path]:
             expected = f"expected only image files ({', '.join(IMAGE_SUFFIXES)}) under {root}"
             if os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
                 raise InputError("dataset", f"{expected}; found {path}")
-            if not path.is_file():  # a FIFO would block the reader forever; a dangling link reads nothing
+            if (
+                not path.is_file()
+            ):  # a FIFO would block the reader forever; a dangling link reads nothing
                 raise InputError("dataset", f"{expected}; {path} is not a regular file")
             found.append((path.relative_to(root).as_posix(), path))
     return [path for _, path in sorted(found)]
@@ -736,7 +794,10 @@ def _load_folder(request: _Request) -> _Pool:
         raise InputError("dataset", f"expected a folder of image files; no folder at {root}")
     files = _image_files(root)
     if not files:
-        raise InputError("dataset", f"expected image files ({', '.join(IMAGE_SUFFIXES)}) under {root}; found none")
+        raise InputError(
+            "dataset",
+            f"expected image files ({', '.join(IMAGE_SUFFIXES)}) under {root}; found none",
+        )
     # Every header is read up front: a non-image fails the same way whatever the
     # subset, and the channel count is a property of the folder, not of the subset.
     modes = _parallel_map(_image_mode, files)
@@ -745,7 +806,9 @@ def _load_folder(request: _Request) -> _Pool:
     else:
         mode = "L" if request.grayscale else "RGB"
     labels = classes = None
-    folders = [path.relative_to(root).parts[0] for path in files if len(path.relative_to(root).parts) > 1]
+    folders = [
+        path.relative_to(root).parts[0] for path in files if len(path.relative_to(root).parts) > 1
+    ]
     if len(folders) == len(files):  # labelled only when every image sits in a class folder
         classes = sorted(set(folders))
         label_of = {name: label for label, name in enumerate(classes)}
@@ -770,14 +833,24 @@ DATASETS: dict[str, DatasetEntry] = {
             "MNIST test split shipped with caetune (10,000 digits, 28x28 grey; works offline)",
             _load_mnist_10k,
         ),
-        DatasetEntry("mnist", "MNIST train split via torchvision (60,000 digits, 28x28 grey)", _idx_loader("MNIST", "mnist")),
+        DatasetEntry(
+            "mnist",
+            "MNIST train split via torchvision (60,000 digits, 28x28 grey)",
+            _idx_loader("MNIST", "mnist"),
+        ),
         DatasetEntry(
             "fashion-mnist",
             "Fashion-MNIST train split via torchvision (60,000 clothes, 28x28 grey)",
             _idx_loader("FashionMNIST", "fashion-mnist"),
         ),
-        DatasetEntry("svhn", "SVHN train split via torchvision (73,257 house numbers, 32x32 RGB)", _load_svhn),
-        DatasetEntry("cifar10", "CIFAR-10 train split via torchvision (50,000 objects, 32x32 RGB)", _load_cifar10),
+        DatasetEntry(
+            "svhn", "SVHN train split via torchvision (73,257 house numbers, 32x32 RGB)", _load_svhn
+        ),
+        DatasetEntry(
+            "cifar10",
+            "CIFAR-10 train split via torchvision (50,000 objects, 32x32 RGB)",
+            _load_cifar10,
+        ),
         DatasetEntry(
             "caltech101",
             "Caltech-101 via torchvision (8,677 objects, resized, default 64x64 RGB)",

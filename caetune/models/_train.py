@@ -31,10 +31,10 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -201,7 +201,9 @@ class Trainer:
         self.config = config
         self.device = resolve_device(device if device is not None else config.device)
         if amp and self.device.type != "cuda":
-            raise InputError("amp", f"bf16 autocast is for CUDA devices, this trainer runs on {self.device}")
+            raise InputError(
+                "amp", f"bf16 autocast is for CUDA devices, this trainer runs on {self.device}"
+            )
         self.amp = bool(amp)
         if self.device.type == "cpu":
             tune_allocator()
@@ -228,7 +230,9 @@ class Trainer:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    def fit(self, *, callback: EpochCallback | None = None, progress: bool = False) -> list[EpochMetrics]:
+    def fit(
+        self, *, callback: EpochCallback | None = None, progress: bool = False
+    ) -> list[EpochMetrics]:
         """Trains until ``config.n_epochs`` epochs are done (continuing a resumed run).
 
         Args:
@@ -242,7 +246,9 @@ class Trainer:
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=self.config.n_epochs, initial=self.epoch, unit="epoch", dynamic_ncols=True)
+            bar = tqdm(
+                total=self.config.n_epochs, initial=self.epoch, unit="epoch", dynamic_ncols=True
+            )
         try:
             while self.epoch < self.config.n_epochs:
                 metrics = self.run_epoch()
@@ -322,7 +328,11 @@ class Trainer:
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         for start in range(0, x.shape[0], EVAL_BATCH):
             batch = x[start : start + EVAL_BATCH]
-            batch = to_float_images(batch, self.device) if batch.dtype == torch.uint8 else batch.to(self.device)
+            batch = (
+                to_float_images(batch, self.device)
+                if batch.dtype == torch.uint8
+                else batch.to(self.device)
+            )
             with self._autocast():
                 recon, _ = self.model(batch)
             total += F.mse_loss(recon.float(), batch, reduction="sum").double()
@@ -408,5 +418,10 @@ def read_checkpoint(path: str | Path) -> dict:
 def _checkpoint_globals() -> list:
     reconstruct = (getattr(np, "_core", None) or np.core).multiarray._reconstruct
     # NumPy 2 pickles name it numpy._core..., NumPy 1 numpy.core...: accept either writer.
-    return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), reconstruct,
-            (reconstruct, "numpy.core.multiarray._reconstruct")]
+    return [
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint32)),
+        reconstruct,
+        (reconstruct, "numpy.core.multiarray._reconstruct"),
+    ]

@@ -31,44 +31,118 @@ def register(subparsers) -> None:
         ),
     )
     what = parser.add_argument_group("what to search")
-    what.add_argument("--space", metavar="PRESET|FILE.yaml", help=f"a preset ({presets}) or a space file {_default('space')}")
-    what.add_argument("--dataset", help="override the space's dataset (mnist-10k, cifar10, npz:PATH, folder:PATH ...)")
-    what.add_argument("--subset", type=int, metavar="N", help="use only N images of the dataset")
-    what.add_argument("--max-epochs", type=int, metavar="NE", help=f"cap Ne, a trial's epochs {_default('max_epochs')}")
-    what.add_argument("--objective", choices=OBJECTIVES, help=f"what to minimise {_default('objective')}")
     what.add_argument(
-        "--utilisation-weight", type=float, metavar="W",
+        "--space",
+        metavar="PRESET|FILE.yaml",
+        help=f"a preset ({presets}) or a space file {_default('space')}",
+    )
+    what.add_argument(
+        "--dataset",
+        help="override the space's dataset (mnist-10k, cifar10, npz:PATH, folder:PATH ...)",
+    )
+    what.add_argument("--subset", type=int, metavar="N", help="use only N images of the dataset")
+    what.add_argument(
+        "--max-epochs",
+        type=int,
+        metavar="NE",
+        help=f"cap Ne, a trial's epochs {_default('max_epochs')}",
+    )
+    what.add_argument(
+        "--objective", choices=OBJECTIVES, help=f"what to minimise {_default('objective')}"
+    )
+    what.add_argument(
+        "--utilisation-weight",
+        type=float,
+        metavar="W",
         help=f"combined objective = val_mse * (1 + W * (1 - U)); 0 is pure MSE {_default('utilisation_weight')}",
     )
-    what.add_argument("--seed", type=int, help=f"seeds the sampler and the trials {_default('seed')}")
     what.add_argument(
-        "--start-point", action=argparse.BooleanOptionalAction, default=None,
+        "--seed", type=int, help=f"seeds the sampler and the trials {_default('seed')}"
+    )
+    what.add_argument(
+        "--start-point",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help=f"evaluate the paper's own choice first {_default('start_point')}",
     )
     budget = parser.add_argument_group("budget and resources")
-    budget.add_argument("--num-samples", type=int, metavar="N", help=f"trials in total {_default('num_samples')}")
-    budget.add_argument("--max-concurrent", type=int, metavar="N", help="at most N trials at once (default: as CPUs/GPUs allow)")
-    budget.add_argument("--cpus-per-trial", type=float, metavar="C", help=f"CPUs (and torch threads) per trial {_default('cpus_per_trial')}")
     budget.add_argument(
-        "--gpus-per-trial", type=float, metavar="G",
+        "--num-samples", type=int, metavar="N", help=f"trials in total {_default('num_samples')}"
+    )
+    budget.add_argument(
+        "--max-concurrent",
+        type=int,
+        metavar="N",
+        help="at most N trials at once (default: as CPUs/GPUs allow)",
+    )
+    budget.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        metavar="C",
+        help=f"CPUs (and torch threads) per trial {_default('cpus_per_trial')}",
+    )
+    budget.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        metavar="G",
         help=f"GPUs per trial, e.g. 0.25 to share one; > 0 trains on CUDA {_default('gpus_per_trial')}",
     )
-    budget.add_argument("--grace-period", type=int, metavar="E", help=f"ASHA: epochs before a trial may be stopped {_default('grace_period')}")
-    budget.add_argument("--reduction-factor", type=float, metavar="R", help=f"ASHA's reduction factor {_default('reduction_factor')}")
-    budget.add_argument("--max-failures", type=int, metavar="N", help=f"retries of a trial whose worker or node died {_default('max_failures')}")
-    budget.add_argument("--util-images", type=int, metavar="N", help=f"validation images U is computed on {_default('util_images')}")
     budget.add_argument(
-        "--confirm-seeds", type=int, metavar="K", help=f"re-train the top configs with K more seeds, 0: off {_default('confirm_seeds')}"
+        "--grace-period",
+        type=int,
+        metavar="E",
+        help=f"ASHA: epochs before a trial may be stopped {_default('grace_period')}",
     )
-    budget.add_argument("--top-k", type=int, metavar="K", help=f"configs to confirm and show {_default('top_k')}")
+    budget.add_argument(
+        "--reduction-factor",
+        type=float,
+        metavar="R",
+        help=f"ASHA's reduction factor {_default('reduction_factor')}",
+    )
+    budget.add_argument(
+        "--max-failures",
+        type=int,
+        metavar="N",
+        help=f"retries of a trial whose worker or node died {_default('max_failures')}",
+    )
+    budget.add_argument(
+        "--util-images",
+        type=int,
+        metavar="N",
+        help=f"validation images U is computed on {_default('util_images')}",
+    )
+    budget.add_argument(
+        "--confirm-seeds",
+        type=int,
+        metavar="K",
+        help=f"re-train the top configs with K more seeds, 0: off {_default('confirm_seeds')}",
+    )
+    budget.add_argument(
+        "--top-k", type=int, metavar="K", help=f"configs to confirm and show {_default('top_k')}"
+    )
     where = parser.add_argument_group("where")
     where.add_argument("--name", help="the run's name, STORAGE/NAME (default: the space's name)")
-    where.add_argument("--storage", metavar="DIR|s3://bucket/prefix", help=f"where runs live (default {DEFAULT_STORAGE})")
-    where.add_argument("--study-storage", metavar="URL", help="an Optuna RDB URL, e.g. postgresql://... (default: STORAGE/NAME/study.db)")
-    where.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
-    where.add_argument("--resume", metavar="NAME", help="continue the run NAME (settings not given are kept)")
     where.add_argument(
-        "--report", action=argparse.BooleanOptionalAction, default=True, help="write the analysis report at the end (default on)"
+        "--storage",
+        metavar="DIR|s3://bucket/prefix",
+        help=f"where runs live (default {DEFAULT_STORAGE})",
+    )
+    where.add_argument(
+        "--study-storage",
+        metavar="URL",
+        help="an Optuna RDB URL, e.g. postgresql://... (default: STORAGE/NAME/study.db)",
+    )
+    where.add_argument(
+        "--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)"
+    )
+    where.add_argument(
+        "--resume", metavar="NAME", help="continue the run NAME (settings not given are kept)"
+    )
+    where.add_argument(
+        "--report",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the analysis report at the end (default on)",
     )
     parser.set_defaults(func=run)
 

@@ -106,9 +106,16 @@ def run_confirm(
         for seed in seeds:
             if (trial_id, seed) in done:
                 continue
-            futures[task.remote(trial_id, factory.train(params, seed=seed), factory, data_ref)] = (trial_id, seed)
+            futures[task.remote(trial_id, factory.train(params, seed=seed), factory, data_ref)] = (
+                trial_id,
+                seed,
+            )
     if futures:
-        print(f"  confirm: {len(futures)} runs ({len(chosen)} configs x {len(seeds)} seeds)", file=stream, flush=True)
+        print(
+            f"  confirm: {len(futures)} runs ({len(chosen)} configs x {len(seeds)} seeds)",
+            file=stream,
+            flush=True,
+        )
     pending = list(futures)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
@@ -132,11 +139,15 @@ def rank(frame, runs: list[dict], chosen: list[str], *, params: list[str]):
     out = []
     for trial_id in chosen:
         first = search_rows[trial_id]
-        samples = [first] + [r for r in runs if r["trial_id"] == trial_id and r["status"] == "complete"]
+        samples = [first] + [
+            r for r in runs if r["trial_id"] == trial_id and r["status"] == "complete"
+        ]
         row = {"trial_id": trial_id, **{p: first.get(p) for p in params}}
         row["seeds"] = " ".join(str(int(s["seed"])) for s in samples)
         row["n_seeds"] = len(samples)
-        row["failed_seeds"] = sum(1 for r in runs if r["trial_id"] == trial_id and r["status"] != "complete")
+        row["failed_seeds"] = sum(
+            1 for r in runs if r["trial_id"] == trial_id and r["status"] != "complete"
+        )
         for key in ("objective", "val_mse", "utilisation"):
             mean, sd = _mean_sd([s.get(key) for s in samples])
             row[f"{key}_mean"], row[f"{key}_sd"] = mean, sd

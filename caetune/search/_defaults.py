@@ -12,6 +12,7 @@ from typing import Any
 
 from caetune.search._objective import DEFAULT_WEIGHT
 
+
 def preset_names() -> list[str]:
     """The presets shipped with caetune (``--space NAME``): ``caetune/search/presets/*.yaml``."""
     folder = resources.files("caetune.search") / "presets"
@@ -58,5 +59,3 @@ DEFINITION = (
     "util_images",
     "study_storage",
 )
-
-

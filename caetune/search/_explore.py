@@ -48,7 +48,8 @@ got there).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.samplers import BaseSampler, RandomSampler
@@ -114,13 +115,20 @@ class ExploringSampler(BaseSampler):
             self.explored += 1
             return {**params, "n_epochs": more}
         for _ in range(DRAWS):
-            other = {name: self._random.sample_independent(study, trial, name, dist) for name, dist in search_space.items()}
+            other = {
+                name: self._random.sample_independent(study, trial, name, dist)
+                for name, dist in search_space.items()
+            }
             if config_key(other) not in training and not measured(other):
                 self.explored += 1
                 return other
-        return params  # every point drawn is measured or in training: the space is (nearly) exhausted
+        return (
+            params  # every point drawn is measured or in training: the space is (nearly) exhausted
+        )
 
-    def _promotion(self, study, ran: dict[tuple, int], training: set[tuple], n_epochs_dist) -> dict[str, Any] | None:
+    def _promotion(
+        self, study, ran: dict[tuple, int], training: set[tuple], n_epochs_dist
+    ) -> dict[str, Any] | None:
         """ASHA's promotion over configs: from the highest rung down, a top config not yet past the next rung."""
         if n_epochs_dist is None or len(self._rungs) < 2 or len(study.directions) != 1:
             return None
@@ -131,7 +139,9 @@ class ExploringSampler(BaseSampler):
             if n_epochs is None:
                 continue  # the distribution allows no Ne at or past the next rung
             at_rung = {key: sign * curve[rung] for key, curve in curves.items() if rung in curve}
-            best = sorted(at_rung, key=at_rung.__getitem__)[: int(len(at_rung) / self._reduction_factor)]
+            best = sorted(at_rung, key=at_rung.__getitem__)[
+                : int(len(at_rung) / self._reduction_factor)
+            ]
             for key in best:
                 if key not in training and ran.get(key, 0) < above:
                     return {**dict(key), "n_epochs": n_epochs}

@@ -49,15 +49,23 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from caetune import __version__
 from caetune._errors import InputError
-from caetune._runlayout import CONFIRM_CSV, EXPERIMENT_FILE, RESULTS_CSV, TRIAL_CONFIG, TRIAL_MODEL, TRIALS_DIR
+from caetune._runlayout import (
+    CONFIRM_CSV,
+    EXPERIMENT_FILE,
+    RESULTS_CSV,
+    TRIAL_CONFIG,
+    TRIAL_MODEL,
+    TRIALS_DIR,
+)
 
 if TYPE_CHECKING:
     from caetune._storage import Storage
@@ -71,18 +79,34 @@ EXPORT_WEIGHTS = "model.pt"
 RTOL_SAME_MACHINE = 1e-6
 RTOL_OTHER_MACHINE = 0.05
 SUMMARY_METRICS = ("objective", "utilisation", "seconds")
-CONFIRM_METRICS = ("n_seeds", "seeds", "val_mse_mean", "val_mse_sd", "objective_mean", "objective_sd")
+CONFIRM_METRICS = (
+    "n_seeds",
+    "seeds",
+    "val_mse_mean",
+    "val_mse_sd",
+    "objective_mean",
+    "objective_sd",
+)
 
 _TRIAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # becomes a folder name
 _SECRET_PATTERNS = (
-    (re.compile(rb"(?<![A-Z0-9])(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{16}(?![A-Z0-9])"), "an AWS access key id"),
     (
-        re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9._~%!$&'()*+,;=-]+:[A-Za-z0-9._~%!$&'()*+,;=-]+@"),
+        re.compile(rb"(?<![A-Z0-9])(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{16}(?![A-Z0-9])"),
+        "an AWS access key id",
+    ),
+    (
+        re.compile(
+            rb"[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9._~%!$&'()*+,;=-]+:[A-Za-z0-9._~%!$&'()*+,;=-]+@"
+        ),
         "a URL with a password",
     ),
 )
-_URL_CREDENTIALS = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^@]*:[^@]*@")  # user:secret@, whatever the secret holds
-_SECRET_NAMES = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|API_KEY", re.I)
+_URL_CREDENTIALS = re.compile(
+    r"^[A-Za-z][A-Za-z0-9+.-]*://[^@]*:[^@]*@"
+)  # user:secret@, whatever the secret holds
+_SECRET_NAMES = re.compile(
+    r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|API_KEY", re.I
+)
 _SECRET_MIN_LEN = 12  # shorter values ("testing") would match innocent text
 _SCAN_CHUNK = 1 << 20
 
@@ -134,7 +158,11 @@ def export_run(run: str | os.PathLike, *, top: int = 1, to: str | os.PathLike) -
         local_run = _fetch(source, work / "run", [RESULTS_CSV, EXPERIMENT_FILE, CONFIRM_CSV])
         chosen = rank_finished(local_run, label=source.url)
         if len(chosen) < top:
-            have = f"only {len(chosen)} finished trial{'s' * (len(chosen) != 1)}" if chosen else "no finished trial"
+            have = (
+                f"only {len(chosen)} finished trial{'s' * (len(chosen) != 1)}"
+                if chosen
+                else "no finished trial"
+            )
             raise InputError("--top", f"{source.url} has {have}, cannot export {top}")
         chosen = chosen[:top]
         old_manifest = _check_target(target)
@@ -183,14 +211,20 @@ def load_exported(path: str | os.PathLike, *, rank: int = 1, device: str = "cpu"
     weights = _read(folder, EXPORT_WEIGHTS)
     expected = (meta.get("weights") or {}).get("sha256")
     if _sha256(weights) != expected:
-        raise InputError("path", f"{folder.url}/{EXPORT_WEIGHTS} does not match its sha256 in {EXPORT_CONFIG}")
+        raise InputError(
+            "path", f"{folder.url}/{EXPORT_WEIGHTS} does not match its sha256 in {EXPORT_CONFIG}"
+        )
     channels, height, width = meta["input_shape"]
     model = build_model(config, in_channels=int(channels), image_size=(int(height), int(width)))
     try:
-        model.load_state_dict(torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True))
+        model.load_state_dict(
+            torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+        )
     except RuntimeError as err:
         why = _first_line(err)
-        raise InputError("path", f"{folder.url}/{EXPORT_WEIGHTS} does not fit {EXPORT_CONFIG}: {why}") from None
+        raise InputError(
+            "path", f"{folder.url}/{EXPORT_WEIGHTS} does not fit {EXPORT_CONFIG}: {why}"
+        ) from None
     return model.to(device).eval()
 
 
@@ -210,7 +244,9 @@ def verify_export(path: str | os.PathLike) -> dict[str, Any]:
     for rel, entry in manifest["files"].items():
         data = _read(storage, rel)
         if len(data) != entry["size"] or _sha256(data) != entry["sha256"]:
-            raise InputError("EXPORT", f"{storage.url}/{rel} differs from the manifest (damaged or replaced)")
+            raise InputError(
+                "EXPORT", f"{storage.url}/{rel} differs from the manifest (damaged or replaced)"
+            )
     return manifest
 
 
@@ -227,10 +263,14 @@ def rank_finished(run: Path, *, label: str | None = None) -> list[dict[str, Any]
     results = read_results(run, name=label)
     done = results[results["status"] == "complete"].copy()
     objective = pd.to_numeric(done.get("objective", pd.Series(dtype=float)), errors="coerce")
-    score_column = "objective" if objective.notna().any() else "val_mse"  # a Pareto search has no scalar objective
+    score_column = (
+        "objective" if objective.notna().any() else "val_mse"
+    )  # a Pareto search has no scalar objective
     done["_score"] = pd.to_numeric(done[score_column], errors="coerce")
     done = done[done["_score"].map(math.isfinite)].sort_values(["_score", "trial_id"])
-    rows = {str(r["trial_id"]): _plain_row(r) for r in done.drop(columns="_score").to_dict("records")}
+    rows = {
+        str(r["trial_id"]): _plain_row(r) for r in done.drop(columns="_score").to_dict("records")
+    }
 
     ranked = []
     for entry in _read_confirm(run):
@@ -238,8 +278,17 @@ def rank_finished(run: Path, *, label: str | None = None) -> list[dict[str, Any]
             continue  # an older confirmation of a trial that is no longer complete
         row = rows.pop(entry["trial_id"])
         seeds = entry.get("seeds") or ""
-        ranked.append({**row, "confirm": entry, "ranked_by": f"confirm.csv: mean objective over seeds {seeds}".strip()})
-    ranked += [{**row, "confirm": None, "ranked_by": f"results.csv: {score_column}"} for row in rows.values()]
+        ranked.append(
+            {
+                **row,
+                "confirm": entry,
+                "ranked_by": f"confirm.csv: mean objective over seeds {seeds}".strip(),
+            }
+        )
+    ranked += [
+        {**row, "confirm": None, "ranked_by": f"results.csv: {score_column}"}
+        for row in rows.values()
+    ]
     return ranked
 
 
@@ -272,7 +321,9 @@ def _parse_location(url: str | os.PathLike, *, field: str) -> Storage:
     from caetune._storage import parse_storage
 
     if isinstance(url, (str, os.PathLike)) and _URL_CREDENTIALS.match(os.fspath(url)):
-        raise InputError(field, "a location without credentials (use the AWS environment or ~/.aws)")
+        raise InputError(
+            field, "a location without credentials (use the AWS environment or ~/.aws)"
+        )
     return parse_storage(url, field=field)
 
 
@@ -332,26 +383,38 @@ def _load_trial(run: Path, trial_id: str, experiment: dict) -> _Loaded:
         # A run may come from a shared bucket: reading its checkpoint must not run code.
         state = read_checkpoint(folder / TRIAL_MODEL)
     except pickle.UnpicklingError:
-        raise InputError(where, f"refused {TRIAL_MODEL}: it holds Python objects beyond tensors and plain data") from None
+        raise InputError(
+            where, f"refused {TRIAL_MODEL}: it holds Python objects beyond tensors and plain data"
+        ) from None
     except Exception as err:  # torch.load raises many kinds (pickle, zip, EOF, OS) for one cause
-        raise InputError(where, f"unreadable {TRIAL_MODEL} ({type(err).__name__}: {_first_line(err)})") from None
+        raise InputError(
+            where, f"unreadable {TRIAL_MODEL} ({type(err).__name__}: {_first_line(err)})"
+        ) from None
     if not isinstance(state, dict) or not {"config", "model", "epoch", "history"} <= set(state):
-        raise InputError(where, f"{TRIAL_MODEL} is not a Trainer checkpoint (config, model, epoch, history)")
+        raise InputError(
+            where, f"{TRIAL_MODEL} is not a Trainer checkpoint (config, model, epoch, history)"
+        )
     if TrainConfig.from_dict(dict(state["config"]), source=f"{where}/{TRIAL_MODEL}") != config:
         raise InputError(where, f"{TRIAL_CONFIG} and the config inside {TRIAL_MODEL} disagree")
     if int(state["epoch"]) != config.n_epochs or not state["history"]:
-        raise InputError(where, f"{TRIAL_MODEL} holds epoch {state['epoch']} of n_epochs {config.n_epochs}")
+        raise InputError(
+            where, f"{TRIAL_MODEL} holds epoch {state['epoch']} of n_epochs {config.n_epochs}"
+        )
     weights = state["model"]
     shape = _input_shape(config, weights, experiment, where)
     model = build_model(config, in_channels=shape[0], image_size=shape[1:])
     try:
         model.load_state_dict(weights)  # the weights must fit the config they are exported with
     except RuntimeError as err:
-        raise InputError(where, f"{TRIAL_MODEL} does not fit {TRIAL_CONFIG}: {_first_line(err)}") from None
+        raise InputError(
+            where, f"{TRIAL_MODEL} does not fit {TRIAL_CONFIG}: {_first_line(err)}"
+        ) from None
     return _Loaded(config, model.state_dict(), list(state["history"]), shape)
 
 
-def _input_shape(config: TrainConfig, weights: dict, experiment: dict, where: str) -> tuple[int, int, int]:
+def _input_shape(
+    config: TrainConfig, weights: dict, experiment: dict, where: str
+) -> tuple[int, int, int]:
     """``(C, H, W)`` of the images the trial saw; the weights alone do not fix H and W."""
     try:
         channels = int(weights["encoder.0.weight"].shape[1])  # conv weight [Nm, C, 3, 3]
@@ -359,7 +422,9 @@ def _input_shape(config: TrainConfig, weights: dict, experiment: dict, where: st
         raise InputError(where, f"{TRIAL_MODEL} does not hold a CAE's weights") from None
     if config.image_size is not None:
         return channels, config.image_size, config.image_size
-    size = (experiment.get("dataset") or {}).get("image_size")  # the search records its data's shape
+    size = (experiment.get("dataset") or {}).get(
+        "image_size"
+    )  # the search records its data's shape
     if isinstance(size, list) and len(size) == 2:
         return channels, int(size[0]), int(size[1])
     from caetune.models import load_data
@@ -371,7 +436,9 @@ def _input_shape(config: TrainConfig, weights: dict, experiment: dict, where: st
 # -- writing -----------------------------------------------------------------------------
 
 
-def _stage_trial(stage: Path, run: Path, choice: dict, experiment: dict, *, rank: int, run_url: str) -> ExportedTrial:
+def _stage_trial(
+    stage: Path, run: Path, choice: dict, experiment: dict, *, rank: int, run_url: str
+) -> ExportedTrial:
     """Checks one trial and writes its ``config.yaml`` and ``model.pt`` under ``stage``."""
     import torch
 
@@ -379,7 +446,9 @@ def _stage_trial(stage: Path, run: Path, choice: dict, experiment: dict, *, rank
 
     trial_id = str(choice["trial_id"])
     if not _TRIAL_ID.match(trial_id):
-        raise InputError("RUN", f"{RESULTS_CSV} names a trial {trial_id!r} that is not a folder name")
+        raise InputError(
+            "RUN", f"{RESULTS_CSV} names a trial {trial_id!r} that is not a folder name"
+        )
     loaded = _load_trial(run, trial_id, experiment)
     folder = f"{rank}-{trial_id}"
     (stage / folder).mkdir(parents=True)
@@ -405,9 +474,15 @@ def _stage_trial(stage: Path, run: Path, choice: dict, experiment: dict, *, rank
         "ranked_by": choice["ranked_by"],
         "objective": experiment.get("objective"),
         "metrics": metrics,
-        "confirm": {k: choice["confirm"].get(k) for k in CONFIRM_METRICS} if choice["confirm"] else None,
+        "confirm": {k: choice["confirm"].get(k) for k in CONFIRM_METRICS}
+        if choice["confirm"]
+        else None,
         "input_shape": list(loaded.input_shape),
-        "weights": {"file": EXPORT_WEIGHTS, "sha256": _file_sha256(weights_path), "size": weights_path.stat().st_size},
+        "weights": {
+            "file": EXPORT_WEIGHTS,
+            "sha256": _file_sha256(weights_path),
+            "size": weights_path.stat().st_size,
+        },
         "reproduce": {
             "command": f"caetune train --config {EXPORT_CONFIG}",
             "val_mse": metrics["val_mse"],
@@ -421,16 +496,23 @@ def _stage_trial(stage: Path, run: Path, choice: dict, experiment: dict, *, rank
         f"# Retrain:  caetune train --config {EXPORT_CONFIG}   (the export: section is metadata)\n"
         "# Load:     from caetune.search import load_exported; model = load_exported(THIS_FOLDER)\n"
     )
-    body = yaml.safe_dump({**loaded.config.to_dict(), EXPORT_KEY: _json_safe(meta)}, sort_keys=False)
+    body = yaml.safe_dump(
+        {**loaded.config.to_dict(), EXPORT_KEY: _json_safe(meta)}, sort_keys=False
+    )
     (stage / folder / EXPORT_CONFIG).write_text(header + body, encoding="utf-8")
     objective = metrics["objective"]
     return ExportedTrial(rank, trial_id, folder, metrics["val_mse"], objective, choice["ranked_by"])
 
 
-def _manifest(stage: Path, source: Storage, experiment: dict, trials: list[ExportedTrial]) -> dict[str, Any]:
+def _manifest(
+    stage: Path, source: Storage, experiment: dict, trials: list[ExportedTrial]
+) -> dict[str, Any]:
     files = {}
     for path in sorted(p for p in stage.rglob("*") if p.is_file()):
-        files[path.relative_to(stage).as_posix()] = {"sha256": _file_sha256(path), "size": path.stat().st_size}
+        files[path.relative_to(stage).as_posix()] = {
+            "sha256": _file_sha256(path),
+            "size": path.stat().st_size,
+        }
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -456,7 +538,9 @@ def _check_no_secrets(stage: Path) -> None:
         what = _find_secret(_chunks(path, overlap), values)
         if what:
             rel = path.relative_to(stage).as_posix()
-            raise InputError("RUN", f"the export's {rel} would contain {what}; nothing was exported")
+            raise InputError(
+                "RUN", f"the export's {rel} would contain {what}; nothing was exported"
+            )
 
 
 def _find_secret(chunks: Iterator[bytes], values: dict[str, bytes]) -> str | None:
@@ -499,7 +583,10 @@ def _check_target(target: Storage) -> dict | None:
         return None
     manifest = _read_manifest(target)
     if manifest is None:
-        raise InputError("--to", f"{target.url} holds other files; give a new or empty folder, or an earlier export")
+        raise InputError(
+            "--to",
+            f"{target.url} holds other files; give a new or empty folder, or an earlier export",
+        )
     return manifest
 
 
@@ -513,7 +600,11 @@ def _read_manifest(storage: Storage) -> dict | None:
         return None
     except OSError as err:
         raise InputError(storage.url, f"cannot read {MANIFEST}: {_first_line(err)}") from None
-    ok = isinstance(manifest, dict) and manifest.get("format") == FORMAT and isinstance(manifest.get("files"), dict)
+    ok = (
+        isinstance(manifest, dict)
+        and manifest.get("format") == FORMAT
+        and isinstance(manifest.get("files"), dict)
+    )
     return manifest if ok else None
 
 
@@ -579,7 +670,9 @@ def _remove_stale(fs, target: Storage, *, old: set[str], new: set[str]) -> None:
     """
     new_folders = {rel.split("/", 1)[0] for rel in new if "/" in rel}
     gone = sorted({rel.split("/", 1)[0] for rel in old if "/" in rel} - new_folders)
-    files = sorted(rel for rel in old - new if "/" not in rel or rel.split("/", 1)[0] in new_folders)
+    files = sorted(
+        rel for rel in old - new if "/" not in rel or rel.split("/", 1)[0] in new_folders
+    )
     for delete, rels in ((fs.delete_dir, gone), (fs.delete_file, files)):
         for rel in rels:
             try:
@@ -599,10 +692,14 @@ def _trial_folder(path: str | os.PathLike, rank: int) -> Storage:
         return storage
     manifest = _read_manifest(storage)
     if manifest is None:
-        raise InputError("path", f"{storage.url} is neither a caetune export nor one trial's folder of one")
+        raise InputError(
+            "path", f"{storage.url} is neither a caetune export nor one trial's folder of one"
+        )
     folders = {int(t["rank"]): t["folder"] for t in manifest.get("trials", [])}
     if rank not in folders:
-        raise InputError("rank", f"expected one of {', '.join(map(str, sorted(folders)))}, got {rank!r}")
+        raise InputError(
+            "rank", f"expected one of {', '.join(map(str, sorted(folders)))}, got {rank!r}"
+        )
     return storage.child(folders[rank])
 
 
@@ -616,7 +713,9 @@ def _read_exported_config(folder: Storage) -> tuple[TrainConfig, dict[str, Any]]
         doc = None
     meta = doc.get(EXPORT_KEY) if isinstance(doc, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "input_shape" not in meta:
-        raise InputError("path", f"{folder.url}/{EXPORT_CONFIG} is not an exported config (no export: section)")
+        raise InputError(
+            "path", f"{folder.url}/{EXPORT_CONFIG} is not an exported config (no export: section)"
+        )
     fields = {k: v for k, v in doc.items() if k != EXPORT_KEY}
     return TrainConfig.from_dict(fields, source=f"{folder.url}/{EXPORT_CONFIG}"), meta
 

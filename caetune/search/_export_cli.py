@@ -18,8 +18,12 @@ def register(subparsers) -> None:
             "caetune.search.load_exported(DEST) returns the best trained CAE."
         ),
     )
-    parser.add_argument("run", metavar="RUN", help="the run folder STORAGE/NAME, local or s3://bucket/prefix/NAME")
-    parser.add_argument("--top", type=int, default=1, metavar="K", help="how many of the best trials (default 1)")
+    parser.add_argument(
+        "run", metavar="RUN", help="the run folder STORAGE/NAME, local or s3://bucket/prefix/NAME"
+    )
+    parser.add_argument(
+        "--top", type=int, default=1, metavar="K", help="how many of the best trials (default 1)"
+    )
     parser.add_argument(
         "--to",
         required=True,
@@ -35,11 +39,17 @@ def run(args: argparse.Namespace) -> int:
     result = export_run(args.run, top=args.top, to=args.to)
     for trial in result.trials:
         objective = "-" if trial.objective is None else f"{trial.objective:.6g}"
-        print(f"{trial.rank}. {trial.trial_id}  val_mse {trial.val_mse:.6g}  objective {objective}  -> {trial.folder}/")
+        print(
+            f"{trial.rank}. {trial.trial_id}  val_mse {trial.val_mse:.6g}  objective {objective}  -> {trial.folder}/"
+        )
     best = f"{result.url}/{result.trials[0].folder}"
-    print(f"exported {len(result.trials)} to {result.url} (manifest.json lists every file's sha256)")
+    print(
+        f"exported {len(result.trials)} to {result.url} (manifest.json lists every file's sha256)"
+    )
     if result.url.startswith("s3://"):
-        print(f"load: caetune.search.load_exported({best!r}); retrain: download it, then caetune train --config ...")
+        print(
+            f"load: caetune.search.load_exported({best!r}); retrain: download it, then caetune train --config ..."
+        )
     else:
         print(f"retrain: caetune train --config {best}/{EXPORT_CONFIG}")
     return 0

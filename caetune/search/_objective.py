@@ -19,8 +19,9 @@ epoch: the ``objective`` for ``mse`` and ``combined``, ``val_mse`` for
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from caetune._errors import InputError
 
@@ -47,9 +48,15 @@ class Objective:
 
     def __post_init__(self) -> None:
         if self.kind not in OBJECTIVES:
-            raise InputError("--objective", f"expected one of {', '.join(OBJECTIVES)}, got {self.kind!r}")
+            raise InputError(
+                "--objective", f"expected one of {', '.join(OBJECTIVES)}, got {self.kind!r}"
+            )
         w = self.weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
+        if (
+            isinstance(w, bool)
+            or not isinstance(w, (int, float))
+            or not (math.isfinite(w) and w >= 0)
+        ):
             raise InputError("--utilisation-weight", f"expected a number >= 0, got {w!r}")
         object.__setattr__(self, "weight", float(w))
 

@@ -157,14 +157,18 @@ class Recorder(Callback):
             return
         self.epochs[trial.config["trial_id"]] = f"{result['epoch']}/{trial.config['n_epochs']}"
         value = float(result["objective"])
-        if len(self.study.directions) == 1 and math.isfinite(value):  # Optuna takes none for several objectives
+        if len(self.study.directions) == 1 and math.isfinite(
+            value
+        ):  # Optuna takes none for several objectives
             with warnings.catch_warnings():
                 # A trial resumed from its final checkpoint reports that epoch again; Optuna keeps the first.
                 warnings.simplefilter("ignore")
                 self._handle(trial.config["trial_number"]).report(value, int(result["epoch"]))
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
-        self._handle(trial.config["trial_number"]).set_user_attr(CHECKPOINT_ATTR, self._relative(checkpoint.path))
+        self._handle(trial.config["trial_number"]).set_user_attr(
+            CHECKPOINT_ATTR, self._relative(checkpoint.path)
+        )
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}
@@ -172,7 +176,11 @@ class Recorder(Callback):
             self._finish(trial, "failed", reason=str(result["failed"]))
         elif diverged := _non_finite(result):
             # Training only checks its own loss: a NaN validation MSE would otherwise pass for pruned.
-            self._finish(trial, "failed", reason=f"TrainingDiverged: {diverged} at epoch {result.get('epoch')}")
+            self._finish(
+                trial,
+                "failed",
+                reason=f"TrainingDiverged: {diverged} at epoch {result.get('epoch')}",
+            )
         elif "epoch" in result and int(result["epoch"]) >= int(trial.config["n_epochs"]):
             self._finish(trial, "complete")
         elif trial.trial_id in self.scheduler.stopped:
@@ -182,7 +190,9 @@ class Recorder(Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         # Ray lost the trial's worker (or node) and restarts it from its last checkpoint.
-        self._say(f"{trial.config['trial_id']} restart   from its last checkpoint ({_ray_error(trial)})")
+        self._say(
+            f"{trial.config['trial_id']} restart   from its last checkpoint ({_ray_error(trial)})"
+        )
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._finish(trial, "failed", reason=_ray_error(trial))
@@ -214,7 +224,10 @@ class Recorder(Callback):
             result.update({k: v for k, v in metrics.items() if k != "history"})
         if damage:  # its last checkpoint was damaged after the trial wrote it: no model to keep
             given_up = f"gave up after {MAX_RERUNS} re-runs" if status != "failed" else None
-            status, reason = "failed", "; ".join(n for n in (reason, damage, given_up, "no model kept") if n)
+            status, reason = (
+                "failed",
+                "; ".join(n for n in (reason, damage, given_up, "no model kept") if n),
+            )
         epochs_run = int(result.get("epoch", 0) or 0)
 
         row = {
@@ -236,8 +249,15 @@ class Recorder(Callback):
         write_trial_files(
             self.files,
             trial_id,
-            config_yaml=yaml.safe_dump(self.searcher.factory.train(config["params"]).to_dict(), sort_keys=False),
-            metrics={**(metrics or {}), **row, "trial_id": trial_id, "history": (metrics or {}).get("history", [])},
+            config_yaml=yaml.safe_dump(
+                self.searcher.factory.train(config["params"]).to_dict(), sort_keys=False
+            ),
+            metrics={
+                **(metrics or {}),
+                **row,
+                "trial_id": trial_id,
+                "history": (metrics or {}).get("history", []),
+            },
         )
         self.table.update(trial_id, **row)
         self.table.write()
@@ -275,7 +295,13 @@ class Recorder(Callback):
         self.on_study_change()
         warm = _warm_start(config)
         self.searcher.run_again(
-            Resumable(number, dict(config["params"]), trial.checkpoint, WarmStart(**warm) if warm else None, recovery)
+            Resumable(
+                number,
+                dict(config["params"]),
+                trial.checkpoint,
+                WarmStart(**warm) if warm else None,
+                recovery,
+            )
         )
         self.table.update(trial_id, **{RECOVERY: recovery})
         self.table.write()
@@ -303,7 +329,10 @@ class Recorder(Callback):
             return None, f"final checkpoint {name} unreadable ({type(err).__name__}: {err})"
         written = metrics.get(MODEL_BYTES)
         if written is not None and size != written:
-            return metrics, f"final checkpoint {name} has a {size}-byte model.pt, {written} were written"
+            return (
+                metrics,
+                f"final checkpoint {name} has a {size}-byte model.pt, {written} were written",
+            )
         self.files.copy_in(f"{checkpoint.path}/{TRIAL_MODEL}", model_path(trial.config["trial_id"]))
         return metrics, None
 
@@ -317,7 +346,9 @@ class Recorder(Callback):
         for folder in fs.get_file_info(pyarrow.fs.FileSelector(tune_dir, allow_not_found=True)):
             if folder.type.name != "Directory" or not folder.base_name.startswith(prefix):
                 continue
-            for info in fs.get_file_info(pyarrow.fs.FileSelector(folder.path, allow_not_found=True)):
+            for info in fs.get_file_info(
+                pyarrow.fs.FileSelector(folder.path, allow_not_found=True)
+            ):
                 if info.type.name == "Directory" and info.base_name.startswith("checkpoint_"):
                     fs.delete_dir(info.path)
 
@@ -345,7 +376,9 @@ class Recorder(Callback):
         if status == "complete":
             self.study.tell(number, self.objective.values(row))
         else:
-            self.study.tell(number, state=TrialState.PRUNED if status == "pruned" else TrialState.FAIL)
+            self.study.tell(
+                number, state=TrialState.PRUNED if status == "pruned" else TrialState.FAIL
+            )
         self._handles.pop(number, None)
         self.on_study_change()
 
@@ -378,7 +411,9 @@ class Recorder(Callback):
 
 
 # What Tune keeps of a finished trial's last result: enough to tell how it ended.
-_KEPT_RESULT_KEYS = frozenset({"trial_id", "done", "training_iteration", "epoch", "val_mse", "objective", "failed"})
+_KEPT_RESULT_KEYS = frozenset(
+    {"trial_id", "done", "training_iteration", "epoch", "val_mse", "objective", "failed"}
+)
 
 
 def _forget_results(trial) -> None:
@@ -459,5 +494,8 @@ def _ray_error(trial) -> str:
     except Exception:  # noqa: BLE001 -- an unreadable error file must not stop the search
         pass
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    tail = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else "the trial's worker died")
+    tail = next(
+        (line for line in reversed(lines) if "Error" in line),
+        lines[-1] if lines else "the trial's worker died",
+    )
     return tail[:300]

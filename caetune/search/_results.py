@@ -16,9 +16,10 @@ import io
 import json
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from caetune._runlayout import (
     RESULTS_CSV,
@@ -34,8 +35,16 @@ STATUSES = ("complete", "pruned", "failed", "running")
 # Leading columns, in this order; params, then layer metrics follow.
 LEAD_COLUMNS = ("trial_id", "status", "error", "recovery")
 METRIC_COLUMNS = (
-    "val_mse", "best_val_mse", "objective", "utilisation", "epochs_run", "n_epochs", "epochs_trained", "warm_start",
-    "seconds", "cpu_seconds",
+    "val_mse",
+    "best_val_mse",
+    "objective",
+    "utilisation",
+    "epochs_run",
+    "n_epochs",
+    "epochs_trained",
+    "warm_start",
+    "seconds",
+    "cpu_seconds",
 )
 
 
@@ -135,7 +144,11 @@ class ResultsTable:
 
         rows = [self.rows[k] for k in sorted(self.rows)]
         frame = pd.DataFrame(rows)
-        first = [c for c in dict.fromkeys((*LEAD_COLUMNS, *self.params, *METRIC_COLUMNS)) if c in frame.columns]
+        first = [
+            c
+            for c in dict.fromkeys((*LEAD_COLUMNS, *self.params, *METRIC_COLUMNS))
+            if c in frame.columns
+        ]
         layers = sorted(c for c in frame.columns if c.startswith(("layer3_", "layer4_")))
         rest = [c for c in frame.columns if c not in first and c not in layers]
         if not len(frame):
@@ -160,11 +173,15 @@ class ResultsTable:
         return counts
 
     def best(self, key: str = "objective") -> dict[str, Any] | None:
-        done = [r for r in self.rows.values() if r.get("status") == "complete" and _finite(r.get(key))]
+        done = [
+            r for r in self.rows.values() if r.get("status") == "complete" and _finite(r.get(key))
+        ]
         return min(done, key=lambda r: r[key]) if done else None
 
 
-def write_trial_files(files: RunFiles, trial_id: str, *, config_yaml: str, metrics: dict[str, Any]) -> None:
+def write_trial_files(
+    files: RunFiles, trial_id: str, *, config_yaml: str, metrics: dict[str, Any]
+) -> None:
     """``trials/<id>/config.yaml`` and ``metrics.json`` (model.pt is moved in by the caller)."""
     folder = trial_dir(trial_id)
     files.write_text(f"{folder}/{TRIAL_CONFIG}", config_yaml)

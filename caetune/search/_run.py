@@ -54,6 +54,7 @@ ADDRESS_TIMEOUT_S = 5.0
 # costs 3-4 s (new trial actors) and lets its last trials finish before the next one starts.
 TRIALS_PER_FIT = 100
 
+
 @dataclass
 class SearchSettings:
     """Everything ``caetune search`` takes; ``None`` means "the run's value, else the default".
@@ -139,10 +140,14 @@ class SearchSettings:
         if self.device not in (None, "cpu", "cuda"):
             raise InputError("device", f"expected cpu or cuda, got {self.device!r}")
         if self.objective is not None and self.objective not in OBJECTIVES:
-            raise InputError("--objective", f"expected one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+            raise InputError(
+                "--objective", f"expected one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
+            )
         if self.seed is not None and self.seed > MAX_SEED:
             # Optuna's sampler takes a 32-bit seed, and confirmation adds to it.
-            raise InputError("--seed", f"expected an integer between 0 and {MAX_SEED}, got {self.seed}")
+            raise InputError(
+                "--seed", f"expected an integer between 0 and {MAX_SEED}, got {self.seed}"
+            )
         if self.name is not None:
             _check_name(self.name, field="--name")
 
@@ -204,7 +209,20 @@ def run_search(
         owns_ray = _connect_ray(settings.address)
         try:
             _check_resources(values, strict=owns_ray, stream=stream)
-            session = _Session(name, settings, values, space, objective, files, sync, study_url, data, stored, stream, out)
+            session = _Session(
+                name,
+                settings,
+                values,
+                space,
+                objective,
+                files,
+                sync,
+                study_url,
+                data,
+                stored,
+                stream,
+                out,
+            )
             return session.run(callbacks or [])
         finally:
             if owns_ray:
@@ -267,11 +285,17 @@ class _Session:
             saved_model_of=saved_model_of,
         )
         searcher = StudySearcher(
-            study, factory, num_samples=values["num_samples"], resumable=resumable, saved_model_of=saved_model_of
+            study,
+            factory,
+            num_samples=values["num_samples"],
+            resumable=resumable,
+            saved_model_of=saved_model_of,
         )
         table = ResultsTable(files, self.space.params)
         table.load()
-        data_ref = ray.put(data_payload(self.data))  # once; every trial and confirmation run maps it
+        data_ref = ray.put(
+            data_payload(self.data)
+        )  # once; every trial and confirmation run maps it
         self._announce(study, searcher, resumable)
 
         interrupted = False
@@ -283,7 +307,10 @@ class _Session:
         table.write()
         if interrupted:
             flag = f" --storage {self.settings.storage}" if self.settings.storage else ""
-            print(f"interrupted: continue with  caetune search --resume {self.name}{flag}", file=self.stream)
+            print(
+                f"interrupted: continue with  caetune search --resume {self.name}{flag}",
+                file=self.stream,
+            )
             return SearchOutcome(files.url, self.name, table.frame(), interrupted=True)
 
         ranking = None
@@ -299,7 +326,9 @@ class _Session:
                 resources={"num_cpus": self.cpus, "num_gpus": self.gpus},
                 stream=self.stream,
             )
-        report = _write_report(files, values["top_k"], self.stream) if self.settings.report else None
+        report = (
+            _write_report(files, values["top_k"], self.stream) if self.settings.report else None
+        )
         _print_summary(self.out, files, table, ranking, self.space, values, self.study_url, report)
         return SearchOutcome(files.url, self.name, table.frame(), ranking, report)
 
@@ -325,7 +354,14 @@ class _Session:
             reduction_factor=self.values["reduction_factor"],
         )
         _write_experiment(
-            self.files, self.name, self.values, self.space, self.objective, self.study_url, self.data, self.stored
+            self.files,
+            self.name,
+            self.values,
+            self.space,
+            self.objective,
+            self.study_url,
+            self.data,
+            self.stored,
         )
         self.sync.push()
         return study
@@ -339,10 +375,17 @@ class _Session:
             f"images), {self.objective.formula}; {self.values['num_samples']} trials, Ne <= {space.max_epochs()}",
             file=stream,
         )
-        print(f"  run folder {self.files.url}  (study {_display_url(self.study_url)})", file=stream, flush=True)
+        print(
+            f"  run folder {self.files.url}  (study {_display_url(self.study_url)})",
+            file=stream,
+            flush=True,
+        )
         started = started_trials(study)
         if started:
-            print(f"  resuming: {started - len(resumable)} trials finished, {len(resumable)} to continue", file=stream)
+            print(
+                f"  resuming: {started - len(resumable)} trials finished, {len(resumable)} to continue",
+                file=stream,
+            )
 
     def _tune(self, study, searcher, table, data_ref, callbacks: list) -> None:
         """Runs the pending trials with Ray Tune until the study holds them all (or an interruption)."""
@@ -395,7 +438,9 @@ class _Session:
                         num_samples=-1,
                         max_concurrent_trials=values["max_concurrent"],
                         reuse_actors=True,
-                        trial_dirname_creator=lambda trial: f"{trial.config['trial_id']}-{trial.trial_id}",
+                        trial_dirname_creator=lambda trial: (
+                            f"{trial.config['trial_id']}-{trial.trial_id}"
+                        ),
                     ),
                     run_config=tune.RunConfig(
                         name="tune",
@@ -420,7 +465,10 @@ class _Session:
 
 def _check_name(name: str, *, field: str) -> None:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InputError(field, f"a run name of letters, digits, '.', '_' and '-' (one folder name), got {name!r}")
+        raise InputError(
+            field,
+            f"a run name of letters, digits, '.', '_' and '-' (one folder name), got {name!r}",
+        )
 
 
 def _check_study_url(url: str | None) -> None:
@@ -433,9 +481,14 @@ def _check_study_url(url: str | None) -> None:
     try:
         make_url(url).get_dialect()
     except (ArgumentError, NoSuchModuleError, ValueError) as err:
-        raise InputError("--study-storage", f"an RDB URL such as sqlite:///study.db or postgresql://host/db ({err})") from None
+        raise InputError(
+            "--study-storage",
+            f"an RDB URL such as sqlite:///study.db or postgresql://host/db ({err})",
+        ) from None
     except ImportError as err:
-        raise InputError("--study-storage", f"the database driver is not installed ({err})") from None
+        raise InputError(
+            "--study-storage", f"the database driver is not installed ({err})"
+        ) from None
 
 
 def _default_name(settings: SearchSettings) -> str:
@@ -455,16 +508,31 @@ def _resolve(settings: SearchSettings, stored: dict | None) -> dict[str, Any]:
     for key, default in DEFAULTS.items():
         given = getattr(settings, key)
         seen = _display_url(given) if key == "study_storage" and given is not None else given
-        if stored is not None and key in DEFINITION and given is not None and seen != _stored_form(key, before.get(key)):
+        if (
+            stored is not None
+            and key in DEFINITION
+            and given is not None
+            and seen != _stored_form(key, before.get(key))
+        ):
             changed.append(f"{key} {before.get(key)!r} -> {seen!r}")
-        values[key] = given if given is not None else before.get(key, default) if stored is not None else default
+        values[key] = (
+            given
+            if given is not None
+            else before.get(key, default)
+            if stored is not None
+            else default
+        )
     if changed:
         raise InputError(
             "--name",
             f"run {stored['name']!r} exists with other settings ({'; '.join(changed)}); "
             "resume it without them or choose another --name",
         )
-    if stored is not None and settings.study_storage is None and _hides_secret(values["study_storage"]):
+    if (
+        stored is not None
+        and settings.study_storage is None
+        and _hides_secret(values["study_storage"])
+    ):
         raise InputError(
             "--study-storage",
             f"run {stored['name']!r} keeps its study at {values['study_storage']}, whose password caetune "
@@ -486,7 +554,9 @@ def _hides_secret(url: str | None) -> bool:
 def _space_of(values: dict, stored: dict | None) -> SearchSpace:
     """The resolved space: the stored one on resume, else the preset/file with overrides and caps."""
     if stored is not None:
-        return space_from_dict(stored["space"], name=stored["space_name"], source=stored["settings"]["space"])
+        return space_from_dict(
+            stored["space"], name=stored["space_name"], source=stored["settings"]["space"]
+        )
     space = load_space(values["space"])
     space = space.with_fixed(dataset=values["dataset"], subset=values["subset"])
     return space.capped(values["max_epochs"])
@@ -496,7 +566,9 @@ def _check_int(field: str, value: Any, low: int) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InputError("--" + field.replace("_", "-"), f"expected an integer >= {low}, got {value!r}")
+        raise InputError(
+            "--" + field.replace("_", "-"), f"expected an integer >= {low}, got {value!r}"
+        )
 
 
 def _check_number(field: str, value: Any, low: float, strict: bool) -> None:
@@ -506,7 +578,9 @@ def _check_number(field: str, value: Any, low: float, strict: bool) -> None:
     ok = ok and (value > low if strict else value >= low)
     if not ok:
         relation = ">" if strict else ">="
-        raise InputError("--" + field.replace("_", "-"), f"expected a number {relation} {low:g}, got {value!r}")
+        raise InputError(
+            "--" + field.replace("_", "-"), f"expected a number {relation} {low:g}, got {value!r}"
+        )
 
 
 # -- the run folder --------------------------------------------------------------
@@ -520,11 +594,16 @@ def _read_experiment(files) -> dict | None:
     except yaml.YAMLError:
         stored = None
     if not isinstance(stored, dict) or "settings" not in stored or "space" not in stored:
-        raise InputError("--name", f"{files.url} holds a {EXPERIMENT_FILE} caetune cannot read; choose another --name")
+        raise InputError(
+            "--name",
+            f"{files.url} holds a {EXPERIMENT_FILE} caetune cannot read; choose another --name",
+        )
     return stored
 
 
-def _write_experiment(files, name, values, space: SearchSpace, objective: Objective, study_url, data, stored) -> None:
+def _write_experiment(
+    files, name, values, space: SearchSpace, objective: Objective, study_url, data, stored
+) -> None:
     from caetune import __version__
 
     doc = {
@@ -576,7 +655,7 @@ class _RunLock:
         self._fd: int | None = None
         self._made: list[Path] = []
 
-    def __enter__(self) -> "_RunLock":
+    def __enter__(self) -> _RunLock:
         import fcntl
 
         while True:
@@ -591,10 +670,14 @@ class _RunLock:
                 owner = self._owner(fd)
                 os.close(fd)
                 self._remove_made()
-                raise InputError("--name", f"run {self.files.url} is in use by {owner}; wait for it or stop it") from None
+                raise InputError(
+                    "--name", f"run {self.files.url} is in use by {owner}; wait for it or stop it"
+                ) from None
             if _same_file(fd, self.path):
                 break
-            os.close(fd)  # locked a file its owner had just unlinked on its way out: lock the new one
+            os.close(
+                fd
+            )  # locked a file its owner had just unlinked on its way out: lock the new one
         os.ftruncate(fd, 0)
         os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
         self._fd = fd
@@ -617,7 +700,9 @@ class _RunLock:
                 host, pid = owner
                 if host != socket.gethostname():
                     return f"process {pid} on {host}"
-                if _alive(int(pid)):  # a dead pid is the last owner's, not yet overwritten by the new one
+                if _alive(
+                    int(pid)
+                ):  # a dead pid is the last owner's, not yet overwritten by the new one
                     return f"process {pid}"
             if time.monotonic() > deadline:
                 return "another process"
@@ -734,7 +819,9 @@ def _connect_ray(address: str | None) -> bool:
             runtime_env=_worker_runtime_env(),
         )
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise InputError(field, f"cannot join the Ray cluster at {target}: {str(err).splitlines()[0]}") from None
+        raise InputError(
+            field, f"cannot join the Ray cluster at {target}: {str(err).splitlines()[0]}"
+        ) from None
     if target is None:
         _make_token_private()
     return True
@@ -787,7 +874,9 @@ def _keep_credentials_out_of_ray() -> None:
     """
     from ray.tune.execution import class_cache
 
-    class_cache.ENV_VARS_TO_PROPAGATE = {v for v in class_cache.ENV_VARS_TO_PROPAGATE if not v.startswith("AWS_")}
+    class_cache.ENV_VARS_TO_PROPAGATE = {
+        v for v in class_cache.ENV_VARS_TO_PROPAGATE if not v.startswith("AWS_")
+    }
 
 
 def _check_resources(values: dict, *, strict: bool, stream) -> None:
@@ -820,7 +909,9 @@ def _check_reachable(address: str, field: str) -> None:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S):
             pass
     except OSError as err:
-        raise InputError(field, f"cannot reach a Ray cluster at {hostport}: {err.strerror or err}") from None
+        raise InputError(
+            field, f"cannot reach a Ray cluster at {hostport}: {err.strerror or err}"
+        ) from None
 
 
 def _load_data(space: SearchSpace):
@@ -892,18 +983,26 @@ def _print_summary(out, files, table, ranking, space, values, study_url, report)
             )
     else:
         frame = table.frame()
-        done = frame[frame["status"] == "complete"].sort_values("objective") if len(frame) else frame
+        done = (
+            frame[frame["status"] == "complete"].sort_values("objective") if len(frame) else frame
+        )
         print("Top configs (one seed each):", file=out)
         for i, row in enumerate(done.head(values["top_k"]).to_dict(orient="records"), 1):
             described = "  ".join(f"{p}={_fmt(row[p])}" for p in params)
-            print(f"  {i}. {row['trial_id']}  {described}  objective {_fmt(row['objective'])}", file=out)
+            print(
+                f"  {i}. {row['trial_id']}  {described}  objective {_fmt(row['objective'])}",
+                file=out,
+            )
     frame = table.frame()
     if "pareto" in frame.columns:
         front = frame[frame["pareto"].fillna(False).astype(bool)].sort_values("val_mse")
         print("\nPareto front (min val_mse, max U), one seed each:", file=out)
         for row in front.to_dict(orient="records"):
             described = "  ".join(f"{p}={_fmt(row[p])}" for p in params)
-            print(f"  {row['trial_id']}  val_mse {_fmt(row['val_mse'])}  U {_fmt(row['utilisation'])}  {described}", file=out)
+            print(
+                f"  {row['trial_id']}  val_mse {_fmt(row['val_mse'])}  U {_fmt(row['utilisation'])}  {described}",
+                file=out,
+            )
     print(
         f"\nTrials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed. Written:",
         file=out,
@@ -911,7 +1010,10 @@ def _print_summary(out, files, table, ranking, space, values, study_url, report)
     print(f"  {files.url}/{RESULTS_CSV} (and .parquet), trials/<id>/", file=out)
     if ranking is not None:
         print(f"  {files.url}/confirm.csv", file=out)
-    print(f"  study: {_display_url(study_url)}  (optuna-dashboard {_display_url(study_url)})", file=out)
+    print(
+        f"  study: {_display_url(study_url)}  (optuna-dashboard {_display_url(study_url)})",
+        file=out,
+    )
     if files.storage.is_s3 and study_url.startswith("sqlite:"):
         print(f"         a copy at {files.url}/{STUDY_FILE}", file=out)
     if report:

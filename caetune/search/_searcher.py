@@ -41,8 +41,9 @@ that a trial's files are written before the study calls it finished.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ray.tune.search import Searcher
 
@@ -105,12 +106,18 @@ def open_study(
     )
     if n_epochs_of is not None:
         sampler = ExploringSampler(
-            sampler, n_epochs_of=n_epochs_of, seed=seed, rungs=rungs, reduction_factor=reduction_factor
+            sampler,
+            n_epochs_of=n_epochs_of,
+            seed=seed,
+            rungs=rungs,
+            reduction_factor=reduction_factor,
         )
     try:
         storage = optuna.storages.RDBStorage(url)
     except Exception as err:  # noqa: BLE001 -- SQLAlchemy raises many kinds
-        raise InputError("--study-storage", f"cannot open {_redact(url)}: {_first_line(err)}") from None
+        raise InputError(
+            "--study-storage", f"cannot open {_redact(url)}: {_first_line(err)}"
+        ) from None
     try:
         study = optuna.create_study(
             storage=storage,
@@ -123,7 +130,9 @@ def open_study(
         raise InputError("--study-storage", f"study {name!r}: {_first_line(err)}") from None
     wanted = [d.upper() for d in objective.directions]
     if [d.name for d in study.directions] != wanted:
-        raise InputError("--objective", f"study {name!r} optimises {study.directions}, not {wanted}")
+        raise InputError(
+            "--objective", f"study {name!r} optimises {study.directions}, not {wanted}"
+        )
     if not study.trials:
         for point in start_points:
             study.enqueue_trial(dict(point), user_attrs={"start_point": True})
@@ -168,7 +177,9 @@ class TrialFactory:
 
     def train(self, params: dict[str, Any], *, seed: int | None = None):
         """The :class:`~caetune.models.TrainConfig` of a trial with these params (confirmation: another seed)."""
-        return self.space.train_config(params, seed=self.seed if seed is None else seed, device=self.device)
+        return self.space.train_config(
+            params, seed=self.seed if seed is None else seed, device=self.device
+        )
 
 
 @dataclass
@@ -179,7 +190,9 @@ class Resumable:
     params: dict[str, Any]
     checkpoint: Any = None  # a ray.tune.Checkpoint, or None to start over
     warm_start: WarmStart | None = None  # where it started, if it continued another trial
-    recovery: str | None = None  # what it got past so far (its final checkpoint damaged ...), for its `recovery`
+    recovery: str | None = (
+        None  # what it got past so far (its final checkpoint damaged ...), for its `recovery`
+    )
 
 
 class StudySearcher(Searcher):
@@ -211,10 +224,16 @@ class StudySearcher(Searcher):
         self.resumable = list(resumable)
         self.saved_model_of = saved_model_of
         self.distributions = factory.space.distributions()
-        self._started = started_trials(study)  # only this searcher asks: counted once, not per suggest
+        self._started = started_trials(
+            study
+        )  # only this searcher asks: counted once, not per suggest
         self._live: set[str] = set()  # Tune trial ids suggested and not yet ended
-        self._fit_left: int | None = None  # trials the current Tuner.fit may still start (None: any number)
-        self.finished = False  # the current Tuner.fit was told Searcher.FINISHED (it did not stop early)
+        self._fit_left: int | None = (
+            None  # trials the current Tuner.fit may still start (None: any number)
+        )
+        self.finished = (
+            False  # the current Tuner.fit was told Searcher.FINISHED (it did not stop early)
+        )
 
     def begin_fit(self, *, max_trials: int) -> None:
         """Starts the next ``Tuner.fit``: it runs at most ``max_trials`` trials, re-runs and resumed ones included."""
@@ -234,7 +253,9 @@ class StudySearcher(Searcher):
             return self._wait_or_finish()
         if self.resumable:
             job = self.resumable.pop(0)
-            config = self.factory.config(job.number, job.params, job.checkpoint, job.warm_start, job.recovery)
+            config = self.factory.config(
+                job.number, job.params, job.checkpoint, job.warm_start, job.recovery
+            )
         elif self._started < self.num_samples:
             config = self._ask()
         else:
@@ -258,14 +279,18 @@ class StudySearcher(Searcher):
         config = self.factory.config(trial.number, dict(trial.params))
         if self.saved_model_of is None:
             return config
-        warm = find_warm_start(self.study, trial.params, config["n_epochs"], saved_model_of=self.saved_model_of)
+        warm = find_warm_start(
+            self.study, trial.params, config["n_epochs"], saved_model_of=self.saved_model_of
+        )
         if warm is not None:
             trial.set_user_attr(WARM_ATTR, warm.trial_id)
             trial.set_user_attr(WARM_EPOCHS_ATTR, warm.epochs)
             config["warm_start"] = warm.to_config()
         return config
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         # The recorder tells the study, once the trial's files are written. Tune calls this before
         # its callbacks' on_trial_complete, and asks for the next trial only after them, so a re-run
         # the recorder queues there is seen before the session can be called finished.
@@ -284,11 +309,16 @@ def started_trials(study) -> int:
     """Trials asked so far (enqueued start points not yet asked do not count)."""
     import optuna
 
-    return sum(1 for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING)
+    return sum(
+        1 for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING
+    )
 
 
 def resumable_trials(
-    study, *, checkpoint_of: Callable[[str], Any], saved_model_of: Callable[[str], Any] | None = None
+    study,
+    *,
+    checkpoint_of: Callable[[str], Any],
+    saved_model_of: Callable[[str], Any] | None = None,
 ) -> list[Resumable]:
     """The study's ``RUNNING`` trials, with their last checkpoint (``checkpoint_of(relpath)``).
 
@@ -307,7 +337,11 @@ def resumable_trials(
             model = saved_model_of(source) if saved_model_of else None
             warm = WarmStart(source, int(trial.user_attrs.get(WARM_EPOCHS_ATTR) or 0), model)
         checkpoint = checkpoint_of(rel) if rel else None
-        jobs.append(Resumable(trial.number, dict(trial.params), checkpoint, warm, trial.user_attrs.get(RECOVERY)))
+        jobs.append(
+            Resumable(
+                trial.number, dict(trial.params), checkpoint, warm, trial.user_attrs.get(RECOVERY)
+            )
+        )
     return jobs
 
 

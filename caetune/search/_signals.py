@@ -21,7 +21,9 @@ class StopSignals(Callback):
     the first Ctrl-C after the search.
     """
 
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGUSR1") if hasattr(signal, name))
+    SIGNALS = tuple(
+        getattr(signal, name) for name in ("SIGINT", "SIGUSR1") if hasattr(signal, name)
+    )
 
     def __init__(self) -> None:
         self.received = False
@@ -58,7 +60,10 @@ class StopSignals(Callback):
         return handler
 
     def __getstate__(self) -> dict:
-        return {"received": self.received, "_found": {}}  # Tuner pickles its RunConfig; handlers stay here
+        return {
+            "received": self.received,
+            "_found": {},
+        }  # Tuner pickles its RunConfig; handlers stay here
 
 
 def _in_main_thread() -> bool:

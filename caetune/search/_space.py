@@ -34,7 +34,15 @@ from caetune.models._config import TrainConfig, read_yaml_mapping
 from caetune.search._defaults import preset_names
 
 # Fields that shape the shared dataset: one value per search.
-DATA_FIELDS = ("dataset", "data_dir", "download", "image_size", "grayscale", "val_fraction", "subset")
+DATA_FIELDS = (
+    "dataset",
+    "data_dir",
+    "download",
+    "image_size",
+    "grayscale",
+    "val_fraction",
+    "subset",
+)
 # Fields the search itself sets per trial.
 SEARCH_FIELDS = ("seed", "device")
 SEARCHABLE = tuple(
@@ -63,7 +71,9 @@ class Param:
         if self.kind == "categorical":
             return od.CategoricalDistribution(list(self.choices))
         if self.kind == "int":
-            return od.IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+            return od.IntDistribution(
+                int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
+            )
         return od.FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
 
     def contains(self, value: Any) -> bool:
@@ -121,25 +131,30 @@ class SearchSpace:
 
     def train_config(self, params: dict[str, Any], **overrides: Any) -> TrainConfig:
         """The full config of one trial: fixed fields, then ``params``, then ``overrides``."""
-        return TrainConfig.from_dict({**self.fixed, **params, **overrides}, source=f"space {self.name}")
+        return TrainConfig.from_dict(
+            {**self.fixed, **params, **overrides}, source=f"space {self.name}"
+        )
 
     def n_epochs(self, params: dict[str, Any]) -> int:
         """A proposal's Ne: searched, else fixed by the space, else ``TrainConfig``'s default."""
         return self.train_config(params).n_epochs
 
-    def with_fixed(self, **values: Any) -> "SearchSpace":
+    def with_fixed(self, **values: Any) -> SearchSpace:
         """The same space with some data fields fixed to other values (``--dataset``, ``--subset``)."""
         values = {k: v for k, v in values.items() if v is not None}
         if not values:
             return self
         for key in values:
             if key in self.params:
-                raise InputError(f"--{key.replace('_', '-')}", f"{key} is searched by space {self.name}; edit the space")
+                raise InputError(
+                    f"--{key.replace('_', '-')}",
+                    f"{key} is searched by space {self.name}; edit the space",
+                )
         space = dataclasses.replace(self, fixed={**self.fixed, **values})
         _check_fixed(space.fixed, where=f"space {self.name}")
         return space
 
-    def capped(self, max_epochs: int | None) -> "SearchSpace":
+    def capped(self, max_epochs: int | None) -> SearchSpace:
         """The space with Ne (``n_epochs``) at most ``max_epochs`` (``--max-epochs``).
 
         A searched range is clipped; a fixed value and the start points are
@@ -155,16 +170,24 @@ class SearchSpace:
             if ne.kind == "categorical":
                 kept = tuple(c for c in ne.choices if c <= max_epochs)
                 if not kept:
-                    raise InputError("--max-epochs", f"{max_epochs} is below every n_epochs choice of space {self.name}")
+                    raise InputError(
+                        "--max-epochs",
+                        f"{max_epochs} is below every n_epochs choice of space {self.name}",
+                    )
                 params["n_epochs"] = dataclasses.replace(ne, choices=kept)
             elif ne.low > max_epochs:
-                raise InputError("--max-epochs", f"{max_epochs} is below n_epochs.low = {ne.low:g} of space {self.name}")
+                raise InputError(
+                    "--max-epochs",
+                    f"{max_epochs} is below n_epochs.low = {ne.low:g} of space {self.name}",
+                )
             else:
                 params["n_epochs"] = dataclasses.replace(ne, high=min(ne.high, max_epochs))
         elif int(fixed.get("n_epochs", TrainConfig.n_epochs)) > max_epochs:
             fixed["n_epochs"] = max_epochs
         start = tuple(
-            {**point, "n_epochs": min(point["n_epochs"], max_epochs)} if "n_epochs" in point else point
+            {**point, "n_epochs": min(point["n_epochs"], max_epochs)}
+            if "n_epochs" in point
+            else point
             for point in self.start
         )
         start = tuple(_clip_start(point, params) for point in start)
@@ -195,15 +218,22 @@ def load_space(spec: str) -> SearchSpace:
             space that could propose an invalid config.
     """
     if not isinstance(spec, str) or not spec:
-        raise InputError("--space", f"expected a preset ({', '.join(preset_names())}) or a FILE.yaml")
+        raise InputError(
+            "--space", f"expected a preset ({', '.join(preset_names())}) or a FILE.yaml"
+        )
     if spec in preset_names():
-        text = (resources.files("caetune.search") / "presets" / f"{spec}.yaml").read_text(encoding="utf-8")
+        text = (resources.files("caetune.search") / "presets" / f"{spec}.yaml").read_text(
+            encoding="utf-8"
+        )
         import yaml
 
         return space_from_dict(yaml.safe_load(text), name=spec, source=f"preset:{spec}")
     path = Path(spec)
     if path.suffix not in (".yaml", ".yml") and not path.exists():
-        raise InputError("--space", f"unknown preset {spec!r}; expected one of {', '.join(preset_names())} or a FILE.yaml")
+        raise InputError(
+            "--space",
+            f"unknown preset {spec!r}; expected one of {', '.join(preset_names())} or a FILE.yaml",
+        )
     values = read_yaml_mapping(path, field="--space")
     return space_from_dict(values, name=path.stem, source=str(path))
 
@@ -221,7 +251,9 @@ def space_from_dict(values: Any, *, name: str, source: str) -> SearchSpace:
     if not isinstance(fixed, dict):
         raise InputError(f"{where}: fixed", "expected a mapping of TrainConfig field: value")
     if not isinstance(raw_params, dict) or not raw_params:
-        raise InputError(f"{where}: params", "expected a non-empty mapping of field: range or [choices]")
+        raise InputError(
+            f"{where}: params", "expected a non-empty mapping of field: range or [choices]"
+        )
     if isinstance(raw_start, dict):
         raw_start = [raw_start]
     if not isinstance(raw_start, list) or not all(isinstance(p, dict) for p in raw_start):
@@ -231,15 +263,23 @@ def space_from_dict(values: Any, *, name: str, source: str) -> SearchSpace:
     for key in fixed:
         if key not in known or key in SEARCH_FIELDS:
             allowed = sorted(known - set(SEARCH_FIELDS))
-            raise InputError(f"{where}: fixed.{key}", f"unknown field; expected one of {', '.join(allowed)}")
+            raise InputError(
+                f"{where}: fixed.{key}", f"unknown field; expected one of {', '.join(allowed)}"
+            )
     _check_fixed(fixed, where=where)
 
     hints = {f.name: str(f.type).replace(" | None", "") for f in dataclasses.fields(TrainConfig)}
     params: dict[str, Param] = {}
     for key, spec in raw_params.items():
         if key not in SEARCHABLE:
-            why = "data fields are fixed per search" if key in DATA_FIELDS else "unknown or not searchable"
-            raise InputError(f"{where}: params.{key}", f"{why}; expected one of {', '.join(SEARCHABLE)}")
+            why = (
+                "data fields are fixed per search"
+                if key in DATA_FIELDS
+                else "unknown or not searchable"
+            )
+            raise InputError(
+                f"{where}: params.{key}", f"{why}; expected one of {', '.join(SEARCHABLE)}"
+            )
         if key in fixed:
             raise InputError(f"{where}: params.{key}", "is also fixed; keep it in one place")
         params[key] = _parse_param(key, spec, hints[key], fixed, where=f"{where}: params.{key}")
@@ -248,12 +288,22 @@ def space_from_dict(values: Any, *, name: str, source: str) -> SearchSpace:
     for i, point in enumerate(raw_start):
         for key, value in point.items():
             if key not in params:
-                raise InputError(f"{where}: start[{i}].{key}", f"not a searched field; expected one of {', '.join(params)}")
+                raise InputError(
+                    f"{where}: start[{i}].{key}",
+                    f"not a searched field; expected one of {', '.join(params)}",
+                )
             if not params[key].contains(value):
-                raise InputError(f"{where}: start[{i}].{key}", f"{value!r} is outside {params[key].describe()}")
+                raise InputError(
+                    f"{where}: start[{i}].{key}", f"{value!r} is outside {params[key].describe()}"
+                )
         start.append(dict(point))
     return SearchSpace(
-        name=name, description=str(description), fixed=dict(fixed), params=params, start=tuple(start), source=source
+        name=name,
+        description=str(description),
+        fixed=dict(fixed),
+        params=params,
+        start=tuple(start),
+        source=source,
     )
 
 
@@ -276,7 +326,11 @@ def _parse_param(key: str, spec: Any, hint: str, fixed: dict, *, where: str) -> 
     low, high = spec["low"], spec["high"]
     log, step = spec.get("log", False), spec.get("step")
     for bound, value in (("low", low), ("high", high)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
             raise InputError(f"{where}.{bound}", f"expected a number, got {value!r}")
         if hint == "int" and not float(value).is_integer():
             raise InputError(f"{where}.{bound}", f"{key} is an integer, got {value!r}")
@@ -289,9 +343,15 @@ def _parse_param(key: str, spec: Any, hint: str, fixed: dict, *, where: str) -> 
     if step is not None:
         if log:
             raise InputError(f"{where}.step", "step and log cannot be combined")
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or not (math.isfinite(step) and step > 0):
+        if (
+            isinstance(step, bool)
+            or not isinstance(step, (int, float))
+            or not (math.isfinite(step) and step > 0)
+        ):
             raise InputError(f"{where}.step", f"expected a number > 0, got {step!r}")
-        if hint == "int" and not float(step).is_integer():  # Optuna would truncate 0.5 to a step of 0
+        if (
+            hint == "int" and not float(step).is_integer()
+        ):  # Optuna would truncate 0.5 to a step of 0
             raise InputError(f"{where}.step", f"{key} is an integer, got a step of {step!r}")
     if hint == "int":
         low, high = int(low), int(high)
@@ -329,4 +389,6 @@ def _clip_start(point: dict, params: dict[str, Param]) -> dict:
 def _no_unknown(values: dict, allowed: tuple[str, ...], where: str) -> None:
     for key in values:
         if key not in allowed:
-            raise InputError(f"{where}: {key}", f"unknown key; expected one of {', '.join(allowed)}")
+            raise InputError(
+                f"{where}: {key}", f"unknown key; expected one of {', '.join(allowed)}"
+            )

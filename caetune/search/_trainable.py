@@ -41,8 +41,9 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 CHECKPOINT_MODEL = "model.pt"
 CHECKPOINT_METRICS = "metrics.json"
@@ -57,7 +58,11 @@ MODEL_BYTES = "model_bytes"  # the size of the checkpoint's model.pt as written
 
 def data_payload(data) -> dict[str, Any]:
     """An :class:`~caetune.models.ImageData` as plain NumPy arrays for the object store."""
-    payload = {"name": data.name, "train": data.train.numpy(), "val": data.val.numpy()}  # uint8 [N, C, H, W]
+    payload = {
+        "name": data.name,
+        "train": data.train.numpy(),
+        "val": data.val.numpy(),
+    }  # uint8 [N, C, H, W]
     return payload
 
 
@@ -101,8 +106,11 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], factory) -> Non
     state = {"epoch": 0, "seconds": 0.0, "cpu_seconds": 0.0}
     start = (time.perf_counter(), time.process_time())
     warm = config.get("warm_start") or {}
-    inherited = int(warm["epochs"]) if warm.get("checkpoint") is not None else 0  # epochs it did not train
+    inherited = (
+        int(warm["epochs"]) if warm.get("checkpoint") is not None else 0
+    )  # epochs it did not train
     recovery = None  # every damaged checkpoint this trial got past, and what it did instead
+
     def fresh():
         return Trainer(train_config, image_data(data))
 
@@ -127,12 +135,19 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], factory) -> Non
             # (Or a warm start from a trial that ran exactly this Ne: nothing to train either.)
             frozen = {k: state[k] for k in ("seconds", "cpu_seconds")}
             clocks = (lambda: frozen) if before is not None else (lambda: _clocks(state, start))
-            _report_epoch(trainer, objective, factory, clocks=clocks, recovery=recovery, inherited=inherited)
+            _report_epoch(
+                trainer, objective, factory, clocks=clocks, recovery=recovery, inherited=inherited
+            )
         while trainer.epoch < train_config.n_epochs:
             trainer.run_epoch()
             state["epoch"] = trainer.epoch
             _report_epoch(
-                trainer, objective, factory, clocks=lambda: _clocks(state, start), recovery=recovery, inherited=inherited
+                trainer,
+                objective,
+                factory,
+                clocks=lambda: _clocks(state, start),
+                recovery=recovery,
+                inherited=inherited,
             )
     except Exception as err:  # noqa: BLE001 -- any error of the trial is its result
         # No metric in it: ASHA skips a result without one, and the recorder reads `failed`.
@@ -176,7 +191,9 @@ def _report_epoch(
     from ray import tune
 
     result = epoch_metrics(trainer, objective, util_images=int(factory.util_images))
-    result["epochs_trained"] = trainer.epoch - inherited  # by this trial; a warm start inherited the rest
+    result["epochs_trained"] = (
+        trainer.epoch - inherited
+    )  # by this trial; a warm start inherited the rest
     result.update(clocks())  # after U: the epoch's seconds include it
     reported = {k: result[k] for k in REPORTED}
     if recovery:
@@ -184,7 +201,9 @@ def _report_epoch(
     metrics = {**result, "history": [m.to_dict() for m in trainer.history]}
     with tempfile.TemporaryDirectory(prefix="caetune-ckpt-") as folder:
         model = trainer.save_checkpoint(Path(folder) / CHECKPOINT_MODEL)
-        metrics[MODEL_BYTES] = model.stat().st_size  # the recorder never takes a cut-short copy for the model
+        metrics[MODEL_BYTES] = (
+            model.stat().st_size
+        )  # the recorder never takes a cut-short copy for the model
         (Path(folder) / CHECKPOINT_METRICS).write_text(json.dumps(metrics), encoding="utf-8")
         # Ray copies the folder into the run's storage before report returns.
         tune.report(reported, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -207,7 +226,9 @@ def _restore(fresh: Callable[[], Any], checkpoints: list) -> tuple[Any, dict | N
                 before = json.loads((Path(folder) / CHECKPOINT_METRICS).read_text(encoding="utf-8"))
                 trainer.load_checkpoint(Path(folder) / CHECKPOINT_MODEL)
         except Exception as err:  # noqa: BLE001 -- any damage: try the next one
-            damaged.append(f"{_checkpoint_name(checkpoint)} unreadable ({_first_sentence(failure_reason(err))})")
+            damaged.append(
+                f"{_checkpoint_name(checkpoint)} unreadable ({_first_sentence(failure_reason(err))})"
+            )
             trainer = fresh()  # a load that failed half-way must not leave part of its state behind
             continue
         done = f"resumed from {_checkpoint_name(checkpoint)} (epoch {trainer.epoch})"
@@ -229,8 +250,14 @@ def _with_older(checkpoints):
             except OSError:
                 infos = []  # the trial folder cannot be listed: only the checkpoint itself
             # Same-width numbers (checkpoint_000007): the names sort as the epochs do.
-            older = sorted((i.base_name for i in infos if CHECKPOINT_DIR.fullmatch(i.base_name)), reverse=True)
-            found += [tune.Checkpoint(f"{parent}/{n}", filesystem=checkpoint.filesystem) for n in older if n < name]
+            older = sorted(
+                (i.base_name for i in infos if CHECKPOINT_DIR.fullmatch(i.base_name)), reverse=True
+            )
+            found += [
+                tune.Checkpoint(f"{parent}/{n}", filesystem=checkpoint.filesystem)
+                for n in older
+                if n < name
+            ]
         for item in found:
             if item.path not in seen:
                 seen.add(item.path)

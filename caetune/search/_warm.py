@@ -22,8 +22,9 @@ epochs than its Ne trains from scratch: only a trial's final model is kept.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 WARM_ATTR = "warm_start"  # Optuna user attribute: the trial id a trial continued from
 WARM_EPOCHS_ATTR = "warm_epochs"  # ... and that trial's epochs, which this one did not train
@@ -51,7 +52,9 @@ class WarmStart:
 
 def config_key(params: dict[str, Any]) -> tuple:
     """What two trials of one search share when they train the same model epoch by epoch: every param but Ne."""
-    return tuple(sorted(((k, v) for k, v in params.items() if k != "n_epochs"), key=lambda kv: kv[0]))
+    return tuple(
+        sorted(((k, v) for k, v in params.items() if k != "n_epochs"), key=lambda kv: kv[0])
+    )
 
 
 def finished_runs(study):
@@ -86,7 +89,9 @@ def find_warm_start(
         for trial, trial_key, epochs in finished_runs(study)
         if 0 < epochs <= n_epochs and TRIAL_ATTR in trial.user_attrs and trial_key == key
     ]
-    for negative_epochs, _, trial_id in sorted(candidates):  # most epochs first, then the oldest trial
+    for negative_epochs, _, trial_id in sorted(
+        candidates
+    ):  # most epochs first, then the oldest trial
         checkpoint = saved_model_of(trial_id)
         if checkpoint is not None:
             return WarmStart(trial_id, -negative_epochs, checkpoint)

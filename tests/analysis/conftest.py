@@ -38,20 +38,37 @@ def make_run(folder: Path, *, objective: str = "combined") -> Path:
     rows = []
     for trial_id, status, model, n_neurons, n_maps in TRIALS:
         params = {"model": model, "n_neurons": n_neurons, "n_maps": n_maps}
-        row = {"trial_id": trial_id, "status": status, "error": None, **params, "n_epochs": N_EPOCHS}
+        row = {
+            "trial_id": trial_id,
+            "status": status,
+            "error": None,
+            **params,
+            "n_epochs": N_EPOCHS,
+        }
         if status == "failed":
             row["error"] = "TrainingDiverged: training loss became nan in epoch 2"
         if status == "complete":
-            config = TrainConfig(dataset="mnist-10k", subset=300, n_epochs=N_EPOCHS, batch_size=64, device="cpu",
-                                 **params)
+            config = TrainConfig(
+                dataset="mnist-10k",
+                subset=300,
+                n_epochs=N_EPOCHS,
+                batch_size=64,
+                device="cpu",
+                **params,
+            )
             data = data or load_data(config)
             trainer = Trainer(config, data)
             history = trainer.fit()
             util = model_utilisation(trainer.model, data.val, n_images=64)
             val_mse = history[-1].val_mse
-            row.update(val_mse=val_mse, best_val_mse=min(m.val_mse for m in history),
-                       objective=combined_objective(val_mse, util, weight=WEIGHT), epochs_run=N_EPOCHS,
-                       seconds=sum(m.train_seconds for m in history), **util)
+            row.update(
+                val_mse=val_mse,
+                best_val_mse=min(m.val_mse for m in history),
+                objective=combined_objective(val_mse, util, weight=WEIGHT),
+                epochs_run=N_EPOCHS,
+                seconds=sum(m.train_seconds for m in history),
+                **util,
+            )
             trial_dir = folder / "trials" / trial_id
             trial_dir.mkdir(parents=True)
             trainer.save_checkpoint(trial_dir / "model.pt")
@@ -86,14 +103,22 @@ def write_tables(folder: Path, rows: list[dict], *, objective: str) -> Path:
     for row in frame[frame["status"] == "complete"].to_dict("records"):
         params = {k: row[k] for k in distributions}
         values = [row["val_mse"], row["utilisation"]] if multi else [row["objective"]]
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, values=values))
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=distributions, values=values)
+        )
     frame.to_csv(folder / "results.csv", index=False)
     frame.to_parquet(folder / "results.parquet", index=False)
     from caetune.search._objective import Objective  # the writer's own record of its objective
 
-    experiment = {"name": folder.name, "objective": Objective(kind=objective, weight=WEIGHT).to_dict(),
-                  "dataset": {"name": "mnist-10k"}, "study": {"name": folder.name}}
-    (folder / "experiment.yaml").write_text(yaml.safe_dump(experiment, sort_keys=False), encoding="utf-8")
+    experiment = {
+        "name": folder.name,
+        "objective": Objective(kind=objective, weight=WEIGHT).to_dict(),
+        "dataset": {"name": "mnist-10k"},
+        "study": {"name": folder.name},
+    }
+    (folder / "experiment.yaml").write_text(
+        yaml.safe_dump(experiment, sort_keys=False), encoding="utf-8"
+    )
     return folder
 
 

@@ -17,7 +17,9 @@ def model() -> CAE:
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    return torch.randint(0, 256, (10, 1, 28, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    return torch.randint(
+        0, 256, (10, 1, 28, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8
+    )
 
 
 def test_shapes_dtypes_and_range(model, images):
@@ -68,7 +70,9 @@ def test_stacked_maps_follow_the_documented_layout(model, images):
     layer3 = stacked_map(acts, "layer3", image_index=2)
     assert layer3.shape == (4, 169)  # Nm rows x 13*13 columns
     np.testing.assert_array_equal(layer3[1], acts.layer3[2, 1].ravel())
-    np.testing.assert_array_equal(stacked_map(acts, "layer3"), stacked_map(acts, "layer3", image_index=0))
+    np.testing.assert_array_equal(
+        stacked_map(acts, "layer3"), stacked_map(acts, "layer3", image_index=0)
+    )
     assert stacked_map(acts, "layer4").shape == (10, 12)  # images x Nn
     np.testing.assert_array_equal(stacked_map(acts, "layer4", image_index=-1), acts.layer4[[9]])
     # The layer's bare array works as well as Activations.
@@ -78,7 +82,9 @@ def test_stacked_maps_follow_the_documented_layout(model, images):
 def test_a_dead_neuron_is_a_black_column():
     layer4 = np.random.default_rng(0).uniform(0.1, 1.0, size=(5, 6)).astype(np.float32)
     layer4[:, 3] = 0.0
-    acts = Activations(np.zeros((5, 2, 3, 3), np.float32), layer4, np.zeros((5, 1, 8, 8)), np.zeros((5, 1, 8, 8)))
+    acts = Activations(
+        np.zeros((5, 2, 3, 3), np.float32), layer4, np.zeros((5, 1, 8, 8)), np.zeros((5, 1, 8, 8))
+    )
     stacked = stacked_map(acts, "layer4")
     assert np.all(stacked[:, 3] == 0) and np.all(np.delete(stacked, 3, axis=1) > 0)
 

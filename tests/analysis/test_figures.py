@@ -40,13 +40,17 @@ def assert_png(path):
 @pytest.fixture(scope="module")
 def acts() -> Activations:
     torch.manual_seed(0)
-    images = torch.randint(0, 256, (6, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    images = torch.randint(
+        0, 256, (6, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
     return collect_activations(CAE(n_maps=3, n_neurons=20), images)
 
 
 def history(n=12):
-    return [EpochMetrics(e, 0.2 * np.exp(-0.3 * e) + 0.02, 0.2 * np.exp(-0.3 * e) + 0.025, 0.1, 0.01)
-            for e in range(1, n + 1)]
+    return [
+        EpochMetrics(e, 0.2 * np.exp(-0.3 * e) + 0.02, 0.2 * np.exp(-0.3 * e) + 0.025, 0.1, 0.01)
+        for e in range(1, n + 1)
+    ]
 
 
 def test_save_figure_writes_png_and_svg(tmp_path, acts):
@@ -60,7 +64,11 @@ def test_mse_curve_from_epoch_metrics_dicts_and_arrays(tmp_path):
     fig = plot_mse_curve(history())
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
-    assert [line.get_label() for line in ax.lines][:3] == ["train MSE", "validation MSE", "k·exp(-a·Ne) + c"]
+    assert [line.get_label() for line in ax.lines][:3] == [
+        "train MSE",
+        "validation MSE",
+        "k·exp(-a·Ne) + c",
+    ]
     assert "a = 0.3" in ax.texts[0].get_text()  # the fit of the validation curve
     assert_png(save_figure(fig, tmp_path / "curve")[0])
     as_dicts = plot_mse_curve([m.to_dict() for m in history()])
@@ -93,7 +101,11 @@ def test_stacked_map_histogram_and_local_entropy(tmp_path, acts, layer):
     fig = plot_stacked_map(acts, layer)
     expected = quantize8(stacked_map(acts, layer), scale=float(acts.layer(layer).max()))
     np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), expected)
-    for name, figure in (("map", fig), ("hist", plot_histogram(acts, layer)), ("ent", plot_local_entropy(acts, layer))):
+    for name, figure in (
+        ("map", fig),
+        ("hist", plot_histogram(acts, layer)),
+        ("ent", plot_local_entropy(acts, layer)),
+    ):
         assert isinstance(figure, Figure)
         assert_png(save_figure(figure, tmp_path / f"{layer}_{name}")[0])
 
@@ -103,14 +115,21 @@ def results_frame() -> pd.DataFrame:
     rows = []
     for i in range(12):
         model = "model1" if i % 2 else "model2"
-        rows.append({
-            "trial_id": i, "status": "complete" if i != 5 else "failed", "model": model,
-            "n_neurons": [16, 64, 256][i % 3], "n_maps": [4, 8][i % 2],
-            "val_mse": float(rng.uniform(0.01, 0.05)) if i != 5 else np.nan,
-            "layer3_mean": rng.uniform(0, 1), "layer3_std": rng.uniform(0, 0.3),
-            "layer4_mean": rng.uniform(0, 1), "layer4_std": rng.uniform(0, 0.3),
-            "utilisation": rng.uniform(0, 1),
-        })
+        rows.append(
+            {
+                "trial_id": i,
+                "status": "complete" if i != 5 else "failed",
+                "model": model,
+                "n_neurons": [16, 64, 256][i % 3],
+                "n_maps": [4, 8][i % 2],
+                "val_mse": float(rng.uniform(0.01, 0.05)) if i != 5 else np.nan,
+                "layer3_mean": rng.uniform(0, 1),
+                "layer3_std": rng.uniform(0, 0.3),
+                "layer4_mean": rng.uniform(0, 1),
+                "layer4_std": rng.uniform(0, 0.3),
+                "utilisation": rng.uniform(0, 1),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -157,7 +176,9 @@ def test_plot_study_importances_need_varying_params():
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # set_metric_names
 def test_plot_study_pareto_front(tmp_path):
-    study = optuna.create_study(directions=["minimize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        directions=["minimize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     study.set_metric_names(["val_mse", "utilisation"])
     study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=6)
     for kind in ("pareto", "history", "importances"):
@@ -169,4 +190,9 @@ def test_plot_study_pareto_front(tmp_path):
 
 def test_the_metrics_do_not_load_matplotlib():
     code = "import sys, caetune.analysis; print('matplotlib' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        == "False\n"
+    )

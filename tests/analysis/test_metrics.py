@@ -51,7 +51,9 @@ def test_quantize8_of_a_map_without_activity_is_all_zero():
 def test_global_entropy_of_known_histograms():
     assert activation_entropy(np.full((7, 9), 0.3)) == 0.0  # constant map
     assert activation_entropy(np.zeros((7, 9))) == 0.0
-    assert activation_entropy(alternating_columns(6, 10)) == pytest.approx(1.0)  # two equally likely levels
+    assert activation_entropy(alternating_columns(6, 10)) == pytest.approx(
+        1.0
+    )  # two equally likely levels
     four = np.repeat(np.array([0, 85, 170, 255], dtype=np.uint8), 25)
     assert activation_entropy(four) == pytest.approx(2.0)
     # Float input is quantised against its own max: 0 and 0.5 become 0 and 255.
@@ -140,7 +142,9 @@ def test_utilisation_is_flat_bounded_and_averages_the_layers():
     acts = hand_made(rng.uniform(0, 1, (6, 3, 5, 5)), np.zeros((6, 16)))
     flat = utilisation(acts)
     metrics = ("mean", "std", "dead_fraction", "entropy", "local_entropy", "utilisation")
-    assert set(flat) == {f"{layer}_{m}" for layer in ("layer3", "layer4") for m in metrics} | {"utilisation"}
+    assert set(flat) == {f"{layer}_{m}" for layer in ("layer3", "layer4") for m in metrics} | {
+        "utilisation"
+    }
     assert flat["layer4_utilisation"] == 0.0 and flat["layer4_dead_fraction"] == 1.0
     assert flat["layer3_utilisation"] > 0.3  # uniform noise fills most levels of each window
     assert flat["utilisation"] == pytest.approx(flat["layer3_utilisation"] / 2)
@@ -150,7 +154,9 @@ def test_utilisation_is_flat_bounded_and_averages_the_layers():
 def test_model_utilisation_of_a_real_model_is_in_unit_range():
     torch.manual_seed(0)
     model = CAE(n_maps=4, n_neurons=16)
-    images = torch.randint(0, 256, (20, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    images = torch.randint(
+        0, 256, (20, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
     flat = model_utilisation(model, images, n_images=12, local_images=4)
     assert 0.0 < flat["utilisation"] <= 1.0
     assert flat == utilisation(collect_activations(model, images[:12]), local_images=4)
@@ -184,7 +190,11 @@ def test_fit_recovers_known_curves(k, a, c):
     assert fit.ok
     assert (fit.k, fit.a, fit.c) == pytest.approx((k, a, c), rel=1e-4)
     assert fit.level_epoch == math.ceil(math.log(20) / fit.a)  # 95% of the drop done
-    assert fit.k * math.exp(-fit.a * fit.level_epoch) <= 0.05 * fit.k < fit.k * math.exp(-fit.a * (fit.level_epoch - 1))
+    assert (
+        fit.k * math.exp(-fit.a * fit.level_epoch)
+        <= 0.05 * fit.k
+        < fit.k * math.exp(-fit.a * (fit.level_epoch - 1))
+    )
     np.testing.assert_allclose(fit.predict(epochs), k * np.exp(-a * epochs) + c, rtol=1e-4)
 
 

@@ -23,8 +23,13 @@ PER_TRIAL_FIGURES = ("mse", "reconstructions") + tuple(
 )
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 
 
@@ -85,14 +90,18 @@ def test_report_has_every_figure_config_and_the_formula(finished_run, tmp_path):
     links = _links(index)
     assert len(links.srcs) == 2 * len(PER_TRIAL_FIGURES) + 3
     for ref in links.srcs + [h for h in links.hrefs if not h.startswith("#")]:
-        assert "://" not in ref and not ref.startswith("/"), ref  # self-contained: relative links only
+        assert "://" not in ref and not ref.startswith("/"), (
+            ref
+        )  # self-contained: relative links only
         assert (out / ref).is_file(), ref
     assert {"results.csv", "experiment.yaml"} <= set(links.hrefs)
 
 
 def test_top_trials_ranks_by_objective_and_falls_back_to_val_mse(finished_run):
     results = pd.read_csv(finished_run / "results.csv", dtype={"trial_id": str})
-    assert list(top_trials(results, 5)["trial_id"]) == _best_ids(finished_run, 5)  # only the 3 complete ones
+    assert list(top_trials(results, 5)["trial_id"]) == _best_ids(
+        finished_run, 5
+    )  # only the 3 complete ones
     no_objective = results.drop(columns="objective")
     by_mse = results[results["status"] == "complete"].sort_values("val_mse")["trial_id"]
     assert list(top_trials(no_objective, 1)["trial_id"]) == [by_mse.iloc[0]]
@@ -101,7 +110,9 @@ def test_top_trials_ranks_by_objective_and_falls_back_to_val_mse(finished_run):
 @pytest.fixture
 def browser():
     """Chromium driven by Playwright; skipped only outside CI when Chromium is not installed."""
-    missing = "chromium is not installed (apt-get install -y chromium)" if CHROMIUM is None else None
+    missing = (
+        "chromium is not installed (apt-get install -y chromium)" if CHROMIUM is None else None
+    )
     try:
         from playwright import sync_api
     except ImportError:
@@ -141,7 +152,9 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_page_loads_in_a_real_browser_with_no_missing_image(finished_run, tmp_path, browser, served):
+def test_page_loads_in_a_real_browser_with_no_missing_image(
+    finished_run, tmp_path, browser, served
+):
     out = tmp_path / "report"
     write_report(finished_run, top=2, out=out)
     base = served(out)
@@ -192,7 +205,9 @@ def test_report_of_a_run_on_s3(finished_run, s3_bucket, s3_env, tmp_path):
     client = s3_env.client()
     for path in finished_run.rglob("*"):
         if path.is_file():
-            client.upload_file(str(path), s3_bucket, f"{prefix}/{path.relative_to(finished_run).as_posix()}")
+            client.upload_file(
+                str(path), s3_bucket, f"{prefix}/{path.relative_to(finished_run).as_posix()}"
+            )
 
     local = write_report(f"s3://{s3_bucket}/{prefix}", top=1, out=tmp_path / "report")
     assert (local / "index.html").is_file()
@@ -231,7 +246,9 @@ def _not_a_run(run: Path) -> str:
     ],
     ids=["not-a-run", "k-below-1", "unreadable-checkpoint", "out-not-a-report"],
 )
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_copy, tmp_path, capsys, spoil, extra, expected):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    run_copy, tmp_path, capsys, spoil, extra, expected
+):
     needle = spoil(run_copy)
     before = _snapshot(tmp_path)
     args = ["report", str(run_copy), *[a.format(run=run_copy) for a in extra]]

@@ -14,7 +14,9 @@ from caetune.analysis._reproduce import FINDINGS, GRIDS, VERDICTS, analyse, repr
 N_EPOCHS = 20
 
 
-def _curves(finals: dict[tuple, float], *, sd: float, shape, seeds: int = 2, sds: dict | None = None) -> pd.DataFrame:
+def _curves(
+    finals: dict[tuple, float], *, sd: float, shape, seeds: int = 2, sds: dict | None = None
+) -> pd.DataFrame:
     """Synthetic per-epoch curves: ``finals[config] + shape(epoch) - shape(last)``, seeds spread by ``sd``
     (or ``sds[config]``)."""
     rows = []
@@ -22,10 +24,21 @@ def _curves(finals: dict[tuple, float], *, sd: float, shape, seeds: int = 2, sds
     tail = shape(epochs) - shape(N_EPOCHS)
     for (model, n_neurons, n_maps), final in finals.items():
         for seed in range(seeds):
-            offset = (sds or {}).get((model, n_neurons, n_maps), sd) * (1 if seed % 2 else -1)  # sample sd of the finals: sd * sqrt(2) for two seeds
+            offset = (sds or {}).get((model, n_neurons, n_maps), sd) * (
+                1 if seed % 2 else -1
+            )  # sample sd of the finals: sd * sqrt(2) for two seeds
             for epoch, extra in zip(epochs, tail):
-                rows.append({"model": model, "n_neurons": n_neurons, "n_maps": n_maps, "seed": seed,
-                             "epoch": int(epoch), "val_mse": final + extra + offset, "seconds": 1.0})
+                rows.append(
+                    {
+                        "model": model,
+                        "n_neurons": n_neurons,
+                        "n_maps": n_maps,
+                        "seed": seed,
+                        "epoch": int(epoch),
+                        "val_mse": final + extra + offset,
+                        "seconds": 1.0,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -51,7 +64,9 @@ def straight_line(epochs):
 
 
 def test_the_paper_like_data_agrees_where_the_paper_says_so():
-    finals = _grid({40: 0.030, 160: 0.020, 640: 0.012, 2560: 0.010}, {8: 0.0125, 16: 0.0122}, model2=0.020)
+    finals = _grid(
+        {40: 0.030, 160: 0.020, 640: 0.012, 2560: 0.010}, {8: 0.0125, 16: 0.0122}, model2=0.020
+    )
     verdicts = _verdicts(_curves(finals, sd=0.0003, shape=fast_decay))
     assert verdicts == {
         "nn_effect": "agree",
@@ -63,33 +78,57 @@ def test_the_paper_like_data_agrees_where_the_paper_says_so():
 
 
 def test_the_reverse_data_disagrees():
-    finals = _grid({40: 0.010, 160: 0.012, 640: 0.020, 2560: 0.030}, {8: 0.080, 16: 0.050}, model2=0.005)
+    finals = _grid(
+        {40: 0.010, 160: 0.012, 640: 0.020, 2560: 0.030}, {8: 0.080, 16: 0.050}, model2=0.005
+    )
     verdicts = _verdicts(_curves(finals, sd=0.0003, shape=straight_line))
     assert verdicts["nn_effect"] == "disagree"
     assert verdicts["model1_vs_model2"] == "disagree"
-    assert verdicts["plateau"] == "disagree"  # a straight line gains 5/19 of its drop after epoch 15
+    assert (
+        verdicts["plateau"] == "disagree"
+    )  # a straight line gains 5/19 of its drop after epoch 15
     assert verdicts["nm_effect"] == "disagree"
 
 
 def test_effects_inside_the_seed_spread_are_inconclusive():
-    finals = _grid({40: 0.030, 160: 0.020, 640: 0.012, 2560: 0.010}, {8: 0.0125, 16: 0.0122}, model2=0.020)
+    finals = _grid(
+        {40: 0.030, 160: 0.020, 640: 0.012, 2560: 0.010}, {8: 0.0125, 16: 0.0122}, model2=0.020
+    )
     verdicts = _verdicts(_curves(finals, sd=0.02, shape=fast_decay))
-    assert verdicts["nn_effect"] == verdicts["model1_vs_model2"] == verdicts["nm_effect"] == "inconclusive"
+    assert (
+        verdicts["nn_effect"]
+        == verdicts["model1_vs_model2"]
+        == verdicts["nm_effect"]
+        == "inconclusive"
+    )
 
 
 def test_an_unstable_configuration_blurs_only_its_own_comparison():
-    finals = _grid({40: 0.030, 160: 0.020, 640: 0.012, 2560: 0.010}, {8: 0.0125, 16: 0.0122}, model2=0.020)
-    verdicts = _verdicts(_curves(finals, sd=0.0003, shape=fast_decay, sds={("model2", 2560, 32): 0.05}))
+    finals = _grid(
+        {40: 0.030, 160: 0.020, 640: 0.012, 2560: 0.010}, {8: 0.0125, 16: 0.0122}, model2=0.020
+    )
+    verdicts = _verdicts(
+        _curves(finals, sd=0.0003, shape=fast_decay, sds={("model2", 2560, 32): 0.05})
+    )
     assert verdicts["nn_effect"] == verdicts["nm_effect"] == "agree"
     assert verdicts["model1_vs_model2"] == "inconclusive"
 
 
 def test_a_slow_shallow_curve_matches_the_papers_fit():
-    finals = _grid({40: 0.030, 160: 0.020, 640: 0.012, 2560: 0.010}, {8: 0.0125, 16: 0.0122}, model2=0.020)
+    finals = _grid(
+        {40: 0.030, 160: 0.020, 640: 0.012, 2560: 0.010}, {8: 0.0125, 16: 0.0122}, model2=0.020
+    )
     # k = 0.02, a = 0.05; every asymptote c = final - 0.02 * exp(-1) stays positive, as a fit requires.
-    result = analyse(_curves(finals, sd=0.0003, shape=lambda e: 0.02 * np.exp(-0.05 * np.asarray(e, float))))
-    assert dict(zip(result.findings["finding"], result.findings["verdict"]))["exponential_fit"] == "agree"
-    assert np.allclose(result.fits["a"], 0.05, rtol=0.05) and np.allclose(result.fits["k"], 0.02, rtol=0.1)
+    result = analyse(
+        _curves(finals, sd=0.0003, shape=lambda e: 0.02 * np.exp(-0.05 * np.asarray(e, float)))
+    )
+    assert (
+        dict(zip(result.findings["finding"], result.findings["verdict"]))["exponential_fit"]
+        == "agree"
+    )
+    assert np.allclose(result.fits["a"], 0.05, rtol=0.05) and np.allclose(
+        result.fits["k"], 0.02, rtol=0.1
+    )
 
 
 def test_the_grids_test_every_finding():
@@ -105,7 +144,19 @@ def test_the_grids_test_every_finding():
 
 def test_a_tiny_real_reproduction_writes_every_finding_and_resumes(tmp_path, capsys):
     out = tmp_path / "repro"
-    args = ["reproduce", "--out", str(out), "--grid", "tiny", "--seeds", "2", "--n-epochs", "2", "--subset", "500"]
+    args = [
+        "reproduce",
+        "--out",
+        str(out),
+        "--grid",
+        "tiny",
+        "--seeds",
+        "2",
+        "--n-epochs",
+        "2",
+        "--subset",
+        "500",
+    ]
 
     assert cli.main(args) == 0
 
@@ -113,7 +164,9 @@ def test_a_tiny_real_reproduction_writes_every_finding_and_resumes(tmp_path, cap
     findings = pd.read_csv(out / "findings.csv")
     assert list(findings["finding"]) == list(FINDINGS)
     assert set(findings["verdict"]) <= set(VERDICTS)
-    assert findings.set_index("finding").loc["plateau", "verdict"] == "inconclusive"  # 2 epochs < 15
+    assert (
+        findings.set_index("finding").loc["plateau", "verdict"] == "inconclusive"
+    )  # 2 epochs < 15
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 2 * len(GRIDS["tiny"]) and set(runs["seed"]) == {0, 1}
     assert runs["val_mse"].map(math.isfinite).all() and (runs["val_mse"] > 0).all()

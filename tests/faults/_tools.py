@@ -14,8 +14,8 @@ import json
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -45,18 +45,27 @@ def start_search(flags: list[str], env: dict[str, str], cwd: Path, log: Path) ->
     """``caetune search`` in its own process group (so Ray dies with it), output to ``log``."""
     with open(log, "wb") as out:
         return subprocess.Popen(
-            search_command(*flags), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            search_command(*flags),
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
 
-def wait_until(proc: subprocess.Popen, log: Path, ready: Callable[[], bool], what: str, *, poll_s: float = 0.05) -> None:
+def wait_until(
+    proc: subprocess.Popen, log: Path, ready: Callable[[], bool], what: str, *, poll_s: float = 0.05
+) -> None:
     """Polls ``ready()`` until it holds; fails the test if the search ends or the time runs out first."""
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
         if ready():
             return
         if proc.poll() is not None:
-            pytest.fail(f"the search ended (exit {proc.returncode}) before {what}:\n{log.read_text()[-4000:]}")
+            pytest.fail(
+                f"the search ended (exit {proc.returncode}) before {what}:\n{log.read_text()[-4000:]}"
+            )
         time.sleep(poll_s)
     pytest.fail(f"no {what} within {RUN_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
 
@@ -82,7 +91,9 @@ def finished_files(run: Storage, table) -> dict[str, bytes]:
     return {tid: trial_metrics(run, tid) for tid in done}
 
 
-def check_integrity(run: Storage, db: Path, *, num_samples: int, before: dict[str, bytes] | None = None) -> None:
+def check_integrity(
+    run: Storage, db: Path, *, num_samples: int, before: dict[str, bytes] | None = None
+) -> None:
     """Asserts the run is whole: table == study == ``num_samples`` trials, files load, ``before`` untouched.
 
     Args:
@@ -108,7 +119,9 @@ def check_integrity(run: Storage, db: Path, *, num_samples: int, before: dict[st
     for trial in study:
         status = rows.loc[f"t{trial['number']:04d}", "status"]
         assert trial["state"] == STUDY_STATE[status], (trial, status)
-        assert trial["checkpoint"] is None, f"finished trial {trial['number']} still points at a checkpoint"
+        assert trial["checkpoint"] is None, (
+            f"finished trial {trial['number']} still points at a checkpoint"
+        )
 
     data = None
     util_images = int(_yaml(read_bytes(run, "experiment.yaml"))["settings"]["util_images"])
@@ -124,7 +137,11 @@ def check_integrity(run: Storage, db: Path, *, num_samples: int, before: dict[st
         config = TrainConfig.from_dict(_yaml(read_bytes(run, f"{folder}/{TRIAL_CONFIG}")))
         data = data or load_data(config)  # every trial of a search trains on the same images
         trainer = Trainer(config, data)
-        model = run.local_path / folder / TRIAL_MODEL if run.local_path is not None else _local_copy(run, folder)
+        model = (
+            run.local_path / folder / TRIAL_MODEL
+            if run.local_path is not None
+            else _local_copy(run, folder)
+        )
         trainer.load_checkpoint(model)
         assert trainer.epoch == row["epochs_run"], tid
         assert trainer.evaluate() == pytest.approx(row["val_mse"], rel=1e-5), tid
@@ -136,7 +153,9 @@ def check_integrity(run: Storage, db: Path, *, num_samples: int, before: dict[st
         assert row[layer_columns].astype(float).tolist() == pytest.approx(expected, rel=1e-5), tid
 
     for tid, metrics in (before or {}).items():
-        assert trial_metrics(run, tid) == metrics, f"{tid} finished before the fault and was written again after it"
+        assert trial_metrics(run, tid) == metrics, (
+            f"{tid} finished before the fault and was written again after it"
+        )
 
 
 def _yaml(data: bytes) -> dict:

@@ -20,8 +20,8 @@ from ray import tune
 
 from caetune._storage import parse_storage
 from caetune.models import TrainConfig, Trainer, load_dataset
-from caetune.search._recorder import Recorder
 from caetune.search._objective import Objective
+from caetune.search._recorder import Recorder
 from caetune.search._results import RunFiles
 from caetune.search._trainable import MODEL_BYTES, _restore
 
@@ -47,7 +47,11 @@ def _trial_folder(tmp_path: Path, data) -> list[Path]:
         folder = tmp_path / "t0000-abc_00000" / f"checkpoint_{trainer.epoch - 1:06d}"
         folder.mkdir(parents=True)
         model = trainer.save_checkpoint(folder / "model.pt")
-        metrics = {"epoch": trainer.epoch, "seconds": float(trainer.epoch), MODEL_BYTES: model.stat().st_size}
+        metrics = {
+            "epoch": trainer.epoch,
+            "seconds": float(trainer.epoch),
+            MODEL_BYTES: model.stat().st_size,
+        }
         (folder / "metrics.json").write_text(json.dumps(metrics))
         folders.append(folder)
     return folders
@@ -86,10 +90,15 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_older_one(tmp_path, data,
 
     assert trainer.epoch == EPOCHS - 1 and [m.epoch for m in trainer.history] == [1, 2]
     assert before["epoch"] == EPOCHS - 1
-    assert note.startswith("t0000-abc_00000/checkpoint_000002 unreadable (") and note.count("unreadable") == 1
+    assert (
+        note.startswith("t0000-abc_00000/checkpoint_000002 unreadable (")
+        and note.count("unreadable") == 1
+    )
     assert note.endswith("resumed from t0000-abc_00000/checkpoint_000001 (epoch 2)"), note
     assert "\n" not in note and len(note) < 300, note
-    assert not (folders[-1] / "ran").exists()  # the safe reader refused the pickle without running it
+    assert not (
+        folders[-1] / "ran"
+    ).exists()  # the safe reader refused the pickle without running it
 
 
 def test_every_checkpoint_damaged_restarts_from_epoch_0(tmp_path, data):
@@ -121,7 +130,9 @@ def test_an_earlier_sessions_checkpoint_is_tried_after_this_sessions(tmp_path, d
     trainer, _, note = _restore(_fresh(data), [_ckpt(now[-1]), _ckpt(earlier[-1])])
 
     assert trainer.epoch == EPOCHS - 1
-    assert note.count("unreadable") == EPOCHS + 1 and note.endswith("checkpoint_000001 (epoch 2)"), note
+    assert note.count("unreadable") == EPOCHS + 1 and note.endswith(
+        "checkpoint_000001 (epoch 2)"
+    ), note
 
 
 def test_nothing_damaged_says_nothing(tmp_path, data):
@@ -140,7 +151,13 @@ def test_the_recorder_never_keeps_a_damaged_final_model(tmp_path, data, how):
         _damage(folders[-1], how)
     files = RunFiles(parse_storage(str(tmp_path)).child("run"))
     recorder = Recorder(
-        study=None, objective=Objective("mse", 0.0), files=files, table=None, scheduler=None, searcher=None, total=1,
+        study=None,
+        objective=Objective("mse", 0.0),
+        files=files,
+        table=None,
+        scheduler=None,
+        searcher=None,
+        total=1,
     )
     trial = types.SimpleNamespace(checkpoint=_ckpt(folders[-1]), config={"trial_id": "t0000"})
 

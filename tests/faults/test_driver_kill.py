@@ -55,8 +55,10 @@ DONE_STATES = ("COMPLETE", "PRUNED", "FAIL")
 def _first_trial(proc, log, db, run) -> dict:
     def ready() -> bool:
         trials = safe_study(db)
-        return bool(started_ids(log.read_text())) and any(t["state"] == "RUNNING" for t in trials) and not any(
-            t["state"] in DONE_STATES for t in trials
+        return (
+            bool(started_ids(log.read_text()))
+            and any(t["state"] == "RUNNING" for t in trials)
+            and not any(t["state"] in DONE_STATES for t in trials)
         )
 
     wait_until(proc, log, ready, "a first trial running")
@@ -65,7 +67,10 @@ def _first_trial(proc, log, db, run) -> dict:
 
 def _between_trials(proc, log, db, run) -> dict:
     def ready() -> bool:
-        return any(line.split()[1:2] in (["complete"], ["pruned"], ["failed"]) for line in log.read_text().splitlines())
+        return any(
+            line.split()[1:2] in (["complete"], ["pruned"], ["failed"])
+            for line in log.read_text().splitlines()
+        )
 
     wait_until(proc, log, ready, "a first trial's end line", poll_s=0.01)
     return {}
@@ -79,7 +84,9 @@ def _while_recording(proc, log, db, run) -> dict:
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while not model.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the search ended or stalled before t{number:04d} was recorded:\n{log.read_text()[-4000:]}")
+                pytest.fail(
+                    f"the search ended or stalled before t{number:04d} was recorded:\n{log.read_text()[-4000:]}"
+                )
             time.sleep(0.002)
         os.kill(proc.pid, signal.SIGSTOP)
         [trial] = [t for t in safe_study(db) if t["number"] == number] or [None]
@@ -90,7 +97,11 @@ def _while_recording(proc, log, db, run) -> dict:
     pytest.fail("the recorder was never caught between its first write and the study's record")
 
 
-MOMENTS = {"first_trial": _first_trial, "between_trials": _between_trials, "while_recording": _while_recording}
+MOMENTS = {
+    "first_trial": _first_trial,
+    "between_trials": _between_trials,
+    "while_recording": _while_recording,
+}
 
 
 @pytest.mark.slow
@@ -98,7 +109,9 @@ MOMENTS = {"first_trial": _first_trial, "between_trials": _between_trials, "whil
 @pytest.mark.parametrize("moment", list(MOMENTS))
 def test_driver_sigkill_then_resume_runs_each_trial_once(moment, tmp_path):
     storage_url = str(tmp_path / "runs")
-    flags, env, run, db = fault_search(tmp_path, storage_url, seed=5, num_samples=NUM_SAMPLES, subset=300, epochs=(2, 3))
+    flags, env, run, db = fault_search(
+        tmp_path, storage_url, seed=5, num_samples=NUM_SAMPLES, subset=300, epochs=(2, 3)
+    )
 
     log = tmp_path / "first.log"
     proc = start_search(flags, env, tmp_path, log)
@@ -125,9 +138,13 @@ def test_driver_sigkill_then_resume_runs_each_trial_once(moment, tmp_path):
 
     check_integrity(run, db, num_samples=NUM_SAMPLES, before=before)
     rerun = set(started_ids(done.stderr)) & set(before)
-    assert not rerun, f"trials finished before the kill started again: {sorted(rerun)}\n{done.stderr[-3000:]}"
+    assert not rerun, (
+        f"trials finished before the kill started again: {sorted(rerun)}\n{done.stderr[-3000:]}"
+    )
     if "caught" in caught:
         # Its final checkpoint is reported again, not trained again.
         final = json.loads(read_bytes(run, f"trials/{caught['caught']}/metrics.json"))
-        assert final["history"] == caught["history"], "the trial caught mid-record was trained again"
+        assert final["history"] == caught["history"], (
+            "the trial caught mid-record was trained again"
+        )
         assert results(run).set_index("trial_id").loc[caught["caught"], "status"] in FINISHED

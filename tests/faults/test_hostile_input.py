@@ -47,7 +47,9 @@ from caetune.search._space import space_from_dict
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 # Function-scoped tmp_path is fine here: every example writes its own files before reading them.
-PROPERTY = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+PROPERTY = dict(
+    deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 # --- strategies ------------------------------------------------------------------------------------------
@@ -65,14 +67,29 @@ HOSTILE_SCALARS = st.one_of(
     HOSTILE_NUMBERS,
     st.text(max_size=12),
     st.sampled_from(
-        ["", "model1", "relu", "cpu", "mnist-10k", "../../etc/passwd", "/abs/x", "npz:", "folder:", "a\nb", "nan",
-         "1e999", "\0"]
+        [
+            "",
+            "model1",
+            "relu",
+            "cpu",
+            "mnist-10k",
+            "../../etc/passwd",
+            "/abs/x",
+            "npz:",
+            "folder:",
+            "a\nb",
+            "nan",
+            "1e999",
+            "\0",
+        ]
     ),
     st.binary(max_size=6),
 )
 HOSTILE_VALUES = st.recursive(
     HOSTILE_SCALARS,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 FIELD_KEYS = st.sampled_from(FIELDS) | st.text(max_size=10)
@@ -82,7 +99,9 @@ FIELD_KEYS = st.sampled_from(FIELDS) | st.text(max_size=10)
 def near_valid_configs(draw) -> dict:
     """A sound config with a few fields replaced by hostile values (and maybe a stray key)."""
     values = TrainConfig(subset=100).to_dict()
-    for name in draw(st.lists(st.sampled_from(FIELDS), max_size=draw(st.sampled_from([0, 1, 1, 2])), unique=True)):
+    for name in draw(
+        st.lists(st.sampled_from(FIELDS), max_size=draw(st.sampled_from([0, 1, 1, 2])), unique=True)
+    ):
         values[name] = draw(HOSTILE_VALUES)
     if draw(st.integers(0, 9)) == 0:
         values[draw(st.text(max_size=8))] = draw(HOSTILE_SCALARS)
@@ -90,8 +109,6 @@ def near_valid_configs(draw) -> dict:
 
 
 CONFIG_MAPPINGS = st.dictionaries(FIELD_KEYS, HOSTILE_VALUES, max_size=8) | near_valid_configs()
-
-
 
 
 def yaml_documents() -> st.SearchStrategy[bytes]:
@@ -102,7 +119,9 @@ def yaml_documents() -> st.SearchStrategy[bytes]:
         mappings.map(lambda d: yaml.safe_dump(d).encode()),
         HOSTILE_VALUES.map(lambda v: yaml.safe_dump(v).encode()),
         st.integers(0, len(valid)).map(lambda n: valid[:n]),  # a config cut short
-        st.integers(1, 1500).map(lambda n: b"n_neurons: " + b"[" * n + b"1" + b"]" * n),  # nested too deeply
+        st.integers(1, 1500).map(
+            lambda n: b"n_neurons: " + b"[" * n + b"1" + b"]" * n
+        ),  # nested too deeply
         st.sampled_from(
             [
                 b"!!python/object/apply:os.system ['touch PWNED']",
@@ -128,25 +147,39 @@ def space_documents() -> st.SearchStrategy[object]:
     """Search spaces: the right shape with hostile contents, and the wrong shape."""
     range_spec = st.fixed_dictionaries(
         {"low": HOSTILE_NUMBERS, "high": HOSTILE_NUMBERS},
-        optional={"log": HOSTILE_VALUES | st.booleans(), "step": HOSTILE_NUMBERS, "spread": HOSTILE_VALUES},
+        optional={
+            "log": HOSTILE_VALUES | st.booleans(),
+            "step": HOSTILE_NUMBERS,
+            "spread": HOSTILE_VALUES,
+        },
     )
     param = st.one_of(range_spec, st.lists(HOSTILE_SCALARS, min_size=0, max_size=4), HOSTILE_VALUES)
-    searchable = st.sampled_from(["n_neurons", "n_maps", "n_epochs", "lr", "batch_size", "model", "activation"])
+    searchable = st.sampled_from(
+        ["n_neurons", "n_maps", "n_epochs", "lr", "batch_size", "model", "activation"]
+    )
     space = st.fixed_dictionaries(
         {},
         optional={
             "description": HOSTILE_VALUES,
             "fixed": st.dictionaries(FIELD_KEYS, HOSTILE_VALUES, max_size=3) | HOSTILE_VALUES,
             "params": st.dictionaries(searchable | FIELD_KEYS, param, max_size=3) | HOSTILE_VALUES,
-            "start": st.lists(st.dictionaries(searchable, HOSTILE_NUMBERS | HOSTILE_SCALARS, max_size=3), max_size=2),
+            "start": st.lists(
+                st.dictionaries(searchable, HOSTILE_NUMBERS | HOSTILE_SCALARS, max_size=3),
+                max_size=2,
+            ),
             "extra": HOSTILE_VALUES,
         },
     )
     # Mostly sound, with the boundary mistakes a user makes (low 0, low > high, a fractional or zero step).
     int_range = st.fixed_dictionaries(
-        {"low": st.integers(1, 40) | st.integers(1, 40) | st.integers(-2, 0),
-         "high": st.integers(40, 5000) | st.integers(40, 5000) | st.integers(-2, 39)},
-        optional={"log": st.booleans(), "step": st.sampled_from([1, 2, 3.0, 1, 0.5, 0, -1, float("nan")])},
+        {
+            "low": st.integers(1, 40) | st.integers(1, 40) | st.integers(-2, 0),
+            "high": st.integers(40, 5000) | st.integers(40, 5000) | st.integers(-2, 39),
+        },
+        optional={
+            "log": st.booleans(),
+            "step": st.sampled_from([1, 2, 3.0, 1, 0.5, 0, -1, float("nan")]),
+        },
     )
     float_range = st.fixed_dictionaries(
         {"low": st.floats(-1e-3, 0.1), "high": st.floats(1e-4, 1.0)},
@@ -157,15 +190,26 @@ def space_documents() -> st.SearchStrategy[object]:
             "params": st.fixed_dictionaries(
                 {"n_neurons": int_range},
                 optional={
-                    "n_maps": int_range, "n_epochs": int_range, "lr": float_range,
-                    "model": st.lists(st.sampled_from(["model1", "model2", "model3"]), min_size=1, max_size=2),
-                    "activation": st.lists(st.sampled_from(["relu", "tanh", "gelu"]), min_size=1, max_size=2),
+                    "n_maps": int_range,
+                    "n_epochs": int_range,
+                    "lr": float_range,
+                    "model": st.lists(
+                        st.sampled_from(["model1", "model2", "model3"]), min_size=1, max_size=2
+                    ),
+                    "activation": st.lists(
+                        st.sampled_from(["relu", "tanh", "gelu"]), min_size=1, max_size=2
+                    ),
                 },
             )
         },
         optional={
-            "fixed": st.fixed_dictionaries({}, optional={"dataset": st.sampled_from(["mnist-10k", "", "npz:x.npz"]),
-                                                         "batch_size": st.integers(-1, 64)}),
+            "fixed": st.fixed_dictionaries(
+                {},
+                optional={
+                    "dataset": st.sampled_from(["mnist-10k", "", "npz:x.npz"]),
+                    "batch_size": st.integers(-1, 64),
+                },
+            ),
             "start": st.lists(st.fixed_dictionaries({"n_neurons": st.integers(0, 60)}), max_size=2),
             "description": st.text(max_size=10),
         },
@@ -219,14 +263,18 @@ def test_config_from_any_yaml_file_is_valid_or_an_input_error(tmp_path, document
 @settings(max_examples=400, **PROPERTY)
 @given(document=space_documents())
 def test_space_from_any_document_is_usable_or_an_input_error(document):
-    space = accepted_or_input_error(lambda: space_from_dict(document, name="hostile", source="hostile.yaml"))
+    space = accepted_or_input_error(
+        lambda: space_from_dict(document, name="hostile", source="hostile.yaml")
+    )
     if space is None:
         return
     # "A space can only propose configs that train": Optuna accepts it, and every corner and start point is valid.
     space.distributions()
     corners = {}
     for name, param in space.params.items():
-        corners[name] = list(param.choices) if param.kind == "categorical" else [param.low, param.high]
+        corners[name] = (
+            list(param.choices) if param.kind == "categorical" else [param.low, param.high]
+        )
     for pick in (0, -1):
         check_config(space.train_config({name: values[pick] for name, values in corners.items()}))
     for point in space.start:
@@ -271,7 +319,9 @@ def npz_files(draw) -> bytes:
     if layout == "documented":
         arrays = {"images": images}
         if draw(st.booleans()):
-            arrays["labels"] = draw(hnp.arrays(draw(st.sampled_from(["i8", "u1", "i4"])), shape[:1]))
+            arrays["labels"] = draw(
+                hnp.arrays(draw(st.sampled_from(["i8", "u1", "i4"])), shape[:1])
+            )
         np.savez(buffer := io.BytesIO(), **arrays)
         return buffer.getvalue()
     arrays = {draw(st.sampled_from(["images", "images", "images", "image", "labels"])): images}
@@ -318,9 +368,12 @@ def _image_bytes(fmt: str, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-VALID_IMAGES = {suffix: _image_bytes(fmt, i) for i, (suffix, fmt) in enumerate(
-    [(".png", "PNG"), (".jpg", "JPEG"), (".bmp", "BMP"), (".gif", "GIF"), (".webp", "WEBP")]
-)}
+VALID_IMAGES = {
+    suffix: _image_bytes(fmt, i)
+    for i, (suffix, fmt) in enumerate(
+        [(".png", "PNG"), (".jpg", "JPEG"), (".bmp", "BMP"), (".gif", "GIF"), (".webp", "WEBP")]
+    )
+}
 # Entries that can never decode: each must make the whole load an InputError.
 NEVER_IMAGES = ("empty", "text.txt", "fifo", "dangling-link")
 ENTRY_KINDS = ("valid",) * 8 + ("truncated", "random", "hidden", "folder.png", *NEVER_IMAGES)
@@ -341,7 +394,9 @@ def image_folders(draw) -> list[tuple[str, str, bytes]]:
         elif kind == "empty":
             data = b""
         label = draw(st.sampled_from(["", "cats/", "dogs/"]))
-        name = {"text.txt": f"notes{index}.txt", "hidden": f".hidden{index}{suffix}"}.get(kind, f"img{index}{suffix}")
+        name = {"text.txt": f"notes{index}.txt", "hidden": f".hidden{index}{suffix}"}.get(
+            kind, f"img{index}{suffix}"
+        )
         entries.append((kind, label + name, data))
     return entries
 
@@ -362,11 +417,16 @@ def test_folder_of_any_files_loads_or_is_an_input_error(tmp_path, entries):
             path.mkdir()
         else:
             path.write_bytes(data)
-    loaded = accepted_or_input_error(lambda: load_dataset(f"folder:{root}", image_size=8, val_fraction=0.5))
+    loaded = accepted_or_input_error(
+        lambda: load_dataset(f"folder:{root}", image_size=8, val_fraction=0.5)
+    )
     if loaded is None:
         return
     assert not {kind for kind, _, _ in entries} & set(NEVER_IMAGES)
-    assert loaded.train.shape[1:] in ((1, 8, 8), (3, 8, 8)) and str(loaded.train.dtype) == "torch.uint8"
+    assert (
+        loaded.train.shape[1:] in ((1, 8, 8), (3, 8, 8))
+        and str(loaded.train.dtype) == "torch.uint8"
+    )
 
 
 # --- named cases through the command line, in-process ---------------------------------------------------
@@ -391,7 +451,7 @@ def error_field(line: str, command: str) -> str:
     """The field part of ``caetune CMD: error: FIELD: expected``."""
     prefix = f"caetune {command}: error: "
     assert line.startswith(prefix), line
-    return line[len(prefix):].split(": ", 1)[0]
+    return line[len(prefix) :].split(": ", 1)[0]
 
 
 @pytest.fixture
@@ -418,7 +478,9 @@ def hostile_inputs(inputs: Path) -> None:
     np.savez(inputs / "nan.npz", images=np.full((20, 8, 8), np.nan, np.float32))
     np.savez(inputs / "shape.npz", images=np.zeros((20, 8, 8, 2), np.uint8))
     np.savez(inputs / "tiny.npz", images=np.zeros((20, 2, 2), np.uint8))
-    np.savez(inputs / "labels.npz", images=np.zeros((20, 8, 8), np.uint8), labels=np.zeros(3, np.int64))
+    np.savez(
+        inputs / "labels.npz", images=np.zeros((20, 8, 8), np.uint8), labels=np.zeros(3, np.int64)
+    )
     (inputs / "notzip.npz").write_bytes(b"PK\x03\x04 not really")
     images = inputs / "images"
     images.mkdir()
@@ -432,7 +494,18 @@ def hostile_inputs(inputs: Path) -> None:
     (inputs / "a-file").write_text("x")
 
 
-TINY = ["--subset", "100", "--n-epochs", "1", "--n-neurons", "4", "--n-maps", "2", "--batch-size", "50"]
+TINY = [
+    "--subset",
+    "100",
+    "--n-epochs",
+    "1",
+    "--n-neurons",
+    "4",
+    "--n-maps",
+    "2",
+    "--batch-size",
+    "50",
+]
 
 # (case, argv after "train", the field the one error line must name). "{in}" is the inputs folder.
 TRAIN_CASES = [
@@ -455,7 +528,11 @@ TRAIN_CASES = [
     ("nan lr", ["--lr", "nan"], "lr"),
     ("infinite lr", ["--lr", "inf"], "lr"),
     ("val_fraction 1", ["--val-fraction", "1"], "val_fraction"),
-    ("huge n_neurons", ["--subset", "100", "--n-epochs", "1", "--n-neurons", str(10**11)], "n_neurons"),
+    (
+        "huge n_neurons",
+        ["--subset", "100", "--n-epochs", "1", "--n-neurons", str(10**11)],
+        "n_neurons",
+    ),
     ("huge n_maps", ["--subset", "100", "--n-epochs", "1", "--n-maps", str(10**8)], "n_maps"),
     ("huge image_size", [*TINY, "--image-size", str(10**6)], "image_size"),
     ("subset beyond the data", ["--subset", str(10**12)], "subset"),
@@ -466,14 +543,20 @@ TRAIN_CASES = [
     ("npz not a zip", [*TINY[2:], "--dataset", "npz:{in}/notzip.npz"], "dataset"),
     ("npz path traversal", [*TINY[2:], "--dataset", "npz:{in}/../../../../etc/passwd"], "dataset"),
     ("folder with a truncated image", [*TINY[2:], "--dataset", "folder:{in}/images"], "dataset"),
-    ("folder with a text file as .png", [*TINY[2:], "--dataset", "folder:{in}/text-images"], "dataset"),
+    (
+        "folder with a text file as .png",
+        [*TINY[2:], "--dataset", "folder:{in}/text-images"],
+        "dataset",
+    ),
     ("folder that is /dev", [*TINY[2:], "--dataset", "folder:/dev"], "dataset"),
     ("unknown dataset", ["--dataset", "../../etc"], "dataset"),
     ("--out under a file", [*TINY, "--out", "{in}/a-file/run"], "--out"),
 ]
 
 
-@pytest.mark.parametrize("argv,field", [c[1:] for c in TRAIN_CASES], ids=[c[0] for c in TRAIN_CASES])
+@pytest.mark.parametrize(
+    "argv,field", [c[1:] for c in TRAIN_CASES], ids=[c[0] for c in TRAIN_CASES]
+)
 def test_train_refuses_hostile_input(work, capsys, argv, field):
     cwd, inputs = work
     hostile_inputs(inputs)
@@ -513,7 +596,9 @@ def checkpoint(tmp_path_factory) -> tuple[bytes, str]:
     """A real one-epoch Trainer checkpoint and its config.yaml, trained once for the module."""
     from caetune.models import Trainer, load_data
 
-    config = TrainConfig(subset=100, image_size=12, n_neurons=4, n_maps=2, n_epochs=1, batch_size=50, device="cpu")
+    config = TrainConfig(
+        subset=100, image_size=12, n_neurons=4, n_maps=2, n_epochs=1, batch_size=50, device="cpu"
+    )
     trainer = Trainer(config, load_data(config))
     trainer.fit()
     path = tmp_path_factory.mktemp("checkpoint") / "model.pt"
@@ -521,7 +606,13 @@ def checkpoint(tmp_path_factory) -> tuple[bytes, str]:
     return path.read_bytes(), config.to_yaml()
 
 
-def make_run(root: Path, checkpoint: tuple[bytes, str], *, trial_id: str = "t0000", folder: Path | None = None) -> Path:
+def make_run(
+    root: Path,
+    checkpoint: tuple[bytes, str],
+    *,
+    trial_id: str = "t0000",
+    folder: Path | None = None,
+) -> Path:
     """``root/runs/exp`` as caetune search lays it out, with one complete trial (its files at ``folder``)."""
     run = root / "runs" / "exp"
     trial = folder or run / "trials" / trial_id
@@ -529,9 +620,9 @@ def make_run(root: Path, checkpoint: tuple[bytes, str], *, trial_id: str = "t000
     (trial / "model.pt").write_bytes(checkpoint[0])
     (trial / "config.yaml").write_text(checkpoint[1])
     run.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([{"trial_id": trial_id, "status": "complete", "objective": 0.1, "val_mse": 0.1}]).to_csv(
-        run / "results.csv", index=False
-    )
+    pd.DataFrame(
+        [{"trial_id": trial_id, "status": "complete", "objective": 0.1, "val_mse": 0.1}]
+    ).to_csv(run / "results.csv", index=False)
     return run
 
 
@@ -557,7 +648,9 @@ def poison(run: Path, marker: Path, trial_id: str = "t0000") -> None:
 def test_report_of_a_sound_run_works(tmp_path, checkpoint, capsys):
     """The control for the hostile runs below: the same run, untouched, reports fine."""
     run = make_run(tmp_path, checkpoint)
-    assert main(["report", str(run), "--top", "1", "--out", str(tmp_path / "report")]) == 0, capsys.readouterr().err
+    assert main(["report", str(run), "--top", "1", "--out", str(tmp_path / "report")]) == 0, (
+        capsys.readouterr().err
+    )
     assert (tmp_path / "report" / "index.html").is_file()
 
 
@@ -567,7 +660,11 @@ def test_trial_ids_that_leave_the_run_are_refused(tmp_path, checkpoint, capsys, 
     outside = tmp_path / "outside"
     trial_id = trial_id.replace("/ABS", str(outside))
     # The trial's files exist where the id points, so only the id check can stop it.
-    target = (tmp_path / "runs" / "exp" / "trials" / trial_id) if not trial_id.startswith("/") else Path(trial_id)
+    target = (
+        (tmp_path / "runs" / "exp" / "trials" / trial_id)
+        if not trial_id.startswith("/")
+        else Path(trial_id)
+    )
     run = make_run(tmp_path, checkpoint, trial_id=trial_id, folder=Path(os.path.normpath(target)))
     before = snapshot(tmp_path)
     flag = "--out" if command == "report" else "--to"
@@ -611,7 +708,12 @@ def run_cli(argv: list[str], cwd: Path, home: Path) -> subprocess.CompletedProce
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
     env.update(HOME=str(home), XDG_CACHE_HOME=str(home / "cache"))
     return subprocess.run(
-        [sys.executable, "-m", "caetune.cli", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "caetune.cli", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -631,17 +733,29 @@ SEARCH_CASES = [
     pytest.param(["--space", "{space}", "--name", "/tmp/x"], "--name", id="absolute name"),
     pytest.param(["--space", "{space}", "--name", "a/b"], "--name", id="name with a slash"),
     pytest.param(["--space", "{space}", "--resume", "../x"], "--name", id="resume climbs out"),
-    pytest.param(["--space", "{space}", "--storage", "s3://bucket-a/runs/../x"], "--storage", id="s3 key climbs out"),
     pytest.param(
-        ["--space", "{space}", "--storage", "s3://AKIAFAKE:s3cr/et@bucket-a/x"], "--storage", id="secret in s3 url"
+        ["--space", "{space}", "--storage", "s3://bucket-a/runs/../x"],
+        "--storage",
+        id="s3 key climbs out",
+    ),
+    pytest.param(
+        ["--space", "{space}", "--storage", "s3://AKIAFAKE:s3cr/et@bucket-a/x"],
+        "--storage",
+        id="secret in s3 url",
     ),
     # The control: sound input gets as far as the closed --address, so the cases above fail for their own reason.
     pytest.param(["--space", "{space}"], "--address", id="sound input (control)"),
-    pytest.param(["--space", "{space}", "--name", "run\n"], "--name", id="name ending in a newline"),
-    pytest.param(["--space", "{in}/..yaml"], "--name", id="space file named ..yaml"),
-    pytest.param(["--space", "{space}", "--seed", str(2**40)], "--seed", id="seed beyond numpy's 32 bits"),
     pytest.param(
-        ["--space", "{space}", "--study-storage", "garbage"], "--study-storage", id="study storage that is no URL"
+        ["--space", "{space}", "--name", "run\n"], "--name", id="name ending in a newline"
+    ),
+    pytest.param(["--space", "{in}/..yaml"], "--name", id="space file named ..yaml"),
+    pytest.param(
+        ["--space", "{space}", "--seed", str(2**40)], "--seed", id="seed beyond numpy's 32 bits"
+    ),
+    pytest.param(
+        ["--space", "{space}", "--study-storage", "garbage"],
+        "--study-storage",
+        id="study storage that is no URL",
     ),
 ]
 
@@ -653,12 +767,19 @@ def test_search_refuses_hostile_input_in_a_real_process(tmp_path, argv, field):
     for folder in (cwd, inputs, home):
         folder.mkdir()
     hostile_inputs(inputs)
-    (inputs / "step.yaml").write_text(yaml.safe_dump({"params": {"n_neurons": {"low": 4, "high": 16, "step": 0.5}}}))
+    (inputs / "step.yaml").write_text(
+        yaml.safe_dump({"params": {"n_neurons": {"low": 4, "high": 16, "step": 0.5}}})
+    )
     (inputs / "..yaml").write_text(yaml.safe_dump(SPACE))
     (inputs / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    argv = [a.replace("{in}", str(inputs)).replace("{space}", str(inputs / "space.yaml")) for a in argv]
+    argv = [
+        a.replace("{in}", str(inputs)).replace("{space}", str(inputs / "space.yaml")) for a in argv
+    ]
     if "--study-storage" not in argv:
-        argv += ["--address", f"127.0.0.1:{closed_port()}"]  # input wrongly accepted stops here, before Ray
+        argv += [
+            "--address",
+            f"127.0.0.1:{closed_port()}",
+        ]  # input wrongly accepted stops here, before Ray
     if "--storage" not in argv:
         argv += ["--storage", "runs"]
     before = snapshot(tmp_path)
@@ -681,7 +802,14 @@ def test_search_refuses_hostile_input_in_a_real_process(tmp_path, argv, field):
         (["export", "{in}", "--to", "{in}/../dest"], "RUN"),
         (["report", "{in}/../../..", "--out", "x"], "RUN"),
     ],
-    ids=["deep yaml", "huge model", "huge seed", "truncated image", "export of no run", "report of no run"],
+    ids=[
+        "deep yaml",
+        "huge model",
+        "huge seed",
+        "truncated image",
+        "export of no run",
+        "report of no run",
+    ],
 )
 def test_other_commands_in_a_real_process(tmp_path, argv, field):
     cwd, inputs, home = tmp_path / "work", tmp_path / "inputs", tmp_path / "home"

@@ -21,7 +21,14 @@ import psutil
 import pytest
 
 from caetune._storage import parse_storage
-from tests.faults._tools import check_integrity, kill_group, local_study, results, search_env, start_search
+from tests.faults._tools import (
+    check_integrity,
+    kill_group,
+    local_study,
+    results,
+    search_env,
+    start_search,
+)
 
 NUM_SAMPLES = 300
 CONCURRENCY = 2  # the machine's 2 CPUs, one per trial
@@ -45,7 +52,9 @@ RSS_SLOPE_BOUND = 80 * 1024
 OVERHEAD_BOUND_S = 1.0  # the issue's target per trial
 TIMEOUT_S = 1500
 
-LOAD_SPACE = Path(__file__).resolve().parents[2] / "benchmarks" / "one_epoch_space.yaml"  # Nn 4-16, Nm 1-4, Ne 1
+LOAD_SPACE = (
+    Path(__file__).resolve().parents[2] / "benchmarks" / "one_epoch_space.yaml"
+)  # Nn 4-16, Nm 1-4, Ne 1
 _END = re.compile(r"^\s+t\d{4} (complete|pruned|failed)\b", re.MULTILINE)
 
 
@@ -95,13 +104,17 @@ def test_300_short_trials_keep_the_driver_flat(tmp_path):
     assert proc.returncode == 0, f"exit {proc.returncode}\n{text[-4000:]}"
 
     table = results(run)
-    assert len(table) == NUM_SAMPLES and set(table["status"]) == {"complete"}, table["status"].value_counts()
+    assert len(table) == NUM_SAMPLES and set(table["status"]) == {"complete"}, table[
+        "status"
+    ].value_counts()
     check_integrity(run, db, num_samples=NUM_SAMPLES)
 
     # Driver memory: the least-squares slope of RSS over finished trials, after the warm-up and before
     # the last trial ended (then the driver writes the summary: no trial to grow with).
     judged = np.array([(n, rss) for n, rss in samples if WARM_UP <= n < NUM_SAMPLES], dtype=float)
-    assert len(judged) >= 10 and judged[:, 0].max() >= NUM_SAMPLES * 0.9, f"too few samples: {samples[-5:]}"
+    assert len(judged) >= 10 and judged[:, 0].max() >= NUM_SAMPLES * 0.9, (
+        f"too few samples: {samples[-5:]}"
+    )
     slope = np.polyfit(judged[:, 0], judged[:, 1], 1)[0]
     rss_mb = judged[:, 1] / 2**20
     # Overhead: the wall time the trials' own training does not explain, per trial.
@@ -112,7 +125,10 @@ def test_300_short_trials_keep_the_driver_flat(tmp_path):
         f"(mean {training / NUM_SAMPLES:.2f} s); overhead {overhead:.2f} s/trial (bound {OVERHEAD_BOUND_S}); "
         f"driver RSS {rss_mb.min():.0f}-{rss_mb.max():.0f} MiB from trial {WARM_UP} on, "
         f"slope {slope / 1024:.1f} KiB/trial (bound {RSS_SLOPE_BOUND / 1024:.0f}); RSS MiB at "
-        + ", ".join(f"{n}: {rss / 2**20:.0f}" for n, rss in _at(samples, (WARM_UP, 150, 200, 250, NUM_SAMPLES)))
+        + ", ".join(
+            f"{n}: {rss / 2**20:.0f}"
+            for n, rss in _at(samples, (WARM_UP, 150, 200, 250, NUM_SAMPLES))
+        )
     )
     assert slope < RSS_SLOPE_BOUND, f"the driver grows {slope / 1024:.1f} KiB per trial"
     assert overhead < OVERHEAD_BOUND_S, f"{overhead:.2f} s of overhead per trial"

@@ -143,7 +143,9 @@ except OSError as err:
 print(f"written after {time.monotonic() - start:.1f} s", flush=True)
 os._exit(0)
 """
-PICKLE_OUTAGE_S = 5.0  # longer than pyarrow's default 3 attempts wait, far shorter than caetune's 10
+PICKLE_OUTAGE_S = (
+    5.0  # longer than pyarrow's default 3 attempts wait, far shorter than caetune's 10
+)
 
 
 def _plain_pyarrow_filesystem(endpoint: str):
@@ -152,7 +154,9 @@ def _plain_pyarrow_filesystem(endpoint: str):
     from caetune._storage import S3_ATTEMPTS
 
     retry = pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS)
-    return pyarrow.fs.S3FileSystem(endpoint_override=endpoint, scheme="http", region="us-east-1", retry_strategy=retry)
+    return pyarrow.fs.S3FileSystem(
+        endpoint_override=endpoint, scheme="http", region="us-east-1", retry_strategy=retry
+    )
 
 
 @pytest.mark.parametrize("kind", ["caetune", "plain pyarrow"])
@@ -170,7 +174,9 @@ def test_a_pickled_filesystem_still_retries(kind, s3_bucket, s3_server, monkeypa
     payload = tmp_path / "fs.pickle"
     payload.write_bytes(pickle.dumps(fs))
     env = s3_server.subprocess_env()
-    env.pop("AWS_ENDPOINT_URL")  # the worker must get the endpoint from the pickle, not from its environment
+    env.pop(
+        "AWS_ENDPOINT_URL"
+    )  # the worker must get the endpoint from the pickle, not from its environment
     worker = subprocess.Popen(
         [sys.executable, "-c", _WORKER, str(payload), storage.fs_path],
         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -189,7 +195,10 @@ def test_a_pickled_filesystem_still_retries(kind, s3_bucket, s3_server, monkeypa
     print(f"\n{kind}: {output.strip()}")
     if kind == "caetune":
         assert worker.returncode == 0 and output.startswith("written after"), output
-        assert s3_server.client().get_object(Bucket=s3_bucket, Key="runs/during")["Body"].read() == b"y"
+        assert (
+            s3_server.client().get_object(Bucket=s3_bucket, Key="runs/during")["Body"].read()
+            == b"y"
+        )
     else:
         assert worker.returncode == 1 and output.startswith("failed after"), output
 

@@ -150,15 +150,23 @@ def local_ray():
     ray_tmp = tempfile.mkdtemp(prefix="ctl", dir="/tmp")
     env = clean_env(HOME=str(home), RAY_TMPDIR=ray_tmp)
     driver = subprocess.Popen(
-        [sys.executable, "-c", LOCAL_RAY_SCRIPT], env=env, cwd=home, text=True,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, "-c", LOCAL_RAY_SCRIPT],
+        env=env,
+        cwd=home,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         line = driver.stdout.readline()
         if not line:
             pytest.fail(f"the driver exited {driver.wait()} before Ray was up")
         info = json.loads(line)
-        yield LocalRay(info, home / ".ray" / "auth_token", processes_of(ray_tmp, roots=(driver.pid,)))
+        yield LocalRay(
+            info, home / ".ray" / "auth_token", processes_of(ray_tmp, roots=(driver.pid,))
+        )
     finally:
         leftovers = processes_of(ray_tmp)
         try:
@@ -176,7 +184,9 @@ def local_ray():
 @pytest.mark.slow
 def test_the_local_ray_of_a_search_requires_the_token(local_ray):
     assert local_ray.info["started"] and local_ray.info["token_auth"]
-    token = local_ray.token_file.read_text().strip()  # Ray made one for this home, as on a first run
+    token = (
+        local_ray.token_file.read_text().strip()
+    )  # Ray made one for this home, as on a first run
     gcs = local_ray.info["gcs"]
     assert gcs_call(gcs, None) == "UNAUTHENTICATED"
     assert gcs_call(gcs, "0" * len(token)) == "UNAUTHENTICATED"
@@ -234,20 +244,40 @@ def head():
             continue  # the launcher writes that file on the head; the head serves the same without it
         kept.append(f"{name}={ports[name]}" if name in ports else flag)
     local = {  # Ray's fixed default ports would collide with other Rays on this machine
-        "--ray-client-server-port": free_port(), "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(), "--runtime-env-agent-port": free_port(),
-        "--metrics-export-port": free_port(), "--node-manager-port": free_port(),
+        "--ray-client-server-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+        "--metrics-export-port": free_port(),
+        "--node-manager-port": free_port(),
     }
-    command = [str(Path(sys.executable).with_name("ray")), "start", "--head", *kept[1:], "--block", "--num-cpus", "1",
-               "--temp-dir", temp_dir, *[str(x) for pair in local.items() for x in pair]]
+    command = [
+        str(Path(sys.executable).with_name("ray")),
+        "start",
+        "--head",
+        *kept[1:],
+        "--block",
+        "--num-cpus",
+        "1",
+        "--temp-dir",
+        temp_dir,
+        *[str(x) for pair in local.items() for x in pair],
+    ]
     assert kept[0] == "--head" and "--dashboard-host=127.0.0.1" in kept
     env = clean_env(HOME=str(home), **env_prefix)
     log = open(Path(temp_dir) / "head.log", "wb")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     dashboard = f"http://127.0.0.1:{ports['--dashboard-port']}"
     try:
         wait_for_head(process, dashboard, token, Path(temp_dir) / "head.log")
-        yield Head(token, f"127.0.0.1:{ports['--port']}", dashboard, processes_of(temp_dir, roots=(process.pid,)))
+        yield Head(
+            token,
+            f"127.0.0.1:{ports['--port']}",
+            dashboard,
+            processes_of(temp_dir, roots=(process.pid,)),
+        )
     finally:
         leftovers = processes_of(temp_dir)
         stop_head(process)
@@ -265,13 +295,20 @@ def test_the_cluster_head_refuses_clients_without_the_token(head):
 
     version = f"{head.dashboard}/api/version"
     assert requests.get(version, timeout=10).status_code == 401
-    assert requests.get(version, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 403
+    assert (
+        requests.get(version, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code
+        == 403
+    )
     assert requests.get(version, headers={"Authorization": f"Bearer {head.token}"}, timeout=10).ok
 
     job = {"entrypoint": "touch /tmp/caetune-security-test-never"}
     for headers in ({}, {"Authorization": "Bearer wrong"}):
-        assert requests.post(f"{head.dashboard}/api/jobs/", json=job, headers=headers, timeout=10).status_code in (401, 403)
-    listed = requests.get(f"{head.dashboard}/api/jobs/", headers={"Authorization": f"Bearer {head.token}"}, timeout=10)
+        assert requests.post(
+            f"{head.dashboard}/api/jobs/", json=job, headers=headers, timeout=10
+        ).status_code in (401, 403)
+    listed = requests.get(
+        f"{head.dashboard}/api/jobs/", headers={"Authorization": f"Bearer {head.token}"}, timeout=10
+    )
     assert listed.ok and listed.json() == []  # nothing was submitted
 
 
@@ -307,7 +344,11 @@ def files_holding(root: Path, needles: dict[str, bytes]) -> list[str]:
             data = path.read_bytes()
         except OSError:
             continue
-        found += [f"{path}: {var}" for var, needle in needles.items() if needle in data or needle in bytes(path)]
+        found += [
+            f"{path}: {var}"
+            for var, needle in needles.items()
+            if needle in data or needle in bytes(path)
+        ]
     return found
 
 
@@ -328,15 +369,48 @@ def pipeline(tmp_path_factory):
     work, home = root / "work", root / "home"
     work.mkdir()
     home.mkdir()
-    env = clean_env(HOME=str(home), XDG_CACHE_HOME=str(root / "cache"), RAY_TMPDIR=str(ray_tmp),
-                    PYTHONUNBUFFERED="1", AWS_REGION="eu-west-1", **fake)
-    (work / "tiny.yaml").write_text(yaml.safe_dump({
-        "fixed": {"dataset": "mnist-10k", "subset": 120, "image_size": 12, "batch_size": 32},
-        "params": {"n_neurons": {"low": 4, "high": 16, "log": True}, "n_maps": [2, 4]},
-    }))
+    env = clean_env(
+        HOME=str(home),
+        XDG_CACHE_HOME=str(root / "cache"),
+        RAY_TMPDIR=str(ray_tmp),
+        PYTHONUNBUFFERED="1",
+        AWS_REGION="eu-west-1",
+        **fake,
+    )
+    (work / "tiny.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "fixed": {
+                    "dataset": "mnist-10k",
+                    "subset": 120,
+                    "image_size": 12,
+                    "batch_size": 32,
+                },
+                "params": {"n_neurons": {"low": 4, "high": 16, "log": True}, "n_maps": [2, 4]},
+            }
+        )
+    )
     commands = {
-        "search": ["--space", "tiny.yaml", "--storage", "runs", "--name", "cred", "--num-samples", "2", "--max-epochs",
-                   "1", "--confirm-seeds", "1", "--top-k", "1", "--util-images", "16", "--max-concurrent", "2"],
+        "search": [
+            "--space",
+            "tiny.yaml",
+            "--storage",
+            "runs",
+            "--name",
+            "cred",
+            "--num-samples",
+            "2",
+            "--max-epochs",
+            "1",
+            "--confirm-seeds",
+            "1",
+            "--top-k",
+            "1",
+            "--util-images",
+            "16",
+            "--max-concurrent",
+            "2",
+        ],
         "export": ["runs/cred", "--top", "1", "--to", "exported"],
         "report": ["runs/cred", "--top", "1", "--out", "report-again"],
         "train": ["--config", "exported/CONFIG", "--out", "retrained"],
@@ -345,10 +419,20 @@ def pipeline(tmp_path_factory):
     try:
         for command, argv in commands.items():
             if command == "train":
-                argv = [a.replace("exported/CONFIG", str(next((work / "exported").glob("1-*/config.yaml"))))
-                        for a in argv]
-            done = subprocess.run([sys.executable, "-m", "caetune.cli", command, *argv], cwd=work, env=env,
-                                  capture_output=True, text=True, timeout=600)
+                argv = [
+                    a.replace(
+                        "exported/CONFIG", str(next((work / "exported").glob("1-*/config.yaml")))
+                    )
+                    for a in argv
+                ]
+            done = subprocess.run(
+                [sys.executable, "-m", "caetune.cli", command, *argv],
+                cwd=work,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             assert done.returncode == 0, f"{command}: {done.stderr[-3000:]}"
             outputs[command] = done.stdout + done.stderr
         yield Pipeline(fake, root, ray_tmp, outputs)
@@ -363,23 +447,43 @@ def test_no_credential_in_runs_reports_exports_models_or_output(pipeline):
     work = pipeline.root / "work"
     # The scan covers real output: a finished run, two reports, an export and a retrained model.
     assert len((work / "runs/cred/results.csv").read_text().splitlines()) == 3
-    for written in ("runs/cred/report/index.html", "report-again/index.html", "exported/manifest.json",
-                    "retrained/model.pt", "runs/cred/study.db", "runs/cred/experiment.yaml", "runs/cred/confirm.csv"):
+    for written in (
+        "runs/cred/report/index.html",
+        "report-again/index.html",
+        "exported/manifest.json",
+        "retrained/model.pt",
+        "runs/cred/study.db",
+        "runs/cred/experiment.yaml",
+        "runs/cred/confirm.csv",
+    ):
         assert (work / written).is_file(), written
     needles = {var: value.encode() for var, value in pipeline.fake.items()}
     leaks = files_holding(pipeline.root, needles)
-    leaks += [f"output of caetune {command}: {var}" for command, text in pipeline.outputs.items()
-              for var, value in pipeline.fake.items() if value in text]
+    leaks += [
+        f"output of caetune {command}: {var}"
+        for command, text in pipeline.outputs.items()
+        for var, value in pipeline.fake.items()
+        if value in text
+    ]
     assert leaks == []
 
 
 @pytest.mark.slow
 def test_no_ray_token_in_rays_session_logs(pipeline):
-    assert list(pipeline.ray_tmp.rglob("*.log")), "Ray wrote no session logs where they were expected"
-    assert files_holding(pipeline.ray_tmp, {"RAY_AUTH_TOKEN": pipeline.fake["RAY_AUTH_TOKEN"].encode()}) == []
+    assert list(pipeline.ray_tmp.rglob("*.log")), (
+        "Ray wrote no session logs where they were expected"
+    )
+    assert (
+        files_holding(
+            pipeline.ray_tmp, {"RAY_AUTH_TOKEN": pipeline.fake["RAY_AUTH_TOKEN"].encode()}
+        )
+        == []
+    )
 
 
 @pytest.mark.slow
 def test_no_aws_credential_in_rays_session_logs(pipeline):
-    needles = {var: value.encode() for var, value in pipeline.fake.items() if var.startswith("AWS_")}
+    needles = {
+        var: value.encode() for var, value in pipeline.fake.items() if var.startswith("AWS_")
+    }
     assert files_holding(pipeline.ray_tmp, needles) == []

@@ -53,7 +53,12 @@ NUM_SAMPLES = 2
 
 def _setup(tmp_path, *, num_samples: int = NUM_SAMPLES, epochs=(4, 5), subset: int = 600):
     return fault_search(
-        tmp_path, str(tmp_path / "runs"), seed=7, num_samples=num_samples, subset=subset, epochs=epochs
+        tmp_path,
+        str(tmp_path / "runs"),
+        seed=7,
+        num_samples=num_samples,
+        subset=subset,
+        epochs=epochs,
     )
 
 
@@ -72,7 +77,11 @@ def _trial_worker(proc: subprocess.Popen) -> psutil.Process | None:
 def _checkpointed_running(db, *, epochs_left: int = 2, done: int = 1):
     """The running trial once it has ``done`` epochs checkpointed and ``epochs_left`` epochs still to train."""
     for t in safe_study(db):
-        if t["state"] == "RUNNING" and t["checkpoint"] and done <= t["epochs"] <= t["n_epochs"] - epochs_left:
+        if (
+            t["state"] == "RUNNING"
+            and t["checkpoint"]
+            and done <= t["epochs"] <= t["n_epochs"] - epochs_left
+        ):
             return t
     return None
 
@@ -168,7 +177,10 @@ def test_a_damaged_checkpoint_is_passed_over_with_the_reason(tmp_path, damaged):
     assert f"{tid} restart" in text and f"{tid} recovered" in text, text[-3000:]
     assert row["status"] == "complete", row
     recovery = row["recovery"]
-    assert metrics["recovery"] == recovery == _study_attr(db, victim["number"], "recovery"), (metrics, recovery)
+    assert metrics["recovery"] == recovery == _study_attr(db, victim["number"], "recovery"), (
+        metrics,
+        recovery,
+    )
     for folder in cut:
         assert f"{folder.parent.name}/{folder.name} unreadable (" in recovery, recovery
     if damaged == "latest":
@@ -177,11 +189,15 @@ def test_a_damaged_checkpoint_is_passed_over_with_the_reason(tmp_path, damaged):
     else:
         assert recovery.endswith("restarted from epoch 0"), recovery
     # Each epoch once (a fallback continues, a restart starts the history again), the model the last epoch's.
-    assert [m["epoch"] for m in metrics["history"]] == list(range(1, int(row["n_epochs"]) + 1)), metrics["history"]
+    assert [m["epoch"] for m in metrics["history"]] == list(range(1, int(row["n_epochs"]) + 1)), (
+        metrics["history"]
+    )
     # The other trials are unaffected, and nothing else reports a recovery.
     others = table[table["trial_id"] != tid]
     assert set(others["status"]) == {"complete"} and others["recovery"].isna().all(), others
-    check_integrity(run, db, num_samples=NUM_SAMPLES)  # the trial's model.pt loads and gives its val_mse
+    check_integrity(
+        run, db, num_samples=NUM_SAMPLES
+    )  # the trial's model.pt loads and gives its val_mse
 
 
 @pytest.mark.slow
@@ -202,14 +218,18 @@ def test_a_second_search_on_the_same_run_is_refused(tmp_path):
                                     timeout=RUN_TIMEOUT_S)  # fmt: skip
         finally:
             worker.send_signal(signal.SIGCONT)
-        assert proc.poll() is None, f"the first search ended before the second one looked:\n{second.stderr[-2000:]}"
+        assert proc.poll() is None, (
+            f"the first search ended before the second one looked:\n{second.stderr[-2000:]}"
+        )
         text = _finish(proc, log)
     finally:
         kill_group(proc)
 
     assert second.returncode == 2, second.stderr[-3000:]
     lines = second.stderr.strip().splitlines()
-    assert len(lines) == 1 and "in use by process" in lines[0] and str(proc.pid) in lines[0], second.stderr
+    assert len(lines) == 1 and "in use by process" in lines[0] and str(proc.pid) in lines[0], (
+        second.stderr
+    )
     assert "start" not in second.stdout + second.stderr
     assert set(results(run)["status"]) <= set(FINISHED) and "interrupted" not in text
     check_integrity(run, db, num_samples=3)
@@ -245,7 +265,18 @@ def test_trials_that_raise_diverge_or_exceed_memory_fail_with_the_reason(tmp_pat
     storage_url = str(tmp_path / "runs")
     storage = parse_storage(storage_url)
     run, db = storage.child("bad"), local_study(storage, "bad", tmp_path)
-    flags = ["--space", str(space), "--storage", storage_url, "--name", "bad", "--num-samples", "5", "--seed", "3"]
+    flags = [
+        "--space",
+        str(space),
+        "--storage",
+        storage_url,
+        "--name",
+        "bad",
+        "--num-samples",
+        "5",
+        "--seed",
+        "3",
+    ]
     done = run_search_cli(flags, search_env(tmp_path), tmp_path)
 
     table = results(run).set_index("trial_id")
@@ -331,7 +362,11 @@ def _final_search(tmp_path, callbacks: list):
 
 
 def _tune_folders(run, tid: str) -> list[Path]:
-    return sorted(p for p in (run.local_path / "tune").iterdir() if p.is_dir() and p.name.startswith(f"{tid}-"))
+    return sorted(
+        p
+        for p in (run.local_path / "tune").iterdir()
+        if p.is_dir() and p.name.startswith(f"{tid}-")
+    )
 
 
 @pytest.mark.slow
@@ -351,20 +386,31 @@ def test_a_final_checkpoint_damaged_after_the_trial_ended_is_run_again(ray_local
     assert row["status"] == "complete", row
     name = f"{folder.parent.name}/{folder.name}"
     recovery = row["recovery"]
-    assert metrics["recovery"] == recovery == _study_attr(db, 0, "recovery"), (metrics["recovery"], recovery)
+    assert metrics["recovery"] == recovery == _study_attr(db, 0, "recovery"), (
+        metrics["recovery"],
+        recovery,
+    )
     assert recovery.startswith(f"final checkpoint {name} "), recovery
     assert f": run again (1 of at most {MAX_RERUNS}); {name} unreadable (" in recovery, recovery
     epochs = int(row["n_epochs"])
-    assert recovery.endswith(f"resumed from {folder.parent.name}/checkpoint_{epochs - 2:06d} (epoch {epochs - 1})")
-    assert "t0000 rerun" in text and "t0000 recovered" in text and "t0000 failed" not in text, text[-3000:]
+    assert recovery.endswith(
+        f"resumed from {folder.parent.name}/checkpoint_{epochs - 2:06d} (epoch {epochs - 1})"
+    )
+    assert "t0000 rerun" in text and "t0000 recovered" in text and "t0000 failed" not in text, text[
+        -3000:
+    ]
     assert _study_attr(db, 0, "reruns") == 1 and len(_tune_folders(run, "t0000")) == 2
     # Deterministic training: the model of the re-run is the damaged one, bit for bit.
-    assert [m["epoch"] for m in metrics["history"]] == list(range(1, epochs + 1)), metrics["history"]
+    assert [m["epoch"] for m in metrics["history"]] == list(range(1, epochs + 1)), metrics[
+        "history"
+    ]
     assert [m["val_mse"] for m in metrics["history"]] == [m["val_mse"] for m in written["history"]]
     assert row["val_mse"] == written["val_mse"] and row["objective"] == written["objective"]
     other = table.set_index("trial_id").loc["t0001"]
     assert other["status"] == "complete" and other.isna()["recovery"], other
-    check_integrity(run, db, num_samples=NUM_SAMPLES)  # t0000's model.pt loads and gives its val_mse
+    check_integrity(
+        run, db, num_samples=NUM_SAMPLES
+    )  # t0000's model.pt loads and gives its val_mse
     assert not list((run.local_path / "tune").glob("*/checkpoint_*"))
 
 
@@ -375,20 +421,33 @@ def test_a_final_checkpoint_damaged_every_time_fails_after_the_bound(ray_local, 
     outcome, text, run, db = _final_search(tmp_path, [damage])
 
     assert not outcome.interrupted, text[-3000:]
-    assert len(damage.damaged) == MAX_RERUNS + 1  # run once, then MAX_RERUNS times again; never more
+    assert (
+        len(damage.damaged) == MAX_RERUNS + 1
+    )  # run once, then MAX_RERUNS times again; never more
     table = results(run).set_index("trial_id")
     row = table.loc["t0000"]
     print(f"final checkpoint damaged every time: {row['status']}; error: {row['error']}")
     print(f"  recovery: {row['recovery']}")
     assert row["status"] == "failed", row
     last = damage.damaged[-1][0]
-    assert row["error"].startswith(f"final checkpoint {last.parent.name}/{last.name} has a "), row["error"]
-    assert row["error"].endswith(f"; gave up after {MAX_RERUNS} re-runs; no model kept"), row["error"]
-    assert _study_attr(db, 0, "failed_reason") == row["error"] and _study_attr(db, 0, "reruns") == MAX_RERUNS
+    assert row["error"].startswith(f"final checkpoint {last.parent.name}/{last.name} has a "), row[
+        "error"
+    ]
+    assert row["error"].endswith(f"; gave up after {MAX_RERUNS} re-runs; no model kept"), row[
+        "error"
+    ]
+    assert (
+        _study_attr(db, 0, "failed_reason") == row["error"]
+        and _study_attr(db, 0, "reruns") == MAX_RERUNS
+    )
     # Every run's damage is in its recovery, oldest first.
     notes = [f"final checkpoint {f.parent.name}/{f.name} has a " for f, _ in damage.damaged[:-1]]
-    assert [row["recovery"].index(n) for n in notes] == sorted(row["recovery"].index(n) for n in notes), row
-    assert text.count("t0000 rerun") == MAX_RERUNS and text.count("t0000 start") == MAX_RERUNS + 1, text[-3000:]
+    assert [row["recovery"].index(n) for n in notes] == sorted(
+        row["recovery"].index(n) for n in notes
+    ), row
+    assert (
+        text.count("t0000 rerun") == MAX_RERUNS and text.count("t0000 start") == MAX_RERUNS + 1
+    ), text[-3000:]
     assert not (run.local_path / "trials" / "t0000" / "model.pt").exists()
     assert table.loc["t0001", "status"] == "complete"
     check_integrity(run, db, num_samples=NUM_SAMPLES)
@@ -407,13 +466,17 @@ def test_a_search_interrupted_before_the_rerun_resumes_it(ray_local, tmp_path):
     # Still running in the study, its damaged checkpoint kept for the resumed search.
     assert trial["state"] == "RUNNING" and _study_attr(db, 0, "reruns") == 1, trial
     assert trial["checkpoint"] and folder.is_dir(), trial
-    assert _study_attr(db, 0, "recovery").startswith(f"final checkpoint {folder.parent.name}/{folder.name} has a ")
+    assert _study_attr(db, 0, "recovery").startswith(
+        f"final checkpoint {folder.parent.name}/{folder.name} has a "
+    )
 
     second, text, run, db = _final_search(tmp_path, [])
     assert not second.interrupted, text[-3000:]
     row = results(run).set_index("trial_id").loc["t0000"]
     assert row["status"] == "complete", row
-    assert row["recovery"].startswith(f"final checkpoint {folder.parent.name}/{folder.name} has a "), row["recovery"]
+    assert row["recovery"].startswith(
+        f"final checkpoint {folder.parent.name}/{folder.name} has a "
+    ), row["recovery"]
     assert f"{folder.parent.name}/{folder.name} unreadable (" in row["recovery"], row["recovery"]
     assert row["val_mse"] == written["val_mse"]
     check_integrity(run, db, num_samples=NUM_SAMPLES)

@@ -30,7 +30,9 @@ def test_model1_shapes_and_named_activations():
     assert recon.shape == x.shape
     assert acts["layer3"].shape == (5, 32, 13, 13)  # the paper's Nm rows x 13*13 columns
     assert acts["layer4"].shape == (5, 2560)
-    assert 0.0 <= float(recon.detach().min()) <= float(recon.detach().max()) <= 1.0  # sigmoid output
+    assert (
+        0.0 <= float(recon.detach().min()) <= float(recon.detach().max()) <= 1.0
+    )  # sigmoid output
 
 
 def test_model2_goes_down_to_1x1x32():
@@ -51,7 +53,14 @@ def test_model2_goes_down_to_1x1x32():
     [(3, (32, 32), 1), (3, (32, 32), 2), (3, (32, 32), 3), (3, (64, 48), 2), (1, (28, 28), 2)],
 )
 def test_any_channels_and_size(channels, size, n_conv):
-    model = CAE(in_channels=channels, image_size=size, n_maps=4, n_neurons=10, n_conv=n_conv, activation="elu")
+    model = CAE(
+        in_channels=channels,
+        image_size=size,
+        n_maps=4,
+        n_neurons=10,
+        n_conv=n_conv,
+        activation="elu",
+    )
     x = torch.rand(3, channels, *size)
     recon, acts = model(x)
     assert recon.shape == x.shape

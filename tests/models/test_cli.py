@@ -10,7 +10,18 @@ import yaml
 
 from caetune.cli import main
 
-SMALL = ["--dataset", "mnist-10k", "--subset", "400", "--n-neurons", "40", "--n-maps", "4", "--batch-size", "64"]
+SMALL = [
+    "--dataset",
+    "mnist-10k",
+    "--subset",
+    "400",
+    "--n-neurons",
+    "40",
+    "--n-maps",
+    "4",
+    "--batch-size",
+    "64",
+]
 
 
 def test_train_writes_three_files_and_a_falling_curve(tmp_path, capsys):
@@ -28,17 +39,26 @@ def test_train_writes_three_files_and_a_falling_curve(tmp_path, capsys):
 
 def test_config_file_with_flag_override_and_resume(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("dataset: mnist-10k\nsubset: 300\nn_neurons: 20\nn_maps: 2\nn_epochs: 1\nbatch_size: 64\n")
+    path.write_text(
+        "dataset: mnist-10k\nsubset: 300\nn_neurons: 20\nn_maps: 2\nn_epochs: 1\nbatch_size: 64\n"
+    )
     out = tmp_path / "run"
     assert main(["train", "--config", str(path), "--out", str(out)]) == 0
-    assert main(["train", "--config", str(path), "--n-epochs", "2", "--resume", "--out", str(out)]) == 0
+    assert (
+        main(["train", "--config", str(path), "--n-epochs", "2", "--resume", "--out", str(out)])
+        == 0
+    )
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [m["epoch"] for m in history] == [1, 2]  # epoch 1 was not trained again
 
 
 def run_cli(*args, cwd):
     return subprocess.run(
-        [sys.executable, "-m", "caetune.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "caetune.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

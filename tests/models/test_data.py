@@ -59,7 +59,16 @@ def npz_with_ids(tmp_path, n: int = 50) -> Path:
 
 def test_registry_lists_every_spec_form():
     names = dataset_names()
-    for name in ("mnist-10k", "mnist", "fashion-mnist", "svhn", "cifar10", "caltech101", "npz:PATH", "folder:PATH"):
+    for name in (
+        "mnist-10k",
+        "mnist",
+        "fashion-mnist",
+        "svhn",
+        "cifar10",
+        "caltech101",
+        "npz:PATH",
+        "folder:PATH",
+    ):
         assert name in names
     assert all(entry.description for entry in DATASETS.values())
 
@@ -95,15 +104,23 @@ def test_idx_datasets_read_train_split_through_torchvision(tmp_path, spec, folde
     assert data.info["pool_size"] == 30  # the 10 test images stay out
     for split, split_labels in ((data.train, data.train_labels), (data.val, data.val_labels)):
         # labels are i % 10, images unique: find each image's source row
-        rows = [int(np.flatnonzero((images == img[0].numpy()).all(axis=(1, 2)))[0]) for img in split]
+        rows = [
+            int(np.flatnonzero((images == img[0].numpy()).all(axis=(1, 2)))[0]) for img in split
+        ]
         assert split_labels.tolist() == [labels[r] for r in rows]
-    assert (tmp_path / folder / "raw" / "train-images-idx3-ubyte").is_file()  # decompressed as torchvision does
+    assert (
+        tmp_path / folder / "raw" / "train-images-idx3-ubyte"
+    ).is_file()  # decompressed as torchvision does
 
 
 def test_mnist_plain_idx_files_and_download_flag_with_files_present(tmp_path):
     images, _ = fixtures.make_mnist(tmp_path, gz=False, n_train=12)
-    data = load_dataset("mnist", data_dir=tmp_path, download=True, val_fraction=0.25)  # present: nothing fetched
-    assert torch.equal(torch.cat([data.train, data.val]).sum(), torch.from_numpy(images).sum().to(torch.int64))
+    data = load_dataset(
+        "mnist", data_dir=tmp_path, download=True, val_fraction=0.25
+    )  # present: nothing fetched
+    assert torch.equal(
+        torch.cat([data.train, data.val]).sum(), torch.from_numpy(images).sum().to(torch.int64)
+    )
 
 
 def test_mnist_missing_files_name_them_and_write_nothing(tmp_path):
@@ -119,7 +136,9 @@ def test_mnist_missing_files_name_them_and_write_nothing(tmp_path):
 
 def test_mnist_corrupt_file_is_one_line_error(mnist_root):
     root, _, _ = mnist_root
-    (root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x0d\x07junk"))
+    (root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(b"\x00\x00\x0d\x07junk")
+    )
     with raises_input_error("data_dir", "cannot read mnist"):
         load_dataset("mnist", data_dir=root)
 
@@ -133,7 +152,9 @@ def test_cifar10_through_torchvision_without_official_md5(cifar10_root):
     both_labels = torch.cat([data.train_labels, data.val_labels]).numpy()
     order = np.lexsort(both.reshape(len(both), -1).T)
     expected = np.lexsort(images.reshape(len(images), -1).T)
-    assert np.array_equal(both[order], images[expected])  # every train image, none of the (all-255) test ones
+    assert np.array_equal(
+        both[order], images[expected]
+    )  # every train image, none of the (all-255) test ones
     assert np.array_equal(both_labels[order], labels[expected])
 
 
@@ -141,7 +162,9 @@ def test_cifar10_missing_batch_and_corrupt_meta(cifar10_root):
     root, _, _ = cifar10_root
     folder = root / "cifar-10-batches-py"
     (folder / "data_batch_3").unlink()
-    with raises_input_error("data_dir", "cifar-10-batches-py", "missing data_batch_3", "--download"):
+    with raises_input_error(
+        "data_dir", "cifar-10-batches-py", "missing data_batch_3", "--download"
+    ):
         load_dataset("cifar10", data_dir=root)
     fixtures.make_cifar10(root)
     (folder / "batches.meta").write_bytes(b"not a pickle")
@@ -162,12 +185,21 @@ def test_svhn_mat_through_torchvision(tmp_path):
 
 
 def test_caltech101_resized_rgb_without_background(tmp_path):
-    counts = fixtures.make_caltech101(tmp_path, counts={"accordion": 3, "airplanes": 4}, n_background=2)
+    counts = fixtures.make_caltech101(
+        tmp_path, counts={"accordion": 3, "airplanes": 4}, n_background=2
+    )
     data = load_dataset("caltech101", data_dir=tmp_path, val_fraction=0.3)
-    assert_well_formed(data, n_train=5, n_val=2, shape=(3, 64, 64))  # 64 by default, grey images made RGB
+    assert_well_formed(
+        data, n_train=5, n_val=2, shape=(3, 64, 64)
+    )  # 64 by default, grey images made RGB
     assert data.info["classes"] == ["accordion", "airplanes"]
-    assert torch.cat([data.train_labels, data.val_labels]).bincount().tolist() == [counts["accordion"], counts["airplanes"]]
-    grey = load_dataset("caltech101", data_dir=tmp_path, val_fraction=0.3, grayscale=True, image_size=24)
+    assert torch.cat([data.train_labels, data.val_labels]).bincount().tolist() == [
+        counts["accordion"],
+        counts["airplanes"],
+    ]
+    grey = load_dataset(
+        "caltech101", data_dir=tmp_path, val_fraction=0.3, grayscale=True, image_size=24
+    )
     assert_well_formed(grey, n_train=5, n_val=2, shape=(1, 24, 24))
 
 
@@ -256,7 +288,9 @@ def test_npz_rejects(tmp_path, case, fragment):
 
 
 def test_folder_order_labels_and_pixels(tmp_path):
-    written = fixtures.make_image_folder(tmp_path, classes=("dog", "cat"), per_class=4, size=(12, 12))
+    written = fixtures.make_image_folder(
+        tmp_path, classes=("dog", "cat"), per_class=4, size=(12, 12)
+    )
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".DS_Store").write_bytes(b"\0")
     data = load_dataset(f"folder:{tmp_path}", image_size=12, val_fraction=0.25)
@@ -266,19 +300,25 @@ def test_folder_order_labels_and_pixels(tmp_path):
     both = torch.cat([everything.train, everything.val]).permute(0, 2, 3, 1).numpy()
     both_labels = torch.cat([everything.train_labels, everything.val_labels])
     for img, label in zip(both, both_labels):
-        row = int(np.flatnonzero((written == img).all(axis=(1, 2, 3)))[0])  # lossless PNG: exact pixels
+        row = int(
+            np.flatnonzero((written == img).all(axis=(1, 2, 3)))[0]
+        )  # lossless PNG: exact pixels
         assert label == row // 4  # sorted class folders, 4 images each
 
 
 def test_folder_default_size_and_channels(tmp_path):
     fixtures.make_image_folder(tmp_path / "grey", mode="L", size=(20, 10))
     grey = load_dataset(f"folder:{tmp_path / 'grey'}", val_fraction=0.5)
-    assert_well_formed(grey, n_train=3, n_val=3, shape=(1, 32, 32))  # all grey -> 1 channel, default 32
+    assert_well_formed(
+        grey, n_train=3, n_val=3, shape=(1, 32, 32)
+    )  # all grey -> 1 channel, default 32
     Image.fromarray(fixtures.noise((10, 10, 3))).save(tmp_path / "grey" / "top.png")
     mixed = load_dataset(f"folder:{tmp_path / 'grey'}", val_fraction=0.5)
     assert mixed.channels == 3
     assert mixed.train_labels is None  # not every image sits in a class folder
-    forced = load_dataset(f"folder:{tmp_path / 'grey'}", val_fraction=0.5, grayscale=True, image_size=8)
+    forced = load_dataset(
+        f"folder:{tmp_path / 'grey'}", val_fraction=0.5, grayscale=True, image_size=8
+    )
     assert forced.channels == 1 and forced.image_size == (8, 8)
 
 
@@ -320,7 +360,9 @@ def test_split_is_seeded_disjoint_and_subset_first(tmp_path):
     b = load_dataset(spec, subset=20, seed=5, val_fraction=0.25)
     c = load_dataset(spec, subset=20, seed=6, val_fraction=0.25)
     assert torch.equal(a.train_labels, b.train_labels) and torch.equal(a.val_labels, b.val_labels)
-    assert not torch.equal(torch.cat([a.train_labels, a.val_labels]), torch.cat([c.train_labels, c.val_labels]))
+    assert not torch.equal(
+        torch.cat([a.train_labels, a.val_labels]), torch.cat([c.train_labels, c.val_labels])
+    )
     assert len(a.train_labels) == 15 and len(a.val_labels) == 5
     assert not set(a.train_labels.tolist()) & set(a.val_labels.tolist())
     assert torch.equal(a.train[:, 0, 0, 0].long(), a.train_labels)  # labels follow their images
@@ -344,7 +386,9 @@ def test_image_size_resizes_close_to_pil(tmp_path):
     assert_well_formed(data, n_train=16, n_val=4, shape=(1, 14, 14))
     full = load_dataset("mnist-10k", subset=20, seed=1)
     for small, big in zip(data.train, full.train):
-        pil = np.asarray(Image.fromarray(big[0].numpy()).resize((14, 14), Image.Resampling.BILINEAR), dtype=int)
+        pil = np.asarray(
+            Image.fromarray(big[0].numpy()).resize((14, 14), Image.Resampling.BILINEAR), dtype=int
+        )
         assert np.abs(small[0].numpy().astype(int) - pil).max() <= 2
 
 
@@ -369,10 +413,14 @@ def test_bad_options(options, field):
 
 def test_load_data_uses_the_config_fields(tmp_path):
     spec = f"npz:{npz_with_ids(tmp_path, 40)}"
-    config = TrainConfig(dataset=spec, subset=12, split_seed=4, val_fraction=0.25, image_size=8, grayscale=False)
+    config = TrainConfig(
+        dataset=spec, subset=12, split_seed=4, val_fraction=0.25, image_size=8, grayscale=False
+    )
     via_config = load_data(config)
     direct = load_dataset(spec, subset=12, seed=4, val_fraction=0.25, image_size=8, grayscale=False)
-    assert torch.equal(via_config.train, direct.train) and torch.equal(via_config.val_labels, direct.val_labels)
+    assert torch.equal(via_config.train, direct.train) and torch.equal(
+        via_config.val_labels, direct.val_labels
+    )
     assert via_config.image_size == (8, 8) and via_config.channels == 3
 
 

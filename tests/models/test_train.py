@@ -17,7 +17,6 @@ from caetune.models import (
     Trainer,
     TrainingDiverged,
     load_dataset,
-    tune_allocator,
 )
 
 # Small enough for a shared 2-core machine: Model 1 with a few maps and neurons.
@@ -184,7 +183,10 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
 def test_tune_allocator_keeps_big_blocks_in_the_heap():
     def faults(mode: str) -> float:
         out = subprocess.run(
-            [sys.executable, "-c", _FAULTS_PER_ALLOCATION, mode], capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", _FAULTS_PER_ALLOCATION, mode],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert out.returncode == 0, out.stderr[-2000:]
         return float(out.stdout.split()[-1])

@@ -113,11 +113,15 @@ def test_unreachable_ray_address(tmp_path):
     space = write(tmp_path / "tiny.yaml", TINY)
     port = closed_port()
     done = subprocess_search(
-        ["--space", space, "--storage", str(storage), "--address", f"127.0.0.1:{port}"], {}, tmp_path
+        ["--space", space, "--storage", str(storage), "--address", f"127.0.0.1:{port}"],
+        {},
+        tmp_path,
     )
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert lines == [f"caetune search: error: --address: cannot reach a Ray cluster at 127.0.0.1:{port}: Connection refused"]
+    assert lines == [
+        f"caetune search: error: --address: cannot reach a Ray cluster at 127.0.0.1:{port}: Connection refused"
+    ]
     assert not storage.exists()
 
 
@@ -125,7 +129,9 @@ def test_unreachable_ray_address_from_the_environment(tmp_path):
     storage = tmp_path / "runs"
     space = write(tmp_path / "tiny.yaml", TINY)
     done = subprocess_search(
-        ["--space", space, "--storage", str(storage)], {"RAY_ADDRESS": f"127.0.0.1:{closed_port()}"}, tmp_path
+        ["--space", space, "--storage", str(storage)],
+        {"RAY_ADDRESS": f"127.0.0.1:{closed_port()}"},
+        tmp_path,
     )
     assert done.returncode == 2 and "RAY_ADDRESS: cannot reach a Ray cluster" in done.stderr
     assert not storage.exists()
@@ -135,11 +141,15 @@ def test_more_gpus_than_the_local_ray_has(tmp_path):
     storage = tmp_path / "runs"
     space = write(tmp_path / "tiny.yaml", TINY)
     done = subprocess_search(
-        ["--space", space, "--storage", str(storage), "--gpus-per-trial", "64"], {"CUDA_VISIBLE_DEVICES": ""}, tmp_path
+        ["--space", space, "--storage", str(storage), "--gpus-per-trial", "64"],
+        {"CUDA_VISIBLE_DEVICES": ""},
+        tmp_path,
     )
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert lines == ["caetune search: error: --gpus-per-trial: a trial needs 64 GPU, the Ray cluster has 0"]
+    assert lines == [
+        "caetune search: error: --gpus-per-trial: a trial needs 64 GPU, the Ray cluster has 0"
+    ]
     assert not storage.exists()
 
 
@@ -152,10 +162,14 @@ def test_unreachable_s3_storage(tmp_path):
         "AWS_REGION": "us-east-1",
         "XDG_CACHE_HOME": str(tmp_path / "cache"),
     }
-    done = subprocess_search(["--space", space, "--storage", "s3://caetune-test/runs"], env, tmp_path)
+    done = subprocess_search(
+        ["--space", space, "--storage", "s3://caetune-test/runs"], env, tmp_path
+    )
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("caetune search: error: --storage: cannot reach s3://caetune-test")
+    assert len(lines) == 1 and lines[0].startswith(
+        "caetune search: error: --storage: cannot reach s3://caetune-test"
+    )
     assert not (tmp_path / "cache").exists()
 
 
@@ -164,6 +178,17 @@ def test_help_lists_the_flags(capsys):
         main(["search", "--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--space", "--num-samples", "--max-epochs", "--gpus-per-trial", "--storage", "--address",
-                 "--resume", "--objective", "--utilisation-weight", "--confirm-seeds", "--study-storage"):
+    for flag in (
+        "--space",
+        "--num-samples",
+        "--max-epochs",
+        "--gpus-per-trial",
+        "--storage",
+        "--address",
+        "--resume",
+        "--objective",
+        "--utilisation-weight",
+        "--confirm-seeds",
+        "--study-storage",
+    ):
         assert flag in text

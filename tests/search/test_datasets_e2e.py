@@ -33,7 +33,11 @@ SEED = "21"  # small first draws; see the module docstring
 PRESETS = {
     # preset: (fixture writer, images it writes, (C, H, W) the preset trains on)
     "cifar10": (lambda root: make_cifar10(root, per_batch=6), 30, (3, 32, 32)),
-    "caltech101": (lambda root: make_caltech101(root, counts={"accordion": 12, "airplanes": 12}), 24, (3, 64, 64)),
+    "caltech101": (
+        lambda root: make_caltech101(root, counts={"accordion": 12, "airplanes": 12}),
+        24,
+        (3, 64, 64),
+    ),
 }
 
 
@@ -45,9 +49,30 @@ def test_preset_search_end_to_end(tmp_path, preset):
     write(data_dir)
     env = {**os.environ, "CAETUNE_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "caetune.cli", "search", "--space", preset, "--dataset", preset,
-        "--subset", str(n_images), "--max-epochs", "1", "--num-samples", "2", "--no-start-point",
-        "--seed", SEED, "--confirm-seeds", "0", "--no-report", "--storage", str(tmp_path / "runs"), "--name", preset,
+        sys.executable,
+        "-m",
+        "caetune.cli",
+        "search",
+        "--space",
+        preset,
+        "--dataset",
+        preset,
+        "--subset",
+        str(n_images),
+        "--max-epochs",
+        "1",
+        "--num-samples",
+        "2",
+        "--no-start-point",
+        "--seed",
+        SEED,
+        "--confirm-seeds",
+        "0",
+        "--no-report",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        preset,
     ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -64,7 +89,11 @@ def test_preset_search_end_to_end(tmp_path, preset):
     export_run(run, top=1, to=tmp_path / "export")
     model = load_exported(tmp_path / "export")
     assert (model.shape.in_channels, *model.shape.image_size) == shape
-    data = load_dataset(preset, data_dir=data_dir, image_size=shape[1], grayscale=False, subset=n_images)
+    data = load_dataset(
+        preset, data_dir=data_dir, image_size=shape[1], grayscale=False, subset=n_images
+    )
     with torch.no_grad():
         recon, acts = model(to_float_images(data.val, torch.device("cpu")))
-    assert recon.shape == (len(data.val), *shape) and acts["layer4"].shape[1] == model.shape.n_neurons
+    assert (
+        recon.shape == (len(data.val), *shape) and acts["layer4"].shape[1] == model.shape.n_neurons
+    )

@@ -31,16 +31,30 @@ class Proposes(BaseSampler):
         return self.params[param_name]
 
 
-def study_with(*finished: tuple[dict, TrialState, int], proposes: dict, n_epochs_of=lambda p: p["n_epochs"],
-               space=SPACE, curve=lambda params, epoch: 0.1, **options):
-    sampler = ExploringSampler(Proposes(proposes, space), n_epochs_of=n_epochs_of, seed=0, **options)
+def study_with(
+    *finished: tuple[dict, TrialState, int],
+    proposes: dict,
+    n_epochs_of=lambda p: p["n_epochs"],
+    space=SPACE,
+    curve=lambda params, epoch: 0.1,
+    **options,
+):
+    sampler = ExploringSampler(
+        Proposes(proposes, space), n_epochs_of=n_epochs_of, seed=0, **options
+    )
     study = optuna.create_study(sampler=sampler)
     for params, state, ran in finished:
         values = {e: curve(params, e) for e in range(1, ran + 1)}
-        study.add_trial(create_trial(
-            params=params, distributions=space, state=state, value=values[ran] if state == TrialState.COMPLETE else None,
-            intermediate_values=values, user_attrs={"epochs_run": ran},
-        ))
+        study.add_trial(
+            create_trial(
+                params=params,
+                distributions=space,
+                state=state,
+                value=values[ran] if state == TrialState.COMPLETE else None,
+                intermediate_values=values,
+                user_attrs={"epochs_run": ran},
+            )
+        )
     return study, sampler
 
 
@@ -48,14 +62,19 @@ def study_with(*finished: tuple[dict, TrialState, int], proposes: dict, n_epochs
 @pytest.mark.parametrize("n_epochs", [1, 2])
 def test_a_measured_proposal_gets_the_configs_next_epoch(state, n_epochs):
     # A trial of Nm=8 that ran 2 epochs (complete, or pruned before its own Ne of 4) measured Ne 1 and 2.
-    study, sampler = study_with(({"n_maps": 8, "n_epochs": 4 if state == TrialState.PRUNED else 2}, state, 2),
-                                proposes={"n_maps": 8, "n_epochs": n_epochs})
+    study, sampler = study_with(
+        ({"n_maps": 8, "n_epochs": 4 if state == TrialState.PRUNED else 2}, state, 2),
+        proposes={"n_maps": 8, "n_epochs": n_epochs},
+    )
     assert study.ask(SPACE).params == {"n_maps": 8, "n_epochs": 3}
     assert sampler.explored == 1
 
 
 def test_a_config_measured_to_the_largest_ne_gives_way_to_an_unmeasured_point():
-    study, sampler = study_with(({"n_maps": 8, "n_epochs": 4}, TrialState.COMPLETE, 4), proposes={"n_maps": 8, "n_epochs": 2})
+    study, sampler = study_with(
+        ({"n_maps": 8, "n_epochs": 4}, TrialState.COMPLETE, 4),
+        proposes={"n_maps": 8, "n_epochs": 2},
+    )
     assert study.ask(SPACE).params["n_maps"] == 16
     assert sampler.explored == 1
 
@@ -79,13 +98,18 @@ def test_the_next_epoch_is_one_the_distribution_allows(dist, ran, more):
 
 
 def test_a_proposal_beyond_what_was_measured_is_kept():
-    study, sampler = study_with(({"n_maps": 8, "n_epochs": 2}, TrialState.COMPLETE, 2), proposes={"n_maps": 8, "n_epochs": 3})
+    study, sampler = study_with(
+        ({"n_maps": 8, "n_epochs": 2}, TrialState.COMPLETE, 2),
+        proposes={"n_maps": 8, "n_epochs": 3},
+    )
     assert study.ask(SPACE).params == {"n_maps": 8, "n_epochs": 3}
     assert sampler.explored == 0
 
 
 def test_failed_trials_measure_nothing():
-    study, sampler = study_with(({"n_maps": 8, "n_epochs": 2}, TrialState.FAIL, 2), proposes={"n_maps": 8, "n_epochs": 2})
+    study, sampler = study_with(
+        ({"n_maps": 8, "n_epochs": 2}, TrialState.FAIL, 2), proposes={"n_maps": 8, "n_epochs": 2}
+    )
     assert study.ask(SPACE).params == {"n_maps": 8, "n_epochs": 2}
     assert sampler.explored == 0
 
@@ -99,7 +123,9 @@ def test_a_config_in_training_gives_way_to_another():
 
 
 def test_an_exhausted_space_gets_the_samplers_proposal():
-    everything = [({"n_maps": m, "n_epochs": 4}, TrialState.COMPLETE, 4) for m in (8, 16)]  # every point measured
+    everything = [
+        ({"n_maps": m, "n_epochs": 4}, TrialState.COMPLETE, 4) for m in (8, 16)
+    ]  # every point measured
     study, sampler = study_with(*everything, proposes={"n_maps": 16, "n_epochs": 3})
     assert study.ask(SPACE).params == {"n_maps": 16, "n_epochs": 3}
     assert sampler.explored == 0
@@ -110,19 +136,32 @@ def test_a_fixed_ne_counts_against_the_epochs_run():
     space = {"n_maps": SPACE["n_maps"]}
     sampler = ExploringSampler(Proposes({"n_maps": 8}), n_epochs_of=lambda p: 4, seed=0)
     study = optuna.create_study(sampler=sampler)
-    study.add_trial(create_trial(params={"n_maps": 8}, distributions=space, state=TrialState.PRUNED,
-                                 intermediate_values={1: 0.2, 2: 0.1}, user_attrs={"epochs_run": 2}))
+    study.add_trial(
+        create_trial(
+            params={"n_maps": 8},
+            distributions=space,
+            state=TrialState.PRUNED,
+            intermediate_values={1: 0.2, 2: 0.1},
+            user_attrs={"epochs_run": 2},
+        )
+    )
     assert epochs_measured(study) == {(("n_maps", 8),): 2}
     assert study.ask(space).params == {"n_maps": 8} and sampler.explored == 0
 
 
 def test_enqueued_points_are_run_as_given():
-    study, sampler = study_with(({"n_maps": 8, "n_epochs": 2}, TrialState.COMPLETE, 2), proposes={"n_maps": 16, "n_epochs": 4})
+    study, sampler = study_with(
+        ({"n_maps": 8, "n_epochs": 2}, TrialState.COMPLETE, 2),
+        proposes={"n_maps": 16, "n_epochs": 4},
+    )
     study.enqueue_trial({"n_maps": 8, "n_epochs": 2})
     assert study.ask(SPACE).params == {"n_maps": 8, "n_epochs": 2}
 
 
-MAPS = {"n_maps": CategoricalDistribution([8, 16, 24, 32, 40, 48]), "n_epochs": IntDistribution(1, 8)}
+MAPS = {
+    "n_maps": CategoricalDistribution([8, 16, 24, 32, 40, 48]),
+    "n_epochs": IntDistribution(1, 8),
+}
 
 
 def ranked(params: dict, epoch: int) -> float:
@@ -134,9 +173,18 @@ def test_a_measured_proposal_becomes_ashas_promotion_from_the_highest_rung():
     # Rungs 1, 2, 4, 8 (reduction factor 2). Six configs were stopped at rung 1; the best two of them went on:
     # Nm=8 to epoch 3 (rung 2), Nm=16 to epoch 2. At rung 2 (two configs) the best half is Nm=8: it goes to 4.
     finished = [({"n_maps": m, "n_epochs": 8}, TrialState.PRUNED, 1) for m in (24, 32, 40, 48)]
-    finished += [({"n_maps": 8, "n_epochs": 8}, TrialState.PRUNED, 3), ({"n_maps": 16, "n_epochs": 8}, TrialState.PRUNED, 2)]
-    study, sampler = study_with(*finished, proposes={"n_maps": 40, "n_epochs": 1}, space=MAPS, curve=ranked,
-                                rungs=(1, 2, 4, 8), reduction_factor=2.0)
+    finished += [
+        ({"n_maps": 8, "n_epochs": 8}, TrialState.PRUNED, 3),
+        ({"n_maps": 16, "n_epochs": 8}, TrialState.PRUNED, 2),
+    ]
+    study, sampler = study_with(
+        *finished,
+        proposes={"n_maps": 40, "n_epochs": 1},
+        space=MAPS,
+        curve=ranked,
+        rungs=(1, 2, 4, 8),
+        reduction_factor=2.0,
+    )
     assert study.ask(MAPS).params == {"n_maps": 8, "n_epochs": 4}
     # Nm=8 is now training: the next measured proposal promotes from rung 1, where the best 3 of 6 are 8, 16
     # and 24; 8 is in training and 16 ran past rung 2, so Nm=24 goes to rung 2.
@@ -146,30 +194,58 @@ def test_a_measured_proposal_becomes_ashas_promotion_from_the_highest_rung():
 
 def test_a_new_proposal_runs_as_given_even_when_a_promotion_waits():
     finished = [({"n_maps": m, "n_epochs": 8}, TrialState.PRUNED, 1) for m in (8, 16, 24, 32)]
-    study, sampler = study_with(*finished, proposes={"n_maps": 48, "n_epochs": 5}, space=MAPS, curve=ranked,
-                                rungs=(1, 2, 4, 8), reduction_factor=2.0)
+    study, sampler = study_with(
+        *finished,
+        proposes={"n_maps": 48, "n_epochs": 5},
+        space=MAPS,
+        curve=ranked,
+        rungs=(1, 2, 4, 8),
+        reduction_factor=2.0,
+    )
     assert study.ask(MAPS).params == {"n_maps": 48, "n_epochs": 5} and sampler.explored == 0
 
 
 def test_without_rungs_or_with_several_objectives_nothing_is_promoted():
     finished = [({"n_maps": m, "n_epochs": 8}, TrialState.PRUNED, 1) for m in (8, 16, 24, 32)]
-    study, sampler = study_with(*finished, proposes={"n_maps": 32, "n_epochs": 1}, space=MAPS, curve=ranked)
-    assert study.ask(MAPS).params == {"n_maps": 32, "n_epochs": 2}  # the proposed config's next epoch
-    sampler = ExploringSampler(Proposes({"n_maps": 8, "n_epochs": 1}, MAPS), n_epochs_of=lambda p: p["n_epochs"], seed=0,
-                               rungs=(1, 2, 4, 8))
+    study, sampler = study_with(
+        *finished, proposes={"n_maps": 32, "n_epochs": 1}, space=MAPS, curve=ranked
+    )
+    assert study.ask(MAPS).params == {
+        "n_maps": 32,
+        "n_epochs": 2,
+    }  # the proposed config's next epoch
+    sampler = ExploringSampler(
+        Proposes({"n_maps": 8, "n_epochs": 1}, MAPS),
+        n_epochs_of=lambda p: p["n_epochs"],
+        seed=0,
+        rungs=(1, 2, 4, 8),
+    )
     pareto = optuna.create_study(sampler=sampler, directions=["minimize", "maximize"])
     for m in (8, 16, 24, 32):
-        pareto.add_trial(create_trial(params={"n_maps": m, "n_epochs": 1}, distributions=MAPS, values=[0.1, 0.5],
-                                      user_attrs={"epochs_run": 1}))
+        pareto.add_trial(
+            create_trial(
+                params={"n_maps": m, "n_epochs": 1},
+                distributions=MAPS,
+                values=[0.1, 0.5],
+                user_attrs={"epochs_run": 1},
+            )
+        )
     assert pareto.ask(MAPS).params == {"n_maps": 8, "n_epochs": 2} and sampler.promoted == 0
 
 
-@pytest.mark.parametrize(("grace", "rf", "max_t"), [(1, 2.0, 20), (1, 3.0, 20), (1, 4.0, 6), (2, 2.5, 30), (1, 2.0, 16), (3, 2.0, 3)])
+@pytest.mark.parametrize(
+    ("grace", "rf", "max_t"),
+    [(1, 2.0, 20), (1, 3.0, 20), (1, 4.0, 6), (2, 2.5, 30), (1, 2.0, 16), (3, 2.0, 3)],
+)
 def test_the_rungs_are_where_rays_asha_judges(grace, rf, max_t):
     from ray.tune.schedulers.async_hyperband import _Bracket
 
-    ray_rungs = sorted(math.ceil(milestone) for milestone, _ in _Bracket(grace, max_t, rf, 0)._rungs)
-    assert asha_rungs(grace_period=grace, reduction_factor=rf, max_t=max_t) == tuple(dict.fromkeys([*ray_rungs, max_t]))
+    ray_rungs = sorted(
+        math.ceil(milestone) for milestone, _ in _Bracket(grace, max_t, rf, 0)._rungs
+    )
+    assert asha_rungs(grace_period=grace, reduction_factor=rf, max_t=max_t) == tuple(
+        dict.fromkeys([*ray_rungs, max_t])
+    )
 
 
 def test_a_reduction_factor_of_one_is_refused():

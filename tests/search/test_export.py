@@ -31,7 +31,9 @@ from caetune.search._export import RTOL_OTHER_MACHINE, RTOL_SAME_MACHINE
 from tests.s3server import s3_bucket, s3_env, s3_server  # noqa: F401  (pytest fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
-BASE = dict(dataset="mnist-10k", subset=60, n_maps=4, n_epochs=2, batch_size=16, seed=0, device="cpu")
+BASE = dict(
+    dataset="mnist-10k", subset=60, n_maps=4, n_epochs=2, batch_size=16, seed=0, device="cpu"
+)
 # trial id -> (status, config overrides, epochs actually trained)
 TRIALS = {
     "t0000": ("complete", dict(n_neurons=8, lr=1e-3), 2),
@@ -48,7 +50,13 @@ def write_run(root: Path) -> Path:
     run = root / "tiny"
     rows = []
     for trial_id, (status, overrides, epochs) in TRIALS.items():
-        row = {"trial_id": trial_id, "status": status, "error": None, **overrides, "n_epochs": BASE["n_epochs"]}
+        row = {
+            "trial_id": trial_id,
+            "status": status,
+            "error": None,
+            **overrides,
+            "n_epochs": BASE["n_epochs"],
+        }
         if status != "failed":
             config = TrainConfig(**BASE, **overrides)
             trainer = Trainer(config, load_data(config))
@@ -59,14 +67,25 @@ def write_run(root: Path) -> Path:
             (folder / "config.yaml").write_text(config.to_yaml())
             trainer.save_checkpoint(folder / "model.pt")
             history = [m.to_dict() for m in trainer.history]
-            (folder / "metrics.json").write_text(json.dumps({"history": history, "val_mse": history[-1]["val_mse"]}))
+            (folder / "metrics.json").write_text(
+                json.dumps({"history": history, "val_mse": history[-1]["val_mse"]})
+            )
             val = history[-1]["val_mse"]
-            row.update(val_mse=val, best_val_mse=min(h["val_mse"] for h in history), objective=val, epochs_run=epochs)
+            row.update(
+                val_mse=val,
+                best_val_mse=min(h["val_mse"] for h in history),
+                objective=val,
+                epochs_run=epochs,
+            )
         rows.append(row)
     pd.DataFrame(rows).to_csv(run / "results.csv", index=False)
     experiment = {
         "name": "tiny",
-        "objective": {"objective": "mse", "utilisation_weight": 0.0, "formula": "objective = val_mse"},
+        "objective": {
+            "objective": "mse",
+            "utilisation_weight": 0.0,
+            "formula": "objective = val_mse",
+        },
         "dataset": {"name": "mnist-10k", "channels": 1, "image_size": [28, 28]},
     }
     (run / "experiment.yaml").write_text(yaml.safe_dump(experiment))
@@ -109,9 +128,13 @@ def listing(folder: Path) -> list[str]:
 def test_train_config_ignores_the_export_section(tmp_path):
     config = TrainConfig(**BASE, n_neurons=8)
     path = tmp_path / "c.yaml"
-    path.write_text(config.to_yaml() + "export:\n  caetune_version: 0.1.0\n  metrics: {val_mse: 0.1}\n")
+    path.write_text(
+        config.to_yaml() + "export:\n  caetune_version: 0.1.0\n  metrics: {val_mse: 0.1}\n"
+    )
     assert TrainConfig.from_yaml(path) == config
-    path.write_text(config.to_yaml() + "export: 3\n")  # not a mapping: not metadata, an unknown field
+    path.write_text(
+        config.to_yaml() + "export: 3\n"
+    )  # not a mapping: not metadata, an unknown field
     with pytest.raises(InputError, match="export"):
         TrainConfig.from_yaml(path)
     path.write_text(config.to_yaml() + "exported: {}\n")
@@ -125,12 +148,16 @@ def test_export_top_k_layout_config_weights_and_manifest(tiny_run, tmp_path, cap
     out = capsys.readouterr().out
     best, second = ranked(tiny_run)
     assert f"1. {best}" in out and "caetune train --config" in out
-    assert sorted(p.name for p in dest.iterdir()) == sorted([f"1-{best}", f"2-{second}", "manifest.json"])
+    assert sorted(p.name for p in dest.iterdir()) == sorted(
+        [f"1-{best}", f"2-{second}", "manifest.json"]
+    )
 
     manifest = json.loads((dest / "manifest.json").read_text())
     assert manifest["k"] == 2 and manifest["caetune_version"] == caetune.__version__
     assert [t["trial_id"] for t in manifest["trials"]] == [best, second]
-    files = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()} - {"manifest.json"}
+    files = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()} - {
+        "manifest.json"
+    }
     assert set(manifest["files"]) == files
     for rel, entry in manifest["files"].items():
         assert entry == {"sha256": sha256(dest / rel), "size": (dest / rel).stat().st_size}
@@ -139,7 +166,9 @@ def test_export_top_k_layout_config_weights_and_manifest(tiny_run, tmp_path, cap
         folder = dest / f"{rank}-{trial_id}"
         doc = yaml.safe_load((folder / "config.yaml").read_text())
         meta = doc.pop("export")
-        assert TrainConfig.from_dict(doc) == TrainConfig.from_yaml(tiny_run / "trials" / trial_id / "config.yaml")
+        assert TrainConfig.from_dict(doc) == TrainConfig.from_yaml(
+            tiny_run / "trials" / trial_id / "config.yaml"
+        )
         checkpoint = torch.load(tiny_run / "trials" / trial_id / "model.pt", weights_only=False)
         assert meta["caetune_version"] == caetune.__version__ and meta["trial_id"] == trial_id
         assert meta["metrics"]["val_mse"] == checkpoint["history"][-1]["val_mse"]
@@ -162,7 +191,9 @@ def test_load_exported_rebuilds_the_trained_model(tiny_run, tmp_path):
     config = TrainConfig.from_yaml(dest / f"1-{best}" / "config.yaml")
     trainer = Trainer(config, load_data(config))
     trainer.model = model
-    exported = yaml.safe_load((dest / f"1-{best}" / "config.yaml").read_text())["export"]["metrics"]["val_mse"]
+    exported = yaml.safe_load((dest / f"1-{best}" / "config.yaml").read_text())["export"][
+        "metrics"
+    ]["val_mse"]
     assert trainer.evaluate() == pytest.approx(exported, rel=1e-6)
 
     by_rank = load_exported(dest, rank=2).state_dict()
@@ -186,8 +217,21 @@ def retrain(config: Path, out: Path, **env: str) -> float:
     if env:
         env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), **env}
         subprocess.run(
-            [sys.executable, "-m", "caetune.cli", "train", "--config", str(config), "--out", str(out)],
-            check=True, cwd=REPO, env=env, capture_output=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "caetune.cli",
+                "train",
+                "--config",
+                str(config),
+                "--out",
+                str(out),
+            ],
+            check=True,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            timeout=300,
         )
     else:
         assert main(["train", "--config", str(config), "--out", str(out)]) == 0
@@ -203,7 +247,9 @@ def test_retraining_an_exported_config_lands_within_the_stated_tolerance(tiny_ru
     same_machine = retrain(config, tmp_path / "again")
     assert same_machine == pytest.approx(exported, rel=RTOL_SAME_MACHINE, abs=0)
     # Another machine, emulated: generic ATen kernels and oneDNN held to SSE4.1 round differently.
-    other = retrain(config, tmp_path / "other", ATEN_CPU_CAPABILITY="default", ONEDNN_MAX_CPU_ISA="SSE41")
+    other = retrain(
+        config, tmp_path / "other", ATEN_CPU_CAPABILITY="default", ONEDNN_MAX_CPU_ISA="SSE41"
+    )
     assert other == pytest.approx(exported, rel=RTOL_OTHER_MACHINE, abs=0)
 
 
@@ -211,12 +257,23 @@ def test_confirmed_ranking_comes_first(run_copy, tmp_path):
     best, second = ranked(run_copy)
     # The search's seed confirmation found the single-seed runner-up better on average.
     confirm = pd.DataFrame(
-        [{"rank": 1, "trial_id": second, "seeds": "0 1 2", "n_seeds": 3, "objective_mean": 0.1, "val_mse_mean": 0.1}]
+        [
+            {
+                "rank": 1,
+                "trial_id": second,
+                "seeds": "0 1 2",
+                "n_seeds": 3,
+                "objective_mean": 0.1,
+                "val_mse_mean": 0.1,
+            }
+        ]
     )
     confirm.to_csv(run_copy / "confirm.csv", index=False)
     result = export_run(run_copy, top=2, to=tmp_path / "ex")
     assert [t.trial_id for t in result.trials] == [second, best]
-    assert "confirm.csv" in result.trials[0].ranked_by and "results.csv" in result.trials[1].ranked_by
+    assert (
+        "confirm.csv" in result.trials[0].ranked_by and "results.csv" in result.trials[1].ranked_by
+    )
     meta = yaml.safe_load((tmp_path / "ex" / f"1-{second}" / "config.yaml").read_text())["export"]
     assert meta["confirm"]["n_seeds"] == 3 and meta["confirm"]["seeds"] == "0 1 2"
 
@@ -227,7 +284,9 @@ def test_an_earlier_export_is_replaced_whole(tiny_run, tmp_path):
     export_run(tiny_run, top=1, to=dest)
     best = ranked(tiny_run)[0]
     assert sorted(p.name for p in dest.iterdir()) == [f"1-{best}", "manifest.json"]
-    assert [p.name for p in tmp_path.iterdir()] == ["ex"]  # no staging or old folders left beside it
+    assert [p.name for p in tmp_path.iterdir()] == [
+        "ex"
+    ]  # no staging or old folders left beside it
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(dest.stat().st_mode) == 0o777 & ~umask  # as mkdir would have made it
@@ -239,10 +298,15 @@ def test_an_earlier_export_is_replaced_whole(tiny_run, tmp_path):
 
 @pytest.mark.parametrize(
     "top, expected",
-    [("0", "--top: expected an integer K >= 1"), ("3", "has only 2 finished trials, cannot export 3")],
+    [
+        ("0", "--top: expected an integer K >= 1"),
+        ("3", "has only 2 finished trials, cannot export 3"),
+    ],
 )
 def test_bad_k(tiny_run, tmp_path, capsys, top, expected):
-    code, err = exit_code(["export", str(tiny_run), "--top", top, "--to", str(tmp_path / "ex")], capsys)
+    code, err = exit_code(
+        ["export", str(tiny_run), "--top", top, "--to", str(tmp_path / "ex")], capsys
+    )
     assert code == 2 and expected in err and err.count("\n") == 1
     assert not (tmp_path / "ex").exists()
 
@@ -269,19 +333,25 @@ def test_unwritable_destinations(tiny_run, tmp_path, capsys):
         code, err = exit_code(["export", str(tiny_run), "--to", str(dest)], capsys)
         assert code == 2 and err.startswith("caetune export: error: --to:") and expected in err, err
         assert err.count("\n") == 1
-    assert listing(tmp_path) == before and (tmp_path / "full" / "notes.txt").read_text() == "keep me"
+    assert (
+        listing(tmp_path) == before and (tmp_path / "full" / "notes.txt").read_text() == "keep me"
+    )
 
 
 def test_a_broken_trial_stops_the_export_before_writing(run_copy, tmp_path, capsys):
     second = ranked(run_copy)[1]
     (run_copy / "trials" / second / "model.pt").unlink()
-    code, err = exit_code(["export", str(run_copy), "--top", "2", "--to", str(tmp_path / "ex")], capsys)
+    code, err = exit_code(
+        ["export", str(run_copy), "--top", "2", "--to", str(tmp_path / "ex")], capsys
+    )
     assert code == 2 and f"trials/{second}" in err and "model.pt is missing" in err
     assert not (tmp_path / "ex").exists()
 
     # Weights that do not fit the config they would be exported with.
     config = TrainConfig.from_yaml(run_copy / "trials" / ranked(run_copy)[0] / "config.yaml")
-    other = build_model(TrainConfig(**{**config.to_dict(), "n_neurons": 5}), in_channels=1, image_size=(28, 28))
+    other = build_model(
+        TrainConfig(**{**config.to_dict(), "n_neurons": 5}), in_channels=1, image_size=(28, 28)
+    )
     checkpoint = run_copy / "trials" / ranked(run_copy)[0] / "model.pt"
     state = torch.load(checkpoint, weights_only=False)
     state["model"] = other.state_dict()
@@ -319,7 +389,9 @@ def test_no_credential_reaches_an_export(tiny_run, tmp_path, s3_env, monkeypatch
         assert b"tok-0123456789abcdef" not in blob and not re.search(rb"AKIA[A-Z0-9]{16}", blob)
 
     # A destination URL carrying credentials is refused without echoing them.
-    code, err = exit_code(["export", str(tiny_run), "--to", f"s3://{FAKE_KEY_ID}:{FAKE_SECRET}@{bucket}/x"], capsys)
+    code, err = exit_code(
+        ["export", str(tiny_run), "--to", f"s3://{FAKE_KEY_ID}:{FAKE_SECRET}@{bucket}/x"], capsys
+    )
     assert code == 2 and FAKE_SECRET not in err and FAKE_KEY_ID not in err
 
 
@@ -331,7 +403,9 @@ def test_no_credential_reaches_an_export(tiny_run, tmp_path, s3_env, monkeypatch
         ("/data/tok-0123456789abcdef", "the value of $CAETUNE_TEST_API_TOKEN"),
     ],
 )
-def test_a_trial_config_holding_a_credential_is_refused(run_copy, tmp_path, capsys, monkeypatch, data_dir, what):
+def test_a_trial_config_holding_a_credential_is_refused(
+    run_copy, tmp_path, capsys, monkeypatch, data_dir, what
+):
     monkeypatch.setenv("CAETUNE_TEST_API_TOKEN", "tok-0123456789abcdef")
     best = ranked(run_copy)[0]
     for name in ("config.yaml", "model.pt"):  # both, or the exporter rightly finds them disagreeing
@@ -363,13 +437,21 @@ def test_s3_destination_and_source(tiny_run, tmp_path, s3_bucket, s3_env, capsys
 
     export_run(tiny_run, top=1, to=url)  # the earlier export's second trial goes, folder and all
     best, second = ranked(tiny_run)
-    expected = [f"exports/tiny/1-{best}/config.yaml", f"exports/tiny/1-{best}/model.pt", "exports/tiny/manifest.json"]
+    expected = [
+        f"exports/tiny/1-{best}/config.yaml",
+        f"exports/tiny/1-{best}/model.pt",
+        "exports/tiny/manifest.json",
+    ]
     assert s3_files(s3_env, s3_bucket, "exports/") == expected
-    assert not any(key.startswith(f"exports/tiny/2-{second}") for key in s3_env.keys(s3_bucket, "exports/"))
+    assert not any(
+        key.startswith(f"exports/tiny/2-{second}") for key in s3_env.keys(s3_bucket, "exports/")
+    )
 
     # The run itself on S3, exported to a local folder.
     for path in sorted(p for p in tiny_run.rglob("*") if p.is_file()):
-        s3_env.client().upload_file(str(path), s3_bucket, f"runs/tiny/{path.relative_to(tiny_run).as_posix()}")
+        s3_env.client().upload_file(
+            str(path), s3_bucket, f"runs/tiny/{path.relative_to(tiny_run).as_posix()}"
+        )
     result = export_run(f"s3://{s3_bucket}/runs/tiny", top=1, to=tmp_path / "ex")
     assert result.trials[0].trial_id == best
     same = load_exported(tmp_path / "ex").state_dict()
@@ -377,7 +459,12 @@ def test_s3_destination_and_source(tiny_run, tmp_path, s3_bucket, s3_env, capsys
 
     missing = f"s3://{s3_bucket}-missing/x"
     code, err = exit_code(["export", str(tiny_run), "--to", missing], capsys)
-    assert code == 2 and "--to: cannot reach" in err and "no such bucket" in err and err.count("\n") == 1
+    assert (
+        code == 2
+        and "--to: cannot reach" in err
+        and "no such bucket" in err
+        and err.count("\n") == 1
+    )
     assert s3_env.keys(s3_bucket, "other/") == []
 
 
@@ -390,13 +477,35 @@ def test_export_of_a_real_search_retrains_within_tolerance(tmp_path, seed):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the search trains with --cpus-per-trial 1
     subprocess.run(
         [
-            sys.executable, "-m", "caetune.cli", "search", "--subset", "120", "--max-epochs", "2",
-            "--num-samples", "2", "--seed", seed, "--confirm-seeds", "0", "--no-report",
-            "--storage", str(tmp_path / "runs"), "--name", "tiny",
+            sys.executable,
+            "-m",
+            "caetune.cli",
+            "search",
+            "--subset",
+            "120",
+            "--max-epochs",
+            "2",
+            "--num-samples",
+            "2",
+            "--seed",
+            seed,
+            "--confirm-seeds",
+            "0",
+            "--no-report",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--name",
+            "tiny",
         ],
-        check=True, cwd=REPO, env=env, capture_output=True, timeout=600,
+        check=True,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        timeout=600,
     )
     result = export_run(tmp_path / "runs" / "tiny", top=1, to=tmp_path / "ex")
     config = tmp_path / "ex" / result.trials[0].folder / "config.yaml"
-    again = retrain(config, tmp_path / "again", OMP_NUM_THREADS="1")  # a fresh process, as the trial had
+    again = retrain(
+        config, tmp_path / "again", OMP_NUM_THREADS="1"
+    )  # a fresh process, as the trial had
     assert again == pytest.approx(result.trials[0].val_mse, rel=RTOL_SAME_MACHINE, abs=0)

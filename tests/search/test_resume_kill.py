@@ -69,9 +69,16 @@ def search_env(tmp_path: Path, base: dict[str, str] | None = None) -> dict[str, 
 def run_search_cli(flags: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     """Runs ``caetune search`` to its end; fails the test with its output if it does not exit 0."""
     done = subprocess.run(
-        search_command(*flags), env=env, cwd=cwd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+        search_command(*flags),
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
     )
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    assert done.returncode == 0, (
+        f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    )
     return done
 
 
@@ -103,7 +110,13 @@ def study_trials(db: Path) -> list[dict]:
             "from trials t order by t.number"
         ).fetchall()
     return [
-        {"number": n, "state": state, "checkpoint": json.loads(ckpt) if ckpt else None, "epochs": epochs, "n_epochs": ne}
+        {
+            "number": n,
+            "state": state,
+            "checkpoint": json.loads(ckpt) if ckpt else None,
+            "epochs": epochs,
+            "n_epochs": ne,
+        }
         for n, state, ckpt, epochs, ne in rows
     ]
 
@@ -137,7 +150,12 @@ def fault_search(
         "--space", str(space), "--storage", storage_url, "--name", "exp", "--num-samples", str(num_samples),
         "--max-concurrent", "1", "--grace-period", "10", "--seed", str(seed),
     ]  # fmt: skip
-    return flags, search_env(tmp_path, base_env), storage.child("exp"), local_study(storage, "exp", tmp_path)
+    return (
+        flags,
+        search_env(tmp_path, base_env),
+        storage.child("exp"),
+        local_study(storage, "exp", tmp_path),
+    )
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -166,12 +184,19 @@ def storage_url(request, tmp_path):
 @pytest.mark.timeout(600)
 def test_sigkill_then_resume_runs_each_trial_once(storage_url, tmp_path):
     num_samples = 4
-    flags, env, run, db = fault_search(tmp_path, storage_url, seed=3, num_samples=num_samples, subset=1500, epochs=(4, 5))
+    flags, env, run, db = fault_search(
+        tmp_path, storage_url, seed=3, num_samples=num_samples, subset=1500, epochs=(4, 5)
+    )
 
     log = tmp_path / "first.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            search_command(*flags), env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            search_command(*flags),
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         _wait_for_finished_and_checkpointed(proc, db, log)
@@ -220,14 +245,22 @@ def _wait_for_finished_and_checkpointed(proc, db: Path, log: Path) -> None:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"the search ended (exit {proc.returncode}) before it could be killed:\n{log.read_text()[-4000:]}")
+            pytest.fail(
+                f"the search ended (exit {proc.returncode}) before it could be killed:\n{log.read_text()[-4000:]}"
+            )
         try:
             trials = study_trials(db)
         except sqlite3.Error:  # not created yet, or mid-write
             trials = []
-        cut = [t for t in trials if t["state"] == "RUNNING" and t["checkpoint"] and t["epochs"] <= t["n_epochs"] - 2]
+        cut = [
+            t
+            for t in trials
+            if t["state"] == "RUNNING" and t["checkpoint"] and t["epochs"] <= t["n_epochs"] - 2
+        ]
         # The study hears of a trial's end last, after its files and results.csv are written.
         if cut and any(t["state"] in ("COMPLETE", "PRUNED", "FAIL") for t in trials):
             return
         time.sleep(0.1)
-    pytest.fail(f"no finished trial and checkpointed running trial within {RUN_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+    pytest.fail(
+        f"no finished trial and checkpointed running trial within {RUN_TIMEOUT_S} s:\n{log.read_text()[-4000:]}"
+    )

@@ -50,7 +50,10 @@ class LockHolder:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", _HOLDER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.proc.stdout.readline().strip() == "ready"
 
@@ -89,7 +92,9 @@ def holders():
 
 
 def _dead_pid() -> int:
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     return int(done.stdout)
 
 
@@ -129,7 +134,9 @@ def test_a_lock_is_free_again_once_its_owner_dies(holders, tmp_path):
     first, second = holders
     folder = tmp_path / "run"
     assert first.take(folder) == "won"
-    assert second.take(folder).startswith(f"refused --name: run {folder} is in use by process {first.pid};")
+    assert second.take(folder).startswith(
+        f"refused --name: run {folder} is in use by process {first.pid};"
+    )
     first.proc.kill()  # as SIGKILL leaves it: the lock file stays, naming a dead pid
     first.proc.wait()
     assert (folder / LOCK_FILE).read_text().endswith(f" {first.pid}")

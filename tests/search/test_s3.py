@@ -39,7 +39,18 @@ def test_search_on_s3_then_resume_elsewhere(s3_bucket, s3_env, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     first_machine = search_env(tmp_path / "a", base)
-    flags = ["--space", str(space), "--storage", url, "--name", "exp", "--max-concurrent", "2", "--seed", "1"]
+    flags = [
+        "--space",
+        str(space),
+        "--storage",
+        url,
+        "--name",
+        "exp",
+        "--max-concurrent",
+        "2",
+        "--seed",
+        "1",
+    ]
 
     run_search_cli([*flags, "--num-samples", "3"], first_machine, work)
 
@@ -60,7 +71,9 @@ def test_search_on_s3_then_resume_elsewhere(s3_bucket, s3_env, tmp_path):
 
     # Another machine: an empty cache, so the study must come from S3.
     second_machine = search_env(tmp_path / "b", base)
-    done = run_search_cli(["--storage", url, "--resume", "exp", "--num-samples", "5"], second_machine, work)
+    done = run_search_cli(
+        ["--storage", url, "--resume", "exp", "--num-samples", "5"], second_machine, work
+    )
     assert "resuming: 3 trials finished" in done.stderr
 
     table = results(run)

@@ -30,8 +30,7 @@ from caetune._runlayout import (
     TRIAL_MODEL,
     TRIALS_DIR,
 )
-from caetune.search import SearchSettings, run_search
-from caetune.search import _run
+from caetune.search import SearchSettings, _run, run_search
 
 STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}
 SPACE = {
@@ -78,7 +77,11 @@ def load_study(run):
 
 def snapshot(run):
     """What a second session must leave alone: each trial file's content and time, Tune's trial folders."""
-    files = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((run / TRIALS_DIR).rglob("*")) if p.is_file()}
+    files = {
+        p: (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted((run / TRIALS_DIR).rglob("*"))
+        if p.is_file()
+    }
     tune = sorted(p.name for p in (run / "tune").iterdir() if p.is_dir())
     return files, tune
 
@@ -129,10 +132,24 @@ def test_search_writes_the_run_layout(finished):
     results = pd.read_csv(run / RESULTS_CSV)
     assert list(results["trial_id"]) == [f"t{i:04d}" for i in range(5)]
     assert set(results["status"]) <= {"complete", "pruned", "failed"}
-    for column in ("n_neurons", "n_maps", "n_epochs", "model", "val_mse", "best_val_mse", "utilisation",
-                   "objective", "epochs_run", "seconds", "layer3_dead_fraction", "layer4_local_entropy"):
+    for column in (
+        "n_neurons",
+        "n_maps",
+        "n_epochs",
+        "model",
+        "val_mse",
+        "best_val_mse",
+        "utilisation",
+        "objective",
+        "epochs_run",
+        "seconds",
+        "layer3_dead_fraction",
+        "layer4_local_entropy",
+    ):
         assert column in results.columns, column
-    pd.testing.assert_frame_equal(pd.read_parquet(run / RESULTS_PARQUET), results, check_dtype=False)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(run / RESULTS_PARQUET), results, check_dtype=False
+    )
     for row in results.to_dict(orient="records"):
         folder = run / TRIALS_DIR / row["trial_id"]
         config = yaml.safe_load((folder / TRIAL_CONFIG).read_text())
@@ -250,7 +267,9 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_loc
     doc = {**SPACE, "start": SPACE["start"][:1]}
     space = space_file(tmp_path, doc)
     chosen = settings(tmp_path, space=space, num_samples=4)
-    first = run_search(chosen, stream=io.StringIO(), out=io.StringIO(), callbacks=[InterruptAfterFirstTrial()])
+    first = run_search(
+        chosen, stream=io.StringIO(), out=io.StringIO(), callbacks=[InterruptAfterFirstTrial()]
+    )
     assert first.interrupted
     run = tmp_path / "runs" / "tiny"
     study = load_study(run)
@@ -270,7 +289,9 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_loc
     assert len(results) == 4 and "running" not in set(results["status"])
 
     # A bigger budget extends the same study.
-    third = run_search(settings(tmp_path, space=space, num_samples=5), stream=io.StringIO(), out=io.StringIO())
+    third = run_search(
+        settings(tmp_path, space=space, num_samples=5), stream=io.StringIO(), out=io.StringIO()
+    )
     assert len(third.results) == 5 and len(load_study(run).trials) == 5
 
 
@@ -291,7 +312,9 @@ def test_a_stop_signal_as_a_fit_ends_starts_no_further_fit(ray_local, tmp_path, 
     doc = {**SPACE, "start": SPACE["start"][:1]}
     chosen = settings(tmp_path, space=space_file(tmp_path, doc), num_samples=2, max_concurrent=1)
     fits = CountFits()
-    first = run_search(chosen, stream=io.StringIO(), out=io.StringIO(), callbacks=[InterruptAtFirstFitEnd(), fits])
+    first = run_search(
+        chosen, stream=io.StringIO(), out=io.StringIO(), callbacks=[InterruptAtFirstFitEnd(), fits]
+    )
     run = tmp_path / "runs" / "tiny"
     assert first.interrupted and fits.fits == 1
     assert [t.state.is_finished() for t in load_study(run).trials] == [True]
@@ -312,7 +335,9 @@ def test_a_trial_cut_off_after_its_last_epoch_only_reports_again(ray_local, tmp_
 
     doc = {**SPACE, "start": [{"n_neurons": 16, "n_maps": 4, "n_epochs": 2, "model": "model1"}]}
     chosen = settings(tmp_path, space=space_file(tmp_path, doc), num_samples=1)
-    first = run_search(chosen, stream=io.StringIO(), out=io.StringIO(), callbacks=[InterruptAtLastEpoch()])
+    first = run_search(
+        chosen, stream=io.StringIO(), out=io.StringIO(), callbacks=[InterruptAtLastEpoch()]
+    )
     run = tmp_path / "runs" / "tiny"
     (trial,) = load_study(run).trials
     assert first.interrupted and trial.state.name == "RUNNING"
@@ -327,14 +352,19 @@ def test_a_trial_cut_off_after_its_last_epoch_only_reports_again(ray_local, tmp_
     recorded = json.loads((run / TRIALS_DIR / "t0000" / TRIAL_METRICS).read_text())
     # No epoch trained again: the same history and clocks as the cut-off session's last checkpoint.
     assert recorded["history"] == trained["history"]
-    assert (recorded["seconds"], recorded["cpu_seconds"]) == (trained["seconds"], trained["cpu_seconds"])
+    assert (recorded["seconds"], recorded["cpu_seconds"]) == (
+        trained["seconds"],
+        trained["cpu_seconds"],
+    )
     assert recorded["val_mse"] == trained["val_mse"] and recorded["status"] == "complete"
 
 
 def test_a_damaged_checkpoint_is_passed_over_when_a_search_resumes(ray_local, tmp_path):
     doc = {**SPACE, "start": [{"n_neurons": 16, "n_maps": 4, "n_epochs": 2, "model": "model1"}]}
     chosen = settings(tmp_path, space=space_file(tmp_path, doc), num_samples=2, max_concurrent=1)
-    first = run_search(chosen, stream=io.StringIO(), out=io.StringIO(), callbacks=[InterruptAtLastEpoch()])
+    first = run_search(
+        chosen, stream=io.StringIO(), out=io.StringIO(), callbacks=[InterruptAtLastEpoch()]
+    )
     run = tmp_path / "runs" / "tiny"
     (trial,) = [t for t in load_study(run).trials if t.state.name == "RUNNING"]
     assert first.interrupted
@@ -350,7 +380,10 @@ def test_a_damaged_checkpoint_is_passed_over_when_a_search_resumes(ray_local, tm
     assert results.loc["t0000", "status"] == "complete", results.loc["t0000"]
     recovery = results.loc["t0000", "recovery"]
     assert f"{latest.parent.name}/{latest.name} unreadable (RuntimeError: " in recovery, recovery
-    assert recovery.endswith("/checkpoint_000000 (epoch 1)") and "t0000 recovered" in progress.getvalue(), recovery
+    assert (
+        recovery.endswith("/checkpoint_000000 (epoch 1)")
+        and "t0000 recovered" in progress.getvalue()
+    ), recovery
     assert load_study(run).trials[0].user_attrs["recovery"] == recovery
     assert len(results) == 2 and results.loc["t0001", "status"] != "running"
 
@@ -359,7 +392,11 @@ def test_pareto_search_reports_the_front(ray_local, tmp_path):
     doc = {**SPACE, "start": SPACE["start"][:1]}
     elsewhere = tmp_path / "studies.db"  # --study-storage: any RDB URL instead of RUN/study.db
     chosen = settings(
-        tmp_path, space=space_file(tmp_path, doc), objective="pareto", num_samples=3, max_epochs=2,
+        tmp_path,
+        space=space_file(tmp_path, doc),
+        objective="pareto",
+        num_samples=3,
+        max_epochs=2,
         study_storage=f"sqlite:///{elsewhere}",
     )
     out = io.StringIO()

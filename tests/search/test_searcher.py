@@ -20,8 +20,16 @@ SPACE = {
 def searcher(tmp_path):
     space = space_from_dict(SPACE, name="s", source="test")
     objective = Objective("mse", 0.0)
-    study = open_study(f"sqlite:///{tmp_path / 'study.db'}", name="s", objective=objective, seed=0, n_startup_trials=2)
-    factory = TrialFactory(space=space, objective=objective, seed=0, device="cpu", threads=1, util_images=16)
+    study = open_study(
+        f"sqlite:///{tmp_path / 'study.db'}",
+        name="s",
+        objective=objective,
+        seed=0,
+        n_startup_trials=2,
+    )
+    factory = TrialFactory(
+        space=space, objective=objective, seed=0, device="cpu", threads=1, util_images=16
+    )
     return StudySearcher(study, factory, num_samples=5)
 
 

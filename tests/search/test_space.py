@@ -26,7 +26,11 @@ def test_presets_start_from_the_papers_choice(name):
     space = load_space(name)
     assert space.name == name and space.source == f"preset:{name}"
     (start,) = space.start
-    expected = {"paper-mnist": (2560, 32, 20), "cifar10": (2560, 256, 400), "caltech101": (2560, 32, 20)}[name]
+    expected = {
+        "paper-mnist": (2560, 32, 20),
+        "cifar10": (2560, 256, 400),
+        "caltech101": (2560, 32, 20),
+    }[name]
     assert (start["n_neurons"], start["n_maps"], start["n_epochs"]) == expected
     # Every start point is a valid config of its space.
     config = space.train_config(start)
@@ -67,7 +71,9 @@ def test_max_epochs_caps_range_and_start_point():
 
 
 def test_max_epochs_below_the_range_is_refused(tmp_path):
-    path = write_space(tmp_path, {"params": {"n_epochs": {"low": 3, "high": 9}, "n_neurons": [8, 16]}})
+    path = write_space(
+        tmp_path, {"params": {"n_epochs": {"low": 3, "high": 9}, "n_neurons": [8, 16]}}
+    )
     with pytest.raises(InputError, match="--max-epochs"):
         load_space(path).capped(2)
 
@@ -87,8 +93,12 @@ def test_with_fixed_overrides_the_dataset():
 
 def test_space_round_trips_through_its_dict():
     space = load_space("paper-mnist").capped(6)
-    again = space_from_dict(yaml.safe_load(yaml.safe_dump(space.to_dict())), name=space.name, source="x")
-    assert again.params == space.params and again.start == space.start and again.fixed == space.fixed
+    again = space_from_dict(
+        yaml.safe_load(yaml.safe_dump(space.to_dict())), name=space.name, source="x"
+    )
+    assert (
+        again.params == space.params and again.start == space.start and again.fixed == space.fixed
+    )
 
 
 def test_a_yaml_space_file(tmp_path):
@@ -97,7 +107,10 @@ def test_a_yaml_space_file(tmp_path):
         {
             "description": "tiny",
             "fixed": {"dataset": "mnist-10k", "subset": 300},
-            "params": {"n_neurons": {"low": 4, "high": 64, "log": True}, "n_maps": {"low": 2, "high": 8, "step": 2}},
+            "params": {
+                "n_neurons": {"low": 4, "high": 64, "log": True},
+                "n_maps": {"low": 2, "high": 8, "step": 2},
+            },
             "start": {"n_neurons": 16},
         },
         name="tiny.yaml",
@@ -111,7 +124,10 @@ def test_a_yaml_space_file(tmp_path):
 @pytest.mark.parametrize(
     ("doc", "match"),
     [
-        ({"params": {"n_neurons": {"low": 0, "high": 64}}}, "n_neurons.low: expected an integer >= 1"),
+        (
+            {"params": {"n_neurons": {"low": 0, "high": 64}}},
+            "n_neurons.low: expected an integer >= 1",
+        ),
         ({"params": {"n_neurons": {"low": 64, "high": 8}}}, "empty range"),
         ({"params": {"n_neurons": {"low": 4, "high": 8.5}}}, "integer"),
         ({"params": {"lr": {"low": 0.0, "high": 0.1, "log": True}}}, "log range needs low > 0"),

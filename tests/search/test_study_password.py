@@ -15,8 +15,8 @@ import io
 import pytest
 import yaml
 from sqlalchemy.dialects import registry
-from sqlalchemy.engine import URL
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
 from caetune import InputError
@@ -35,7 +35,9 @@ class PasswordSQLite(SQLiteDialect_pysqlite):
     def create_connect_args(self, url):
         if url.password != PASSWORD:
             raise OperationalError("connect", {}, Exception("password authentication failed"))
-        return super().create_connect_args(URL.create("sqlite", database=url.database, query=url.query))
+        return super().create_connect_args(
+            URL.create("sqlite", database=url.database, query=url.query)
+        )
 
 
 registry.register("sqlitepw", __name__, "PasswordSQLite")
@@ -66,12 +68,19 @@ def _snapshot(folder) -> dict:
 def test_a_study_password_is_used_but_never_written_or_printed(ray_local, tmp_path):
     (tmp_path / "db").mkdir()
     outcome, printed = _run(tmp_path, study_storage=study_url(tmp_path), num_samples=2)
-    assert set(outcome.results["status"]) <= {"complete", "pruned", "failed"} and len(outcome.results) == 2
-    assert (tmp_path / "db" / "study.db").stat().st_size > 0  # the study is in the password-guarded file
+    assert (
+        set(outcome.results["status"]) <= {"complete", "pruned", "failed"}
+        and len(outcome.results) == 2
+    )
+    assert (
+        tmp_path / "db" / "study.db"
+    ).stat().st_size > 0  # the study is in the password-guarded file
     run = tmp_path / "runs" / "tiny"
     stored = yaml.safe_load((run / EXPERIMENT_FILE).read_text())
     redacted = f"sqlitepw://***@localhost/{tmp_path / 'db' / 'study.db'}"
-    assert stored["settings"]["study_storage"] == redacted and stored["study"]["storage"] == redacted
+    assert (
+        stored["settings"]["study_storage"] == redacted and stored["study"]["storage"] == redacted
+    )
     assert redacted in printed
     assert PASSWORD not in printed
     assert _files_holding(tmp_path, PASSWORD) == []  # run folder, study file, cache: nowhere
@@ -84,14 +93,22 @@ def test_a_study_password_is_used_but_never_written_or_printed(ray_local, tmp_pa
     # Resumed without it: the stored URL has no password to connect with. One clear error, nothing written.
     before = _snapshot(tmp_path)
     with pytest.raises(InputError) as err:
-        run_search(_settings(tmp_path, resume=True, name="tiny", num_samples=4), stream=io.StringIO(), out=io.StringIO())
+        run_search(
+            _settings(tmp_path, resume=True, name="tiny", num_samples=4),
+            stream=io.StringIO(),
+            out=io.StringIO(),
+        )
     message = str(err.value)
-    assert message.startswith("--study-storage: ") and "give --study-storage again" in message, message
+    assert message.startswith("--study-storage: ") and "give --study-storage again" in message, (
+        message
+    )
     assert len(message.splitlines()) == 1 and PASSWORD not in message
     assert _snapshot(tmp_path) == before
 
     # A different password is a different URL to caetune only once the server refuses it.
     wrong = _settings(tmp_path, study_storage=study_url(tmp_path, "wrong"), num_samples=3)
-    with pytest.raises(InputError, match="--study-storage: cannot open sqlitepw://\\*\\*\\*@") as err:
+    with pytest.raises(
+        InputError, match="--study-storage: cannot open sqlitepw://\\*\\*\\*@"
+    ) as err:
         run_search(wrong, stream=io.StringIO(), out=io.StringIO())
     assert "wrong" not in str(err.value)

@@ -22,7 +22,14 @@ from caetune.search._space import space_from_dict
 from caetune.search._trainable import epoch_metrics
 from caetune.search._warm import WARM_ATTR, WARM_EPOCHS_ATTR, config_key
 
-FIXED = {"dataset": "mnist-10k", "subset": 120, "image_size": 12, "n_neurons": 8, "n_maps": 2, "batch_size": 32}
+FIXED = {
+    "dataset": "mnist-10k",
+    "subset": 120,
+    "image_size": 12,
+    "n_neurons": 8,
+    "n_maps": 2,
+    "batch_size": 32,
+}
 SPACE = {
     "description": "only Ne varies",
     "fixed": FIXED,
@@ -37,8 +44,16 @@ def run(ray_local, tmp_path_factory):
     folder = tmp_path_factory.mktemp("warm")
     (folder / "space.yaml").write_text(yaml.safe_dump(SPACE))
     settings = SearchSettings(
-        space=str(folder / "space.yaml"), storage=str(folder / "runs"), name="warm", num_samples=4, max_epochs=2,
-        max_concurrent=1, confirm_seeds=0, util_images=UTIL_IMAGES, report=False, objective="combined",
+        space=str(folder / "space.yaml"),
+        storage=str(folder / "runs"),
+        name="warm",
+        num_samples=4,
+        max_epochs=2,
+        max_concurrent=1,
+        confirm_seeds=0,
+        util_images=UTIL_IMAGES,
+        report=False,
+        objective="combined",
     )
     err = io.StringIO()
     outcome = run_search(settings, stream=err, out=io.StringIO())
@@ -69,7 +84,9 @@ def test_each_trial_continues_the_longest_earlier_run_of_its_config(run):
     assert "t0001 start" in run["err"] and "continues t0000 after epoch 1" in run["err"]
 
     study = optuna.load_study(study_name="warm", storage=f"sqlite:///{run['folder'] / STUDY_FILE}")
-    attrs = [(t.user_attrs.get(WARM_ATTR), t.user_attrs.get(WARM_EPOCHS_ATTR)) for t in study.trials]
+    attrs = [
+        (t.user_attrs.get(WARM_ATTR), t.user_attrs.get(WARM_EPOCHS_ATTR)) for t in study.trials
+    ]
     assert attrs == [(None, None), ("t0000", 1), ("t0001", 2), ("t0000", 1)]
     assert [t.user_attrs["epochs_trained"] for t in study.trials] == [1, 1, 0, 0]
 
@@ -87,5 +104,9 @@ def test_a_continued_model_is_the_model_a_scratch_run_trains(run, trial_id, n_ep
 
 def test_config_key_ignores_only_n_epochs():
     a = {"n_neurons": 8, "n_maps": 2, "n_epochs": 3, "lr": 1e-3}
-    assert config_key(a) == config_key({**a, "n_epochs": 7}) == config_key(dict(reversed(list(a.items()))))
+    assert (
+        config_key(a)
+        == config_key({**a, "n_epochs": 7})
+        == config_key(dict(reversed(list(a.items()))))
+    )
     assert config_key(a) != config_key({**a, "lr": 2e-3})

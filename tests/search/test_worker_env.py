@@ -26,13 +26,19 @@ ray.shutdown()
 def worker_tunables(env_extra: dict[str, str]) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "GLIBC_TUNABLES")}
     result = subprocess.run(
-        [sys.executable, "-c", PROBE], env={**env, **env_extra}, capture_output=True, text=True, timeout=180
+        [sys.executable, "-c", PROBE],
+        env={**env, **env_extra},
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout.split("worker:", 1)[1].strip()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables are a Linux matter")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="glibc tunables are a Linux matter"
+)
 def test_workers_start_with_the_allocator_tuned():
     assert worker_tunables({}) == ALLOCATOR_TUNABLES
 
