@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Union
 from urllib.parse import urlsplit
 
 from caetune._errors import InputError
-from caetune._runlayout import STUDY_FILE
+from caetune._runs import STUDY_FILE
 
 if TYPE_CHECKING:
     import pyarrow.fs

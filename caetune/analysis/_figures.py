@@ -369,7 +369,7 @@ def plot_trials_summary(results: pd.DataFrame) -> Figure:
 
     Args:
         results: A search's ``results.csv`` as a DataFrame (see
-            :mod:`caetune._runlayout` for its columns); only rows with
+            :mod:`caetune._runs` for its columns); only rows with
             ``status == "complete"`` and a finite ``val_mse`` are drawn.
     """
     frame = _completed(results)

@@ -1,6 +1,6 @@
 """``caetune report``: the figures and one self-contained HTML page of a search.
 
-Reads a run laid out as :mod:`caetune._runlayout` describes, from a local
+Reads a run laid out as :mod:`caetune._runs` describes, from a local
 folder or ``s3://bucket/prefix/NAME``, finished or still running, and writes::
 
     OUT/
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from caetune._errors import InputError
-from caetune._runlayout import (
+from caetune._runs import (
     CONFIRM_CSV,
     EXPERIMENT_FILE,
     REPORT_DIR,

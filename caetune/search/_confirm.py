@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from caetune._runlayout import CONFIRM_CSV
+from caetune._runs import CONFIRM_CSV
 
 CONFIRM_RUNS_CSV = "confirm_runs.csv"
 

@@ -58,7 +58,7 @@ import yaml
 
 from caetune import __version__
 from caetune._errors import InputError
-from caetune._runlayout import (
+from caetune._runs import (
     CONFIRM_CSV,
     EXPERIMENT_FILE,
     RESULTS_CSV,

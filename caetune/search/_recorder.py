@@ -52,7 +52,7 @@ import yaml
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from caetune._runlayout import TRIAL_METRICS, TRIAL_MODEL
+from caetune._runs import TRIAL_METRICS, TRIAL_MODEL
 from caetune.search._objective import Objective
 from caetune.search._results import ResultsTable, RunFiles, model_path, write_trial_files
 from caetune.search._searcher import (
@@ -443,7 +443,7 @@ def _row_params(config: dict, *, seed: int) -> dict[str, Any]:
         "n_epochs": config["n_epochs"],
         "seed": seed,
         "trial_number": config["trial_number"],
-        # Only where there is one: the column appears once a trial continued another (caetune._runlayout).
+        # Only where there is one: the column appears once a trial continued another (caetune._runs).
         **({"warm_start": warm["trial_id"]} if warm else {}),
     }
 

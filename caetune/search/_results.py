@@ -6,7 +6,7 @@ atomic: a reader (``caetune report`` on a running search, a resumed search)
 sees a whole old file or a whole new one.
 
 ``results.csv``/``results.parquet`` hold one row per trial (the columns
-:mod:`caetune._runlayout` promises), rewritten whole each time a trial starts
+:mod:`caetune._runs` promises), rewritten whole each time a trial starts
 or ends; rows already there when a search resumes are kept.
 """
 
@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from caetune._runlayout import (
+from caetune._runs import (
     RESULTS_CSV,
     RESULTS_PARQUET,
+    STATUSES,
     TRIAL_CONFIG,
     TRIAL_METRICS,
     TRIAL_MODEL,
@@ -31,7 +32,6 @@ from caetune._runlayout import (
 )
 from caetune._storage import Storage, exists, read_bytes, write_bytes
 
-STATUSES = ("complete", "pruned", "failed", "running")
 # Leading columns, in this order; params, then layer metrics follow.
 LEAD_COLUMNS = ("trial_id", "status", "error", "recovery")
 METRIC_COLUMNS = (

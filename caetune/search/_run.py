@@ -38,7 +38,7 @@ from typing import Any, TextIO
 import yaml
 
 from caetune._errors import InputError
-from caetune._runlayout import EXPERIMENT_FILE, RESULTS_CSV, STUDY_FILE, TRIAL_MODEL
+from caetune._runs import EXPERIMENT_FILE, RESULTS_CSV, STUDY_FILE, TRIAL_MODEL
 from caetune.search._defaults import DEFAULT_SPACE, DEFAULT_STORAGE, DEFAULTS, DEFINITION
 from caetune.search._objective import OBJECTIVES, Objective
 from caetune.search._space import SearchSpace, load_space, space_from_dict

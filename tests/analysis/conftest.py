@@ -1,4 +1,4 @@
-"""A tiny finished search run, laid out as ``caetune._runlayout`` says, for the report tests.
+"""A tiny finished search run, laid out as ``caetune._runs`` says, for the report tests.
 
 The run is real, only small: three CAEs trained for three epochs on 300
 images of ``mnist-10k``, their checkpoints, configs and metrics, a real

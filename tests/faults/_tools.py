@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from caetune._runlayout import TRIAL_CONFIG, TRIAL_METRICS, TRIAL_MODEL, TRIALS_DIR
+from caetune._runs import TRIAL_CONFIG, TRIAL_METRICS, TRIAL_MODEL, TRIALS_DIR
 from caetune._storage import Storage, read_bytes
 from tests.search.test_resume_kill import (  # noqa: F401  (re-exported for the fault tests)
     FINISHED,

@@ -1,7 +1,7 @@
 """``caetune export``: layout, checksums, retraining within the stated tolerance, loading, S3, bad input, secrets.
 
 Most tests read a small run folder written here the way ``caetune search``
-writes one (:mod:`caetune._runlayout`): tiny CAEs trained for real on 60
+writes one (:mod:`caetune._runs`): tiny CAEs trained for real on 60
 vendored MNIST digits. One slow test exports from a real ``caetune search``.
 """
 

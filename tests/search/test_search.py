@@ -19,7 +19,7 @@ import yaml
 from ray.tune import Callback
 
 from caetune import InputError
-from caetune._runlayout import (
+from caetune._runs import (
     CONFIRM_CSV,
     EXPERIMENT_FILE,
     RESULTS_CSV,

@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
 from caetune import InputError
-from caetune._runlayout import EXPERIMENT_FILE
+from caetune._runs import EXPERIMENT_FILE
 from caetune.search import run_search
 from tests.search.test_search import settings
 

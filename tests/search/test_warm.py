@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from caetune._runlayout import RESULTS_CSV, STUDY_FILE, TRIAL_MODEL, TRIALS_DIR
+from caetune._runs import RESULTS_CSV, STUDY_FILE, TRIAL_MODEL, TRIALS_DIR
 from caetune.models import Trainer, load_data, read_checkpoint
 from caetune.search import SearchSettings, run_search
 from caetune.search._objective import Objective

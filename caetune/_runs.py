@@ -39,3 +39,10 @@ TRIAL_CONFIG = "config.yaml"
 TRIAL_METRICS = "metrics.json"
 TRIAL_MODEL = "model.pt"
 REPORT_DIR = "report"
+
+# A trial's ``status`` in results.csv (and what every reader filters on).
+COMPLETE = "complete"
+PRUNED = "pruned"
+FAILED = "failed"
+RUNNING = "running"
+STATUSES = (COMPLETE, PRUNED, FAILED, RUNNING)
