@@ -19,7 +19,7 @@ _EXPORTS = {
     "OBJECTIVES": "caetune.search._objective",
     "Objective": "caetune.search._objective",
     "SearchOutcome": "caetune.search._run",
-    "SearchSettings": "caetune.search._run",
+    "SearchSettings": "caetune.search._settings",
     "run_search": "caetune.search._run",
     "Param": "caetune.search._space",
     "SearchSpace": "caetune.search._space",

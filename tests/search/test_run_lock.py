@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from caetune.search._run import LOCK_FILE
+from caetune.search._lock import LOCK_FILE
 
 ROUNDS = 12
 
@@ -25,7 +25,7 @@ _HOLDER = """
 import sys, time, types
 from pathlib import Path
 from caetune._errors import InputError
-from caetune.search._run import _RunLock
+from caetune.search._lock import _RunLock
 print("ready", flush=True)
 for line in sys.stdin:
     path, _, at = line.strip().partition(" ")

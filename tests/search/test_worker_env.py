@@ -44,7 +44,7 @@ def test_workers_start_with_the_allocator_tuned():
 
 
 def test_a_users_own_tunables_are_kept(monkeypatch):
-    from caetune.search._run import _worker_runtime_env
+    from caetune.search._ray_setup import _worker_runtime_env
 
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
     assert _worker_runtime_env() == {}  # the workers inherit the user's value
