@@ -12,16 +12,15 @@ import pytest
 
 from caetune import InputError
 from caetune._storage import (
-    StudySync,
     download_dir,
     exists,
     parse_storage,
     read_bytes,
-    sqlite_snapshot,
     sync_file_to,
     upload_file,
     write_bytes,
 )
+from caetune._study import StudySync, sqlite_snapshot
 from tests.s3server import s3_bucket, s3_env, s3_server  # noqa: F401  (fixtures)
 
 FAST = 10.0  # seconds within which an unusable storage must be reported
@@ -257,7 +256,7 @@ def test_s3_filesystem_reads_endpoint_from_env(s3_bucket, s3_env, monkeypatch):
 def test_a_pickled_s3_filesystem_holds_no_credential_and_works_in_a_process_with_its_own(
     s3_bucket, s3_env, monkeypatch
 ):
-    # Ray pickles the run's filesystem into trial configs (checkpoints) and its experiment-state file.
+    # Ray pickles the run's filesystem into trial configs (checkpoints) and its experiment state.
     import pickle
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPICKLEDFAKEKEY01")  # moto's server takes any keys

@@ -424,7 +424,7 @@ def _load_study(run: Path, *, work: Path, name: str):
     """The run's Optuna study from a snapshot of ``study.db`` (never the live file), or a note why not."""
     import optuna
 
-    from caetune._storage import sqlite_snapshot
+    from caetune._study import sqlite_snapshot
 
     path = run / STUDY_FILE
     if not path.is_file():

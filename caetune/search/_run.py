@@ -95,7 +95,8 @@ def run_search(
     Raises:
         InputError: Bad input, before anything is written.
     """
-    from caetune._storage import StudySync, parse_storage
+    from caetune._storage import parse_storage
+    from caetune._study import StudySync
     from caetune.search._results import RunFiles
 
     stream = stream or sys.stderr
@@ -154,7 +155,7 @@ class _Session:
     space: SearchSpace
     objective: Objective
     files: Any  # RunFiles
-    sync: Any  # caetune._storage.StudySync
+    sync: Any  # caetune._study.StudySync
     study_url: str
     data: Any  # ImageData
     stored: dict | None

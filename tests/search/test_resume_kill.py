@@ -123,7 +123,7 @@ def study_trials(db: Path) -> list[dict]:
 
 def local_study(storage: Storage, name: str, tmp_path: Path) -> Path:
     """The study file a search driver with :func:`search_env` writes: in the run folder, or its S3 cache."""
-    from caetune._storage import StudySync
+    from caetune._study import StudySync
 
     return StudySync(storage, name, cache_dir=tmp_path / "cache" / "caetune").local_path
 
