@@ -31,10 +31,10 @@ import json
 import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution, IntDistribution
-from ray.tune.schedulers.async_hyperband import _Bracket
 
+from caetune.search._asha import AshaSettings
 from caetune.search._defaults import DEFAULTS
-from caetune.search._explore import ExploringSampler, asha_rungs
+from caetune.search._explore import ExploringSampler
 from caetune.search._searcher import default_startup_trials
 
 WITHIN = 0.05
@@ -71,8 +71,9 @@ def simulate(
         constant_liar=True,
         n_startup_trials=default_startup_trials(num_samples),
     )
+    asha = AshaSettings(grace_period=grace, reduction_factor=rf, max_t=max_t)
     if explore:
-        rungs = asha_rungs(grace_period=grace, reduction_factor=rf, max_t=max_t) if promote else ()
+        rungs = asha.rungs() if promote else ()
         sampler = ExploringSampler(
             sampler,
             n_epochs_of=lambda p: p["n_epochs"],
@@ -81,7 +82,7 @@ def simulate(
             reduction_factor=rf,
         )
     study = optuna.create_study(sampler=sampler)
-    bracket = _Bracket(grace, max_t, rf, 0)
+    bracket = asha.scheduler(metric="objective")._brackets[0]  # the one Ray's ASHA judges with
     finished: dict[tuple, list[int]] = {}  # config -> epochs run by its finished trials
     trials, running = [], []  # running: a heap of (time of its next epoch's end, number, trial)
 

@@ -47,7 +47,6 @@ got there).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -68,7 +67,7 @@ class ExploringSampler(BaseSampler):
         n_epochs_of: ``params -> Ne`` (searched, or fixed by the space).
         seed: Seeds the random draws.
         rungs: ASHA's rungs in epochs, ascending, ending with the largest Ne
-            (:func:`asha_rungs`); empty: no promotions.
+            (:meth:`~caetune.search._asha.AshaSettings.rungs`); empty: no promotions.
         reduction_factor: ASHA's: the best ``1 / reduction_factor`` of a
             rung's configs are promoted.
     """
@@ -172,19 +171,6 @@ def _more_epochs(dist, ran: int) -> int | None:
     if not dist.log and dist.step > 1:
         value = dist.low + -(-(value - dist.low) // dist.step) * dist.step  # up to the next step
     return value if value <= dist.high else None
-
-
-def asha_rungs(*, grace_period: int, reduction_factor: float, max_t: int) -> tuple[int, ...]:
-    """The epochs at which Ray's ASHA (one bracket) judges a trial, then ``max_t``: ``(1, 2, 4, 8, 16, 20)``.
-
-    Ray records a trial at rung ``grace_period * reduction_factor ** k`` at its
-    first result at or past it, so a fractional rung is judged at its ceiling.
-    """
-    rungs, k = [], 0
-    while grace_period * reduction_factor**k < max_t:
-        rungs.append(math.ceil(grace_period * reduction_factor**k))
-        k += 1
-    return tuple(dict.fromkeys([*rungs, max_t]))
 
 
 def objective_curves(study) -> dict[tuple, dict[int, float]]:

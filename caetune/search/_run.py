@@ -33,6 +33,7 @@ import yaml
 
 from caetune._errors import InputError
 from caetune._runs import EXPERIMENT_FILE, TRIAL_MODEL
+from caetune.search._asha import AshaSettings
 from caetune.search._defaults import DEFAULT_STORAGE, DEFAULTS
 from caetune.search._lock import _RunLock
 from caetune.search._objective import Objective
@@ -170,6 +171,14 @@ class _Session:
     def gpus(self) -> float:
         return float(self.values["gpus_per_trial"])
 
+    @property
+    def asha(self) -> AshaSettings:
+        return AshaSettings(
+            grace_period=self.values["grace_period"],
+            reduction_factor=self.values["reduction_factor"],
+            max_t=self.space.max_epochs(),
+        )
+
     def run(self, callbacks: list) -> SearchOutcome:
         import ray
 
@@ -247,7 +256,6 @@ class _Session:
         return SearchOutcome(files.url, self.name, table.frame(), ranking, report)
 
     def _open_study(self):
-        from caetune.search._explore import asha_rungs
         from caetune.search._searcher import default_startup_trials, open_study
 
         _quiet_tune_environment()
@@ -260,11 +268,7 @@ class _Session:
             n_startup_trials=default_startup_trials(self.values["num_samples"]),
             start_points=self.space.start if self.values["start_point"] else (),
             n_epochs_of=self.space.n_epochs,
-            rungs=asha_rungs(
-                grace_period=self.values["grace_period"],
-                reduction_factor=self.values["reduction_factor"],
-                max_t=self.space.max_epochs(),
-            ),
+            rungs=self.asha.rungs(),
             reduction_factor=self.values["reduction_factor"],
         )
         _write_experiment(
@@ -273,6 +277,7 @@ class _Session:
             self.values,
             self.space,
             self.objective,
+            self.asha,
             self.study_url,
             self.data,
             self.stored,
@@ -311,15 +316,8 @@ class _Session:
         from caetune.search._signals import StopSignals
         from caetune.search._trainable import train_trial
 
-        values, max_t = self.values, self.space.max_epochs()
-        scheduler = RecordingASHA(
-            time_attr="epoch",
-            metric=self.objective.scheduler_metric,
-            mode="min",
-            max_t=max_t,
-            grace_period=min(values["grace_period"], max_t),
-            reduction_factor=values["reduction_factor"],
-        )
+        values = self.values
+        scheduler = self.asha.scheduler(metric=self.objective.scheduler_metric, cls=RecordingASHA)
         pending = searcher.pending()
         recorder = Recorder(
             study=study,
@@ -393,7 +391,15 @@ def _read_experiment(files) -> dict | None:
 
 
 def _write_experiment(
-    files, name, values, space: SearchSpace, objective: Objective, study_url, data, stored
+    files,
+    name,
+    values,
+    space: SearchSpace,
+    objective: Objective,
+    asha: AshaSettings,
+    study_url,
+    data,
+    stored,
 ) -> None:
     from caetune import __version__
 
@@ -414,13 +420,7 @@ def _write_experiment(
             "image_size": list(data.image_size),
         },
         "study": {"storage": _display_url(study_url), "name": name},
-        "asha": {
-            "time_attr": "epoch",
-            "metric": objective.scheduler_metric,
-            "max_t": space.max_epochs(),
-            "grace_period": min(values["grace_period"], space.max_epochs()),
-            "reduction_factor": values["reduction_factor"],
-        },
+        "asha": asha.to_dict(metric=objective.scheduler_metric),
     }
     files.write_text(EXPERIMENT_FILE, yaml.safe_dump(doc, sort_keys=False))
 

@@ -91,7 +91,7 @@ def open_study(
     Given ``n_epochs_of`` (``params -> Ne``), a proposal the search has already
     measured, or of a config a running trial is training, becomes an ASHA
     promotion (``rungs``, ``reduction_factor``: ASHA's, see
-    :func:`~caetune.search._explore.asha_rungs`), that config's next epoch, or
+    :meth:`~caetune.search._asha.AshaSettings.rungs`), that config's next epoch, or
     an unmeasured point (:mod:`caetune.search._explore`).
 
     Raises:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import TrialState, create_trial
 
-from caetune.search._explore import ExploringSampler, _more_epochs, asha_rungs, epochs_measured
+from caetune.search._explore import ExploringSampler, _more_epochs, epochs_measured
 
 SPACE = {"n_maps": CategoricalDistribution([8, 16]), "n_epochs": IntDistribution(1, 4)}
 
@@ -231,21 +229,6 @@ def test_without_rungs_or_with_several_objectives_nothing_is_promoted():
             )
         )
     assert pareto.ask(MAPS).params == {"n_maps": 8, "n_epochs": 2} and sampler.promoted == 0
-
-
-@pytest.mark.parametrize(
-    ("grace", "rf", "max_t"),
-    [(1, 2.0, 20), (1, 3.0, 20), (1, 4.0, 6), (2, 2.5, 30), (1, 2.0, 16), (3, 2.0, 3)],
-)
-def test_the_rungs_are_where_rays_asha_judges(grace, rf, max_t):
-    from ray.tune.schedulers.async_hyperband import _Bracket
-
-    ray_rungs = sorted(
-        math.ceil(milestone) for milestone, _ in _Bracket(grace, max_t, rf, 0)._rungs
-    )
-    assert asha_rungs(grace_period=grace, reduction_factor=rf, max_t=max_t) == tuple(
-        dict.fromkeys([*ray_rungs, max_t])
-    )
 
 
 def test_a_reduction_factor_of_one_is_refused():
