@@ -34,6 +34,8 @@ FIELD_HELP = {
     "split_seed": "seeds the subset and the train/validation split (default 0)",
     "seed": "seeds the weights and the batch order (default 0)",
     "device": "auto (CUDA when present), cpu or cuda",
+    "precision": "fp32, bf16 (autocast; fp32 weights and Adam) or auto (default: bf16 only "
+    "where the device has it natively and the use allows it; caetune train stays fp32)",
 }
 
 
@@ -154,10 +156,13 @@ def run(args: argparse.Namespace) -> int:
         trainer.load_checkpoint(checkpoint)
         print(f"resumed from {checkpoint} at epoch {trainer.epoch}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    # The resolved precision, not auto: retraining from this file trains as this run did.
+    resolved = dataclasses.replace(config, precision=trainer.precision)
+    (out / "config.yaml").write_text(resolved.to_yaml(), encoding="utf-8")
     print(
         f"training {config.model} n_neurons={config.n_neurons} n_maps={config.n_maps} n_epochs={config.n_epochs} "
-        f"on {data.name} ({len(data.train)} train / {len(data.val)} val, {trainer.device})",
+        f"on {data.name} ({len(data.train)} train / {len(data.val)} val, {trainer.device}, "
+        f"{trainer.precision})",
         file=sys.stderr,
     )
 
@@ -181,6 +186,7 @@ def write_metrics(path: Path, trainer) -> None:
     payload = {
         "val_mse": history[-1]["val_mse"] if history else None,
         "epochs": len(history),
+        "precision": trainer.precision,
         "history": history,
     }
     tmp = path.with_name(path.name + ".tmp")

@@ -17,8 +17,22 @@ import yaml
 
 from caetune._errors import InputError
 from caetune.models._cae import ACTIVATIONS, MODEL_DEPTHS
+from caetune.models._precision import PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda")
+# The fields that shape the dataset (what load_data reads), split_seed among them: two configs
+# equal on these train on the same images. A search shares one dataset, so it fixes them; the
+# report caches datasets by them.
+DATA_FIELDS = (
+    "dataset",
+    "data_dir",
+    "download",
+    "image_size",
+    "grayscale",
+    "val_fraction",
+    "subset",
+    "split_seed",
+)
 EXPORT_KEY = "export"  # metadata of an exported config, not a field
 # torch seeds take 64 bits and results tables store int64: a larger seed would fail mid-run.
 MAX_SEED = 2**63 - 1
@@ -54,6 +68,10 @@ class TrainConfig:
         lr: Adam's learning rate.
         seed: Seeds the weights and the batch order.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        precision: ``fp32``, ``bf16`` (autocast over the forward pass and the
+            loss; float32 weights and Adam) or ``auto`` (bf16 only where the
+            device has it natively and the use allows it; see
+            :mod:`caetune.models._precision`).
     """
 
     dataset: str = "mnist-10k"
@@ -73,6 +91,7 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -107,6 +126,7 @@ class TrainConfig:
         _one_of("model", self.model, MODEL_DEPTHS)
         _one_of("activation", self.activation, ACTIVATIONS)
         _one_of("device", self.device, DEVICES)
+        _one_of("precision", self.precision, PRECISIONS)
         if not self.dataset:
             raise InputError("dataset", "expected a dataset name, npz:PATH or folder:PATH")
 

@@ -19,6 +19,11 @@ What makes a step fast on a small CPU (measured by
   every step, and glibc would otherwise hand them back to the kernel each
   time and fault them in again (zeroed) on the next step;
 * one host sync per epoch: losses are summed on the device.
+
+The precision (``config.precision``) is resolved once per trainer, for its
+device and its use (:mod:`caetune.models._precision`); the resolved value is
+:attr:`Trainer.precision` and is saved with every checkpoint, so a resumed
+run goes on in the precision it started in.
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,6 +48,7 @@ from caetune._errors import InputError
 from caetune.models._cae import CAE
 from caetune.models._config import TrainConfig
 from caetune.models._data import ImageData
+from caetune.models._precision import TRAIN, autocast, resolve_precision
 from caetune.models._seed import resolve_device, seed_everything
 
 EVAL_BATCH = 1024
@@ -173,8 +178,9 @@ class Trainer:
         device: Overrides ``config.device``.
         threads: Sets torch's intra-op threads (process-wide) when given;
             results on the CPU are reproducible for a fixed thread count.
-        amp: bf16 autocast for the forward pass and loss, CUDA only (the CPU
-            path always runs in float32).
+        use: What the run is for (``train``, ``screening``, ``confirmation``):
+            ``precision: auto`` resolves per use (see
+            :mod:`caetune.models._precision`).
 
     Attributes:
         model: The CAE, channels-last (its outputs are channels-last strided;
@@ -183,6 +189,7 @@ class Trainer:
         x_val: ``float32 [M, C, H, W]`` in [0, 1] on the device.
         epoch: Epochs done so far.
         history: One :class:`EpochMetrics` per epoch done.
+        precision: The resolved precision, ``fp32`` or ``bf16``.
     """
 
     def __init__(
@@ -192,7 +199,7 @@ class Trainer:
         *,
         device: str | torch.device | None = None,
         threads: int | None = None,
-        amp: bool = False,
+        use: str = TRAIN,
     ) -> None:
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -200,11 +207,7 @@ class Trainer:
             torch.set_num_threads(threads)
         self.config = config
         self.device = resolve_device(device if device is not None else config.device)
-        if amp and self.device.type != "cuda":
-            raise InputError(
-                "amp", f"bf16 autocast is for CUDA devices, this trainer runs on {self.device}"
-            )
-        self.amp = bool(amp)
+        self.precision = resolve_precision(config.precision, self.device, use=use)
         if self.device.type == "cpu":
             tune_allocator()
         else:
@@ -226,9 +229,7 @@ class Trainer:
         return to_float_images(images, self.device).contiguous(memory_format=torch.channels_last)
 
     def _autocast(self):
-        if self.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        return autocast(self.precision, self.device)
 
     def fit(
         self, *, callback: EpochCallback | None = None, progress: bool = False
@@ -346,6 +347,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
+            "precision": self.precision,
             "history": [m.to_dict() for m in self.history],
             "rng": {
                 "generator": self.generator.get_state(),
@@ -360,16 +362,22 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         """Restores a :meth:`state_dict`; its model must match this trainer's config.
 
+        A checkpoint that records its precision sets this trainer's when the
+        config says ``auto``: a resumed run goes on as it started.
+
         Raises:
-            InputError: The state holds a differently shaped model.
+            InputError: The state holds a differently shaped model, or was
+                trained in another precision than the config asks for.
         """
         saved = state.get("config", {})
         for name in MODEL_FIELDS:
             if name in saved and saved[name] != getattr(self.config, name):
                 raise InputError(
                     "checkpoint",
-                    f"it holds a model with {name}={saved[name]!r}, this run has {name}={getattr(self.config, name)!r}",
+                    f"it holds a model with {name}={saved[name]!r}, "
+                    f"this run has {name}={getattr(self.config, name)!r}",
                 )
+        self.precision = checkpoint_precision(state, self.config.precision, self.precision)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
@@ -397,6 +405,22 @@ class Trainer:
         # On the CPU first: RNG states must stay CPU tensors, and load_state_dict
         # moves model and optimizer tensors to their parameters' device.
         self.load_state_dict(read_checkpoint(path))
+
+
+def checkpoint_precision(state: dict, asked: str, resolved: str) -> str:
+    """The precision a run resumed from ``state`` trains in (see :meth:`Trainer.load_state_dict`).
+
+    Args:
+        state: A checkpoint; one written before precisions were recorded was fp32.
+        asked: The config's precision (``auto`` follows the checkpoint).
+        resolved: What ``asked`` resolved to for a fresh run.
+    """
+    saved = state.get("precision", "fp32")
+    if asked != "auto" and saved != resolved:
+        raise InputError(
+            "checkpoint", f"it was trained with precision {saved}, this run asks for {asked}"
+        )
+    return saved
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -143,7 +143,7 @@ def test_checkpoint_of_another_model_is_refused(digits, tmp_path):
         other.load_checkpoint(tmp_path / "model.pt")
 
 
-@pytest.mark.parametrize(("option", "value"), [("threads", 0), ("threads", 1.5), ("amp", True)])
+@pytest.mark.parametrize(("option", "value"), [("threads", 0), ("threads", 1.5), ("use", "export")])
 def test_bad_options_are_input_errors(digits, option, value):
     with pytest.raises(InputError) as err:
         Trainer(TrainConfig(**TINY), digits, **{option: value})
