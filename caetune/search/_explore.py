@@ -1,16 +1,15 @@
-"""Spend no trial on a point the search has already measured, or is measuring: promote or explore instead.
+"""Spend no trial on a point the search measured, or is measuring: promote or explore instead.
 
 On small spaces (a few choices of Nn and Nm, Ne up to 20) TPE settles on the
 configs it likes and proposes them again and again. Since training does not
 depend on Ne (:mod:`caetune.search._warm`), a proposal ``(config, Ne)`` is
 already *measured* when a finished trial of the same config ran at least Ne
 epochs: the objective after epoch Ne was reported then. Running it again
-teaches the sampler nothing (and, with a warm start, trains nothing). Seen in
-the search benchmark: 86 of 200 trials were such repeats, while the only
-config within 5% of the grid's best, a slow starter that ASHA had stopped
-early, was proposed four times. A proposal of a config that a running trial
-is training is no better: it cannot continue an unfinished trial, so it
-trains the same epochs again, from scratch, beside it.
+teaches the sampler nothing (and, with a warm start, trains nothing), while
+a slow starter that ASHA stopped early may never be proposed past its rung.
+A proposal of a config that a running trial is training is no better: it
+cannot continue an unfinished trial, so it trains the same epochs again,
+from scratch, beside it.
 
 :class:`ExploringSampler` wraps the search's sampler. When the sampler
 proposes such a point, the trial goes instead, in this order, to
@@ -33,16 +32,9 @@ random already); enqueued points (the presets' start points) run as given.
 Promotions need the objective after each epoch (Optuna's intermediate values,
 single-objective searches) and a searched Ne.
 
-Simulated with Optuna's real TPE and Ray's ASHA rule on the three grids of
-``benchmarks/search_bench.py`` (``benchmarks/search_sim.py``, 48 sampler
-seeds each, 200 trials, two at a time; the mean share of the grid's
-trial-epochs spent until a trial came within 5% of the grid's best, an
-unreached run counting as 100%): 28.5% with all three steps and ASHA's
-reduction factor 3 (caetune's default), 31.5% with factor 2; without
-promotions 38.2% (factor 3) and 34.8% (factor 2); the previous version (no
-promotions, no in-training check, factor 2) 35.6%, with one run of 144 never
-getting there; TPE's proposals as they are 44.3% (factor 2, 110 of 144 runs
-got there).
+``benchmarks/search_sim.py`` replays this with Optuna's real TPE and Ray's
+ASHA rule on the search benchmark's grids, with and without each step; the
+README's *Search efficiency and overhead* section has its figures.
 """
 
 from __future__ import annotations
@@ -60,7 +52,7 @@ DRAWS = 256  # random draws per repeat before giving up (a space every point of 
 
 
 class ExploringSampler(BaseSampler):
-    """A sampler that turns a proposal of a measured point, or of a config in training, into a promotion or a new point.
+    """Turns a proposal of a measured point, or of a config in training, into another point.
 
     Args:
         inner: The sampler that proposes (TPE).
@@ -128,12 +120,12 @@ class ExploringSampler(BaseSampler):
     def _promotion(
         self, study, ran: dict[tuple, int], training: set[tuple], n_epochs_dist
     ) -> dict[str, Any] | None:
-        """ASHA's promotion over configs: from the highest rung down, a top config not yet past the next rung."""
+        """ASHA's promotion of configs: top rung first, a best one not past the next rung."""
         if n_epochs_dist is None or len(self._rungs) < 2 or len(study.directions) != 1:
             return None
         curves = objective_curves(study)
         sign = 1.0 if study.direction == StudyDirection.MINIMIZE else -1.0
-        for rung, above in reversed(list(zip(self._rungs, self._rungs[1:]))):
+        for rung, above in reversed(list(zip(self._rungs, self._rungs[1:], strict=False))):
             n_epochs = _more_epochs(n_epochs_dist, above - 1)
             if n_epochs is None:
                 continue  # the distribution allows no Ne at or past the next rung
@@ -161,7 +153,10 @@ class ExploringSampler(BaseSampler):
 
 
 def _more_epochs(dist, ran: int) -> int | None:
-    """The smallest Ne above ``ran`` that a searched Ne's distribution allows (None: Ne not searched, or none)."""
+    """The smallest Ne above ``ran`` that a searched Ne's distribution allows.
+
+    ``None``: Ne is not searched, or allows none.
+    """
     if isinstance(dist, CategoricalDistribution):
         above = [c for c in dist.choices if isinstance(c, int) and c > ran]
         return min(above) if above else None
@@ -174,7 +169,10 @@ def _more_epochs(dist, ran: int) -> int | None:
 
 
 def objective_curves(study) -> dict[tuple, dict[int, float]]:
-    """``config_key -> {epoch: objective}`` over the finished trials of each config (a warm start reports only its own epochs)."""
+    """``config_key -> {epoch: objective}`` over the finished trials of each config.
+
+    A warm start reports only its own epochs; the curve joins them to its source's.
+    """
     curves: dict[tuple, dict[int, float]] = {}
     for trial, key, _ in finished_runs(study):
         curves.setdefault(key, {}).update(trial.intermediate_values)
@@ -182,7 +180,7 @@ def objective_curves(study) -> dict[tuple, dict[int, float]]:
 
 
 def configs_in_training(study, *, but: int) -> set[tuple]:
-    """The ``config_key`` of every trial still running, but trial number ``but`` (the one being sampled)."""
+    """The ``config_key`` of every running trial but number ``but`` (the one being sampled)."""
     import optuna
 
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
@@ -190,7 +188,7 @@ def configs_in_training(study, *, but: int) -> set[tuple]:
 
 
 def epochs_measured(study) -> dict[tuple, int]:
-    """``config_key -> the most epochs a finished trial of that config ran`` (its objective after each is known)."""
+    """``config_key -> the most epochs a finished trial of it ran`` (each one's objective known)."""
     ran: dict[tuple, int] = {}
     for _, key, epochs in finished_runs(study):
         ran[key] = max(ran.get(key, 0), epochs)

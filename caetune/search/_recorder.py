@@ -52,38 +52,42 @@ import yaml
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from caetune._runs import TRIAL_METRICS, TRIAL_MODEL
+from caetune._runs import COMPLETE, FAILED, PRUNED, RUNNING, TRIAL_METRICS, TRIAL_MODEL
+from caetune.search._attrs import (
+    CHECKPOINT_ATTR,
+    EPOCHS_RUN_ATTR,
+    EPOCHS_TRAINED_ATTR,
+    FAILED_ATTR,
+    RECOVERY,
+    RERUNS_ATTR,
+    SECONDS_ATTR,
+    STATUS_ATTR,
+    UTILISATION_ATTR,
+    VAL_MSE_ATTR,
+)
 from caetune.search._objective import Objective
 from caetune.search._results import ResultsTable, RunFiles, model_path, write_trial_files
-from caetune.search._searcher import (
-    CHECKPOINT_ATTR,
-    FAILED_ATTR,
-    STATUS_ATTR,
-    Resumable,
-    StudySearcher,
-    trial_handle,
-)
-from caetune.search._trainable import MODEL_BYTES, RECOVERY
+from caetune.search._searcher import Resumable, StudySearcher, trial_handle
+from caetune.search._trainable import FAILED_RESULT, MODEL_BYTES
 from caetune.search._warm import WarmStart
 
 STATUS_EVERY_S = 30.0
 # Re-runs of one trial whose final checkpoint was damaged each time, before it is recorded failed:
 # storage that damages every file it stores would otherwise keep the search going for ever.
 MAX_RERUNS = 2
-RERUNS_ATTR = "reruns"  # Optuna user attribute: how often a trial was run again for that
 
 
 class RecordingASHA(AsyncHyperBandScheduler):
-    """ASHA that remembers which trials it stopped, so they can be told apart from interrupted ones."""
+    """ASHA that remembers which trials it stopped, to tell them apart from interrupted ones."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.stopped: set[str] = set()
+        self.stopped_tune_ids: set[str] = set()  # Ray's ids of the trials it stopped
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
         if action == TrialScheduler.STOP:
-            self.stopped.add(trial.trial_id)
+            self.stopped_tune_ids.add(trial.trial_id)  # Ray's Trial.trial_id: a tune_id
         return action
 
 
@@ -130,7 +134,8 @@ class Recorder(Callback):
         self.epochs: dict[str, str] = {}  # running trial id -> "epoch/Ne", for the status line
         self._handles: dict[int, Any] = {}  # trial number -> optuna.Trial
         self._recoveries: dict[str, str] = {}  # running trial id -> its recovery note, once printed
-        self._ended: list = []  # Tune trials that ended, their results not yet dropped (see on_step_end)
+        # Tune trials that ended, their results not yet dropped (see on_step_end).
+        self._ended: list = []
 
     def __getstate__(self) -> dict:
         # Tuner pickles its RunConfig for Tuner.restore, which caetune does not use.
@@ -141,7 +146,7 @@ class Recorder(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         config = trial.config
         row = _row_params(config, seed=self.searcher.factory.seed)
-        self.table.update(config["trial_id"], status="running", error=None, **row)
+        self.table.update(config["trial_id"], status=RUNNING, error=None, **row)
         self.epochs[config["trial_id"]] = f"0/{config['n_epochs']}"
         self.table.write()
         warm = _warm_start(config)
@@ -153,7 +158,7 @@ class Recorder(Callback):
         if result.get(RECOVERY) and result[RECOVERY] != self._recoveries.get(trial_id):
             self._recoveries[trial_id] = result[RECOVERY]
             self._say(f"{trial_id} recovered {result[RECOVERY]}")
-        if "failed" in result:
+        if FAILED_RESULT in result:
             return
         self.epochs[trial.config["trial_id"]] = f"{result['epoch']}/{trial.config['n_epochs']}"
         value = float(result["objective"])
@@ -161,7 +166,8 @@ class Recorder(Callback):
             value
         ):  # Optuna takes none for several objectives
             with warnings.catch_warnings():
-                # A trial resumed from its final checkpoint reports that epoch again; Optuna keeps the first.
+                # A trial resumed from its final checkpoint reports that epoch again; Optuna keeps
+                # the first.
                 warnings.simplefilter("ignore")
                 self._handle(trial.config["trial_number"]).report(value, int(result["epoch"]))
 
@@ -172,19 +178,17 @@ class Recorder(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}
-        if result.get("failed"):
-            self._finish(trial, "failed", reason=str(result["failed"]))
+        if result.get(FAILED_RESULT):
+            self._finish(trial, FAILED, reason=str(result[FAILED_RESULT]))
         elif diverged := _non_finite(result):
-            # Training only checks its own loss: a NaN validation MSE would otherwise pass for pruned.
+            # Training only checks its own loss: a NaN validation MSE would pass for pruned.
             self._finish(
-                trial,
-                "failed",
-                reason=f"TrainingDiverged: {diverged} at epoch {result.get('epoch')}",
+                trial, FAILED, reason=f"TrainingDiverged: {diverged} at epoch {result.get('epoch')}"
             )
         elif "epoch" in result and int(result["epoch"]) >= int(trial.config["n_epochs"]):
-            self._finish(trial, "complete")
-        elif trial.trial_id in self.scheduler.stopped:
-            self._finish(trial, "pruned")
+            self._finish(trial, COMPLETE)
+        elif trial.trial_id in self.scheduler.stopped_tune_ids:
+            self._finish(trial, PRUNED)
         # else: stopped by an interruption; it stays RUNNING in the study and resumes later.
         self._ended.append(trial)
 
@@ -195,7 +199,7 @@ class Recorder(Callback):
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self._finish(trial, "failed", reason=_ray_error(trial))
+        self._finish(trial, FAILED, reason=_ray_error(trial))
         self._ended.append(trial)
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
@@ -218,27 +222,26 @@ class Recorder(Callback):
         trial_id, number = config["trial_id"], config["trial_number"]
         result = dict(trial.last_result or {})
         metrics, damage = self._collect_metrics(trial)
-        if damage and status != "failed" and self._run_again(trial, damage):
+        if damage and status != FAILED and self._run_again(trial, damage):
             return
         if metrics:
             result.update({k: v for k, v in metrics.items() if k != "history"})
         if damage:  # its last checkpoint was damaged after the trial wrote it: no model to keep
-            given_up = f"gave up after {MAX_RERUNS} re-runs" if status != "failed" else None
-            status, reason = (
-                "failed",
-                "; ".join(n for n in (reason, damage, given_up, "no model kept") if n),
-            )
+            given_up = f"gave up after {MAX_RERUNS} re-runs" if status != FAILED else None
+            status = FAILED
+            reason = "; ".join(n for n in (reason, damage, given_up, "no model kept") if n)
         epochs_run = int(result.get("epoch", 0) or 0)
 
         row = {
             "status": status,
             "error": reason,
-            # The trial's last word on it is the newest (a failure after a fallback reports it, no checkpoint).
+            # The trial's last word on it is the newest (a failure after a fallback reports it,
+            # no checkpoint does).
             RECOVERY: (trial.last_result or {}).get(RECOVERY) or result.get(RECOVERY),
             **_row_params(config, seed=self.searcher.factory.seed),
             "val_mse": result.get("val_mse"),
             "best_val_mse": result.get("best_val_mse"),
-            "objective": None if status == "failed" else result.get("objective"),
+            "objective": None if status == FAILED else result.get("objective"),
             "utilisation": result.get("utilisation"),
             "epochs_run": epochs_run,
             "epochs_trained": int(result.get("epochs_trained", epochs_run) or 0),
@@ -266,7 +269,7 @@ class Recorder(Callback):
         self.epochs.pop(trial_id, None)
         self._recoveries.pop(trial_id, None)
 
-        if status == "failed":
+        if status == FAILED:
             detail = reason
         else:
             detail = (
@@ -276,7 +279,9 @@ class Recorder(Callback):
         self._say(f"{trial_id} {status:<9} {detail}  ({_num(row['seconds'], 0)} s)")
 
     def _run_again(self, trial, damage: str) -> bool:
-        """Queues the trial to run again from its damaged final checkpoint; False after :data:`MAX_RERUNS` re-runs.
+        """Queues the trial to run again from its damaged final checkpoint.
+
+        False, and nothing queued, after :data:`MAX_RERUNS` re-runs.
 
         The study keeps it ``RUNNING`` with that checkpoint, and its
         checkpoints stay, so an interrupted search resumes it the same way.
@@ -311,7 +316,7 @@ class Recorder(Callback):
         return True
 
     def _collect_metrics(self, trial) -> tuple[dict[str, Any] | None, str | None]:
-        """The last checkpoint's metrics.json, and what is wrong with the checkpoint (None: nothing).
+        """The last checkpoint's metrics.json, and what is wrong with it (None: nothing).
 
         Its model.pt is copied into trials/<id>/ only when it has the size the
         trial wrote, so a cut-short file never passes for the trial's model.
@@ -360,24 +365,24 @@ class Recorder(Callback):
         handle = self._handle(number)
         attrs = {
             STATUS_ATTR: status,
-            "epochs_run": row["epochs_run"],
-            "epochs_trained": row["epochs_trained"],
-            "seconds": row["seconds"],
+            EPOCHS_RUN_ATTR: row["epochs_run"],
+            EPOCHS_TRAINED_ATTR: row["epochs_trained"],
+            SECONDS_ATTR: row["seconds"],
             CHECKPOINT_ATTR: None,
         }
         if row.get("utilisation") is not None:
-            attrs.update(utilisation=row["utilisation"], val_mse=row["val_mse"])
-        if status == "failed":
+            attrs.update({UTILISATION_ATTR: row["utilisation"], VAL_MSE_ATTR: row["val_mse"]})
+        if status == FAILED:
             attrs[FAILED_ATTR] = reason
         if row.get(RECOVERY):
             attrs[RECOVERY] = row[RECOVERY]
         for key, value in attrs.items():  # checkpoint: None, it is deleted next
             handle.set_user_attr(key, value)
-        if status == "complete":
+        if status == COMPLETE:
             self.study.tell(number, self.objective.values(row))
         else:
             self.study.tell(
-                number, state=TrialState.PRUNED if status == "pruned" else TrialState.FAIL
+                number, state=TrialState.PRUNED if status == PRUNED else TrialState.FAIL
             )
         self._handles.pop(number, None)
         self.on_study_change()
@@ -397,8 +402,9 @@ class Recorder(Callback):
         counts = self.table.counts()
         best = self.table.best("val_mse" if self.objective.multi else "objective")
         text = (
-            f"[{_clock(time.monotonic() - self.started)}] {counts['complete']} complete, {counts['pruned']} pruned, "
-            f"{counts['failed']} failed, {counts['running']} running of {self.total}"
+            f"[{_clock(time.monotonic() - self.started)}] {counts[COMPLETE]} complete, "
+            f"{counts[PRUNED]} pruned, {counts[FAILED]} failed, {counts[RUNNING]} running "
+            f"of {self.total}"
         )
         if best is not None:
             text += f"; best {best['trial_id']} objective {_num(best['objective'])}"
@@ -412,7 +418,8 @@ class Recorder(Callback):
 
 # What Tune keeps of a finished trial's last result: enough to tell how it ended.
 _KEPT_RESULT_KEYS = frozenset(
-    {"trial_id", "done", "training_iteration", "epoch", "val_mse", "objective", "failed"}
+    # "trial_id": Tune's own (a tune_id).
+    {"trial_id", "done", "training_iteration", "epoch", "val_mse", "objective", FAILED_RESULT}
 )
 
 
@@ -443,7 +450,8 @@ def _row_params(config: dict, *, seed: int) -> dict[str, Any]:
         "n_epochs": config["n_epochs"],
         "seed": seed,
         "trial_number": config["trial_number"],
-        # Only where there is one: the column appears once a trial continued another (caetune._runs).
+        # Only where there is one: the column appears once a trial continued another
+        # (caetune._runs).
         **({"warm_start": warm["trial_id"]} if warm else {}),
     }
 

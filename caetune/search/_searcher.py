@@ -41,23 +41,25 @@ that a trial's files are written before the study calls it finished.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ray.tune.search import Searcher
 
 from caetune._errors import InputError
+from caetune.search._attrs import (
+    CHECKPOINT_ATTR,
+    RECOVERY,
+    START_POINT_ATTR,
+    TRIAL_ATTR,
+    WARM_ATTR,
+    WARM_EPOCHS_ATTR,
+)
 from caetune.search._explore import ExploringSampler
 from caetune.search._objective import Objective
 from caetune.search._space import SearchSpace
-from caetune.search._trainable import RECOVERY
-from caetune.search._warm import WARM_ATTR, WARM_EPOCHS_ATTR, WarmStart, find_warm_start
-
-TRIAL_ATTR = "trial_id"
-CHECKPOINT_ATTR = "checkpoint"
-FAILED_ATTR = "failed_reason"
-STATUS_ATTR = "status"
+from caetune.search._warm import WarmStart, find_warm_start
 
 
 def trial_name(number: int) -> str:
@@ -101,7 +103,7 @@ def open_study(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(
+    sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
         seed=seed, multivariate=True, constant_liar=True, n_startup_trials=n_startup_trials
     )
     if n_epochs_of is not None:
@@ -135,13 +137,13 @@ def open_study(
         )
     if not study.trials:
         for point in start_points:
-            study.enqueue_trial(dict(point), user_attrs={"start_point": True})
+            study.enqueue_trial(dict(point), user_attrs={START_POINT_ATTR: True})
     return study
 
 
 @dataclass
 class TrialFactory:
-    """Turns a study trial into the config of one Ray Tune trial, and that config into training settings.
+    """Turns a study trial into one Ray Tune trial's config, and that config into training settings.
 
     Tune keeps every trial's config several times over for the whole search
     (the trial, each result, the experiment-state JSON, the trial's tag), so
@@ -176,7 +178,10 @@ class TrialFactory:
         }
 
     def train(self, params: dict[str, Any], *, seed: int | None = None):
-        """The :class:`~caetune.models.TrainConfig` of a trial with these params (confirmation: another seed)."""
+        """The :class:`~caetune.models.TrainConfig` of a trial with these params.
+
+        ``seed``: another seed than the search's (the confirmation runs).
+        """
         return self.space.train_config(
             params, seed=self.seed if seed is None else seed, device=self.device
         )
@@ -184,7 +189,10 @@ class TrialFactory:
 
 @dataclass
 class Resumable:
-    """A study trial to run again from its checkpoint: cut off by an earlier session, or its final one damaged."""
+    """A study trial to run again from its checkpoint.
+
+    Cut off by an earlier session, or its final checkpoint was damaged.
+    """
 
     number: int
     params: dict[str, Any]
@@ -214,7 +222,7 @@ class StudySearcher(Searcher):
         factory: TrialFactory,
         *,
         num_samples: int,
-        resumable: list[Resumable] = (),
+        resumable: Sequence[Resumable] = (),
         saved_model_of: Callable[[str], Any] | None = None,
     ):
         super().__init__(metric=None, mode=None)
@@ -224,19 +232,18 @@ class StudySearcher(Searcher):
         self.resumable = list(resumable)
         self.saved_model_of = saved_model_of
         self.distributions = factory.space.distributions()
-        self._started = started_trials(
-            study
-        )  # only this searcher asks: counted once, not per suggest
-        self._live: set[str] = set()  # Tune trial ids suggested and not yet ended
-        self._fit_left: int | None = (
-            None  # trials the current Tuner.fit may still start (None: any number)
-        )
-        self.finished = (
-            False  # the current Tuner.fit was told Searcher.FINISHED (it did not stop early)
-        )
+        self._started = started_trials(study)  # only this searcher asks: counted once
+        self._live: set[str] = set()  # the tune_id of each trial suggested and not yet ended
+        # Trials the current Tuner.fit may still start (None: any number).
+        self._fit_left: int | None = None
+        # The current Tuner.fit was told Searcher.FINISHED (it did not stop early).
+        self.finished = False
 
     def begin_fit(self, *, max_trials: int) -> None:
-        """Starts the next ``Tuner.fit``: it runs at most ``max_trials`` trials, re-runs and resumed ones included."""
+        """Starts the next ``Tuner.fit``: it runs at most ``max_trials`` trials.
+
+        Re-runs and resumed trials count among them.
+        """
         if max_trials < 1:
             raise ValueError(f"max_trials must be at least 1, got {max_trials}")
         self._fit_left = max_trials
@@ -248,7 +255,9 @@ class StudySearcher(Searcher):
         # resumes from the study); the live study and sampler cannot be pickled.
         return {"num_samples": self.num_samples}
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    # Ray's annotation says dict | None, but Searcher.FINISHED, a str, is how a searcher ends a fit.
+    def suggest(self, tune_id: str) -> dict | str | None:  # type: ignore[override]
+        # Ray passes its own trial id (tune_id) positionally; Searcher names it trial_id.
         if self._fit_left == 0:
             return self._wait_or_finish()
         if self.resumable:
@@ -262,17 +271,18 @@ class StudySearcher(Searcher):
             return self._wait_or_finish()
         if self._fit_left is not None:
             self._fit_left -= 1
-        self._live.add(trial_id)
+        self._live.add(tune_id)
         return config
 
     def _wait_or_finish(self) -> str | None:
         if self._live:
-            return None  # nothing to run now, but a running trial's final checkpoint may yet need a re-run
+            # Nothing to run now, but a running trial's final checkpoint may yet need a re-run.
+            return None
         self.finished = True
         return Searcher.FINISHED
 
     def _ask(self) -> dict:
-        """A new trial of the study, continuing an earlier trial of the same config where there is one."""
+        """A new trial of the study, continuing an earlier trial of its config if there is one."""
         trial = self.study.ask(self.distributions)
         self._started += 1
         trial.set_user_attr(TRIAL_ATTR, trial_name(trial.number))
@@ -294,10 +304,14 @@ class StudySearcher(Searcher):
         # The recorder tells the study, once the trial's files are written. Tune calls this before
         # its callbacks' on_trial_complete, and asks for the next trial only after them, so a re-run
         # the recorder queues there is seen before the session can be called finished.
+        # Ray passes its own trial id by keyword, as `trial_id`: here it is a tune_id.
         self._live.discard(trial_id)
 
     def run_again(self, job: Resumable) -> None:
-        """Runs a trial of this session again, before any new one (the recorder found its final checkpoint damaged)."""
+        """Runs a trial of this session again, before any new one.
+
+        The recorder found its final checkpoint damaged.
+        """
         self.resumable.append(job)
 
     def pending(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import Any
 
 from ray.tune import Callback
 
@@ -44,7 +45,14 @@ class StopSignals(Callback):
             for sig in self.SIGNALS:
                 signal.signal(sig, self._noting(None))
 
-    def setup(self, **info) -> None:
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
+        # Tune's arguments (the fit's stopper and sample counts) are not needed: only the moment.
         if _in_main_thread():
             for sig in self.SIGNALS:
                 signal.signal(sig, self._noting(signal.getsignal(sig)))

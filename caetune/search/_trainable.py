@@ -45,14 +45,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from caetune.search._attrs import RECOVERY
+
 CHECKPOINT_MODEL = "model.pt"
 CHECKPOINT_METRICS = "metrics.json"
 CHECKPOINT_DIR = re.compile(r"checkpoint_\d+")  # Ray's name for a trial's checkpoint folders
-# What each epoch reports to Tune: what ASHA (epoch, objective or val_mse) and the recorder read from
-# a result; the recorder takes the rest from the checkpoint's metrics.json. (A failure reports the
-# epoch, the reason and the clocks, which no checkpoint may hold yet.)
+# What each epoch reports to Tune: what ASHA (epoch, objective or val_mse) and the recorder read
+# from a result; the recorder takes the rest from the checkpoint's metrics.json. (A failure reports
+# the epoch, the reason and the clocks, which no checkpoint may hold yet.)
 REPORTED = ("epoch", "val_mse", "objective")
-RECOVERY = "recovery"  # the damaged checkpoints a trial got past, and what it did instead
+FAILED_RESULT = "failed"  # the result key of a failed trial's reason, in place of the metrics
 MODEL_BYTES = "model_bytes"  # the size of the checkpoint's model.pt as written
 
 
@@ -123,9 +125,9 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], factory) -> Non
             trainer, inherited_from, warm_note = _restore(fresh, [warm["checkpoint"]])
             inherited = inherited if inherited_from is not None else 0
             note = "; ".join(n for n in (note, warm_note) if n) or None
-        # What the trial got past before: the note of the checkpoint it resumed from or, in a re-run after its
-        # final checkpoint was found damaged, the recorder's (which starts with all that run reported). One
-        # extends the other, so the longer says it all.
+        # What the trial got past before: the note of the checkpoint it resumed from or, in a re-run
+        # after its final checkpoint was found damaged, the recorder's (which starts with all that
+        # run reported). One extends the other, so the longer says it all.
         earlier = max((config.get(RECOVERY) or "", (before or {}).get(RECOVERY) or ""), key=len)
         recovery = "; ".join(n for n in (earlier, note) if n) or None
         state["epoch"] = trainer.epoch
@@ -153,11 +155,13 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], factory) -> Non
         # No metric in it: ASHA skips a result without one, and the recorder reads `failed`.
         extra = {RECOVERY: recovery} if recovery else {}
         epochs = {"epoch": state["epoch"], "epochs_trained": max(0, state["epoch"] - inherited)}
-        tune.report({**epochs, "failed": failure_reason(err), **_clocks(state, start), **extra})
+        tune.report(
+            {**epochs, FAILED_RESULT: failure_reason(err), **_clocks(state, start), **extra}
+        )
 
 
 def epoch_metrics(trainer, objective, *, util_images: int) -> dict[str, Any]:
-    """The metrics of a trainer's model now: last epoch's MSEs, U and the layer metrics, objective."""
+    """The metrics of a trainer's model now: last epoch's MSEs, U, the layer metrics, objective."""
     from caetune.analysis import model_utilisation
 
     last = trainer.history[-1]
@@ -182,7 +186,9 @@ def _report_epoch(
     recovery: str | None,
     inherited: int = 0,
 ) -> None:
-    """Checkpoints the epoch with all its metrics; reports to Tune only :data:`REPORTED` (and ``recovery``).
+    """Checkpoints the epoch with all its metrics; reports to Tune only :data:`REPORTED`.
+
+    (And ``recovery``, when there is one.)
 
     Tune keeps statistics of every reported metric of every trial on the
     driver for the whole search, so the ~30 layer metrics go only into the
@@ -210,7 +216,7 @@ def _report_epoch(
 
 
 def _restore(fresh: Callable[[], Any], checkpoints: list) -> tuple[Any, dict | None, str | None]:
-    """A trainer at the newest readable checkpoint: (trainer, that checkpoint's metrics, what happened).
+    """A trainer at the newest readable checkpoint: (trainer, its metrics.json, what happened).
 
     Tries ``checkpoints`` (Ray's restore point, an earlier session's), each
     followed by the older checkpoints Ray kept beside it (``num_to_keep``), and
@@ -226,9 +232,8 @@ def _restore(fresh: Callable[[], Any], checkpoints: list) -> tuple[Any, dict | N
                 before = json.loads((Path(folder) / CHECKPOINT_METRICS).read_text(encoding="utf-8"))
                 trainer.load_checkpoint(Path(folder) / CHECKPOINT_MODEL)
         except Exception as err:  # noqa: BLE001 -- any damage: try the next one
-            damaged.append(
-                f"{_checkpoint_name(checkpoint)} unreadable ({_first_sentence(failure_reason(err))})"
-            )
+            why = _first_sentence(failure_reason(err))
+            damaged.append(f"{_checkpoint_name(checkpoint)} unreadable ({why})")
             trainer = fresh()  # a load that failed half-way must not leave part of its state behind
             continue
         done = f"resumed from {_checkpoint_name(checkpoint)} (epoch {trainer.epoch})"
@@ -237,7 +242,10 @@ def _restore(fresh: Callable[[], Any], checkpoints: list) -> tuple[Any, dict | N
 
 
 def _with_older(checkpoints):
-    """Each checkpoint, then the older ``checkpoint_NNNNNN`` folders of its trial, newest first; once each."""
+    """Each checkpoint, then its trial's older ``checkpoint_NNNNNN`` folders, newest first.
+
+    Each is yielded once, though several of ``checkpoints`` may share a trial folder.
+    """
     from ray import tune
 
     seen = set()
@@ -276,7 +284,10 @@ def _checkpoint_name(checkpoint) -> str:
 
 
 def _first_sentence(reason: str) -> str:
-    """A :func:`failure_reason` without the advice torch appends: ``RuntimeError: ... archive (at _train.py:405)``."""
+    """A :func:`failure_reason` without the advice torch appends.
+
+    For instance ``RuntimeError: ... archive (at _train.py:405)``.
+    """
     head, dot, rest = reason.partition(". ")
     where = rest[rest.rfind(" (at ") :] if dot and " (at " in rest else ""
     return head + where

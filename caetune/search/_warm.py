@@ -26,8 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-WARM_ATTR = "warm_start"  # Optuna user attribute: the trial id a trial continued from
-WARM_EPOCHS_ATTR = "warm_epochs"  # ... and that trial's epochs, which this one did not train
+from caetune.search._attrs import EPOCHS_RUN_ATTR, TRIAL_ATTR
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class WarmStart:
 
 
 def config_key(params: dict[str, Any]) -> tuple:
-    """What two trials of one search share when they train the same model epoch by epoch: every param but Ne."""
+    """What two trials of a search share when they train the same model: every param but Ne."""
     return tuple(
         sorted(((k, v) for k, v in params.items() if k != "n_epochs"), key=lambda kv: kv[0])
     )
@@ -67,31 +66,28 @@ def finished_runs(study):
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     for trial in study.get_trials(deepcopy=False, states=finished):
-        yield trial, config_key(trial.params), int(trial.user_attrs.get("epochs_run") or 0)
+        yield trial, config_key(trial.params), int(trial.user_attrs.get(EPOCHS_RUN_ATTR) or 0)
 
 
 def find_warm_start(
     study, params: dict[str, Any], n_epochs: int, *, saved_model_of: Callable[[str], Any]
 ) -> WarmStart | None:
-    """The finished trial of the same config that ran the most epochs, at most ``n_epochs``, with its model kept.
+    """The finished trial of the config that ran the most epochs, at most ``n_epochs``, model kept.
 
     Args:
-        study: The search's Optuna study (its finished trials carry ``trial_id`` and ``epochs_run``).
+        study: The search's Optuna study (its finished trials carry ``trial_id``, ``epochs_run``).
         params: The proposed params.
         n_epochs: The proposal's Ne.
         saved_model_of: ``trial_id -> Checkpoint | None`` (``None``: no model saved).
     """
-    from caetune.search._searcher import TRIAL_ATTR
-
     key = config_key(params)
     candidates = [
         (-epochs, trial.number, trial.user_attrs[TRIAL_ATTR])
         for trial, trial_key, epochs in finished_runs(study)
         if 0 < epochs <= n_epochs and TRIAL_ATTR in trial.user_attrs and trial_key == key
     ]
-    for negative_epochs, _, trial_id in sorted(
-        candidates
-    ):  # most epochs first, then the oldest trial
+    # Most epochs first, then the oldest trial.
+    for negative_epochs, _, trial_id in sorted(candidates):
         checkpoint = saved_model_of(trial_id)
         if checkpoint is not None:
             return WarmStart(trial_id, -negative_epochs, checkpoint)

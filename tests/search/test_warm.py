@@ -20,7 +20,8 @@ from caetune.search import SearchSettings, run_search
 from caetune.search._objective import Objective
 from caetune.search._space import space_from_dict
 from caetune.search._trainable import epoch_metrics
-from caetune.search._warm import WARM_ATTR, WARM_EPOCHS_ATTR, config_key
+from caetune.search._attrs import WARM_ATTR, WARM_EPOCHS_ATTR
+from caetune.search._warm import config_key
 
 FIXED = {
     "dataset": "mnist-10k",
