@@ -17,6 +17,7 @@ from caetune.analysis._metrics import (
     layer_summary,
     local_entropy,
     model_utilisation,
+    objective_formula,
     quantize8,
     utilisation,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "layer_summary",
     "local_entropy",
     "model_utilisation",
+    "objective_formula",
     "plot_histogram",
     "plot_local_entropy",
     "plot_mse_curve",

@@ -22,12 +22,11 @@ consistent with "active" meaning "> 0".
 
 The model's utilisation ``U`` (:func:`utilisation`) is the mean of the two
 layers' ``utilisation``. The search minimises the combined objective
-(:func:`combined_objective`)::
-
-    objective = val_mse * (1 + utilisation_weight * (1 - U))
-
-so ``utilisation_weight = 0`` is the pure validation MSE, and a weight ``w``
+(:func:`combined_objective`): the validation MSE, raised as ``U`` falls, so
+that ``utilisation_weight = 0`` is the pure validation MSE and a weight ``w``
 lets a fully unused model (``U = 0``) cost up to ``1 + w`` times its MSE.
+:func:`objective_formula` is its text, the one the search records and the
+report shows.
 
 Local entropy is the slow part (a 13x13 rank filter per pixel), so it reads
 only the first ``local_images`` images (default 16): layer 3's stacked maps of
@@ -229,7 +228,7 @@ def model_utilisation(
 def combined_objective(
     val_mse: float, utilisation: float | Mapping[str, float], *, weight: float
 ) -> float:
-    """``val_mse * (1 + weight * (1 - U))``, the value the search minimises.
+    """The combined objective of one model, what the search minimises (:func:`objective_formula`).
 
     Args:
         val_mse: The validation MSE.
@@ -247,3 +246,25 @@ def combined_objective(
     if not 0.0 <= u <= 1.0:
         raise InputError("utilisation", f"expected a value in [0, 1], got {u!r}")
     return float(val_mse) * (1.0 + float(weight) * (1.0 - u))
+
+
+def objective_formula(kind: str, weight: float | None = None) -> str:
+    """The formula of a search's objective, as one line of text.
+
+    The one source of the text: the search records it (``experiment.yaml``),
+    the report shows it.
+
+    Args:
+        kind: ``mse``, ``combined`` (:func:`combined_objective`) or ``pareto``
+            (two objectives: the MSE and ``U``).
+        weight: The combined objective's ``utilisation_weight``; ``None``
+            writes its name instead of a number.
+    """
+    if kind == "mse":
+        return "objective = val_mse"
+    if kind == "combined":
+        shown = "utilisation_weight" if weight is None else f"{float(weight):g}"
+        return f"objective = val_mse * (1 + {shown} * (1 - U))"
+    if kind == "pareto":
+        return "minimise val_mse, maximise U (Pareto front)"
+    raise InputError("objective", f"expected mse, combined or pareto, got {kind!r}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from caetune._errors import InputError
@@ -106,6 +108,34 @@ class _RunLock:
             except OSError:  # not empty (or not ours any more): it stays
                 break
         self._made = []
+
+
+@contextlib.contextmanager
+def hold_run(
+    files, folder, *, name: str, study_url: str | None, break_lease: bool, stream
+) -> Iterator[None]:
+    """The run's local lock, then its leases on shared storage: one driver per run, anywhere.
+
+    The lock (:class:`_RunLock`) stops a second search on this machine; the
+    leases (:func:`caetune.search._lease.run_lease`) stop one on another
+    machine sharing the S3 run root or the study's database.
+
+    Args:
+        files: The run's ``RunFiles``.
+        folder: Where the lock file goes (beside the local study file).
+        name: The study name.
+        study_url: ``--study-storage`` as given (``None``: SQLite beside the run).
+        break_lease: ``--break-lease``.
+        stream: Progress lines.
+    """
+    from caetune.search._lease import run_lease
+
+    with _RunLock(files, folder):
+        lease = run_lease(
+            files.storage, name=name, study_url=study_url, break_lease=break_lease, stream=stream
+        )
+        with lease:
+            yield
 
 
 def _alive(pid: int) -> bool:

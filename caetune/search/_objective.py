@@ -1,19 +1,16 @@
 """What a search minimises: ``mse``, ``combined`` or ``pareto``.
 
-With ``U`` the activation-entropy utilisation of layers 3 and 4 (the mean of
-the two layers' ``(1 - dead_fraction) * local_entropy``, computed by
-:func:`caetune.analysis.model_utilisation` on validation images)::
-
-    mse        objective = val_mse
-    combined   objective = val_mse * (1 + utilisation_weight * (1 - U))
-    pareto     two objectives: minimise val_mse, maximise U (Optuna's
-               multi-objective TPE); the results mark the Pareto front
-
-``utilisation_weight = 0`` makes ``combined`` the pure MSE. The formula
-itself lives in :func:`caetune.analysis.combined_objective`; this module only
-chooses which values the search sees. ASHA stops trials on one number per
-epoch: the ``objective`` for ``mse`` and ``combined``, ``val_mse`` for
-``pareto`` (ASHA cannot rank two objectives).
+``U`` is the activation-entropy utilisation of layers 3 and 4
+(:func:`caetune.analysis.model_utilisation`, on validation images). ``mse``
+is the validation MSE alone; ``combined`` raises it as ``U`` falls
+(:func:`caetune.analysis.combined_objective`; ``utilisation_weight = 0``
+makes it the pure MSE); ``pareto`` minimises the MSE and maximises ``U`` as
+two objectives (Optuna's multi-objective TPE), and the results mark the
+Pareto front. Each one's formula, as recorded and reported, is
+:func:`caetune.analysis.objective_formula`; this module only chooses which
+values the search sees. ASHA stops trials on one number per epoch: the
+``objective`` for ``mse`` and ``combined``, ``val_mse`` for ``pareto``
+(ASHA cannot rank two objectives).
 """
 
 from __future__ import annotations
@@ -21,17 +18,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from caetune._errors import InputError
 
 OBJECTIVES = ("mse", "combined", "pareto")
 DEFAULT_WEIGHT = 0.5
-FORMULAS = {
-    "mse": "objective = val_mse",
-    "combined": "objective = val_mse * (1 + utilisation_weight * (1 - U))",
-    "pareto": "minimise val_mse, maximise U (Pareto front)",
-}
 
 
 @dataclass(frozen=True)
@@ -65,7 +57,7 @@ class Objective:
         return self.kind == "pareto"
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Literal["minimize", "maximize"]]:
         """Optuna study directions."""
         return ["minimize", "maximize"] if self.multi else ["minimize"]
 
@@ -76,9 +68,11 @@ class Objective:
 
     @property
     def formula(self) -> str:
-        if self.kind == "combined":
-            return f"objective = val_mse * (1 + {self.weight:g} * (1 - U))"
-        return FORMULAS[self.kind]
+        """The objective as one line of text (:func:`caetune.analysis.objective_formula`)."""
+        # Imported here: caetune.analysis loads torch, and `caetune search --help` imports this.
+        from caetune.analysis import objective_formula
+
+        return objective_formula(self.kind, self.weight)
 
     def evaluate(self, val_mse: float, utilisation: Mapping[str, float]) -> float:
         """The scalar ``objective`` of one epoch: MSE, combined, or (pareto) the MSE.

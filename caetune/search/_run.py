@@ -35,7 +35,7 @@ from caetune._errors import InputError
 from caetune._runs import EXPERIMENT_FILE, TRIAL_MODEL
 from caetune.search._asha import AshaSettings
 from caetune.search._defaults import DEFAULT_STORAGE, DEFAULTS
-from caetune.search._lock import _RunLock
+from caetune.search._lock import hold_run
 from caetune.search._objective import Objective
 from caetune.search._ray_setup import (
     _check_ray_address,
@@ -120,7 +120,14 @@ def run_search(
     _check_ray_address(settings.address)
     data = _load_data(space)
     # Before Ray starts: a second search on this run stops here, having started and written nothing.
-    with _RunLock(files, sync.local_path.parent):
+    with hold_run(
+        files,
+        sync.local_path.parent,
+        name=name,
+        study_url=values["study_storage"],
+        break_lease=settings.break_lease,
+        stream=stream,
+    ):
         owns_ray = _connect_ray(settings.address)
         try:
             _check_resources(values, strict=owns_ray, stream=stream)

@@ -48,6 +48,8 @@ class SearchSettings:
         storage: A local folder or ``s3://bucket/prefix`` (default ``runs``).
         address: A Ray cluster to join (default: ``RAY_ADDRESS`` or a local one).
         resume: The run must exist (``--resume NAME``).
+        break_lease: Take the run's lease on shared storage even from a live
+            owner (``--break-lease``; :mod:`caetune.search._lease`).
         report: Write the analysis report at the end.
     """
 
@@ -75,6 +77,7 @@ class SearchSettings:
     storage: str | None = None
     address: str | None = None
     resume: bool = False
+    break_lease: bool = False
     report: bool = True
 
     def __post_init__(self) -> None:

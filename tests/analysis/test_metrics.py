@@ -180,6 +180,24 @@ def test_combined_objective_rejects_utilisation_outside_unit_range():
         combined_objective(0.02, 1.5, weight=1.0)
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.5, 2.0])
+def test_the_objective_formula_text_computes_what_the_search_minimises(weight):
+    from caetune.analysis import objective_formula
+    from caetune.search import Objective
+
+    text = objective_formula("combined", weight)
+    assert text == Objective("combined", weight).formula
+    rhs = text.removeprefix("objective = ")
+    for u in (0.0, 0.3, 1.0):
+        value = eval(rhs, {}, {"val_mse": 0.02, "U": u})  # noqa: S307 -- our own formula text
+        assert value == pytest.approx(combined_objective(0.02, u, weight=weight))
+    assert objective_formula("mse") == Objective("mse").formula == "objective = val_mse"
+    assert "utilisation_weight" in objective_formula("combined")
+    assert "Pareto" in objective_formula("pareto") == Objective("pareto").formula
+    with pytest.raises(InputError, match="objective"):
+        objective_formula("mae")
+
+
 # -- the learning curve k * exp(-a * Ne) + c ---------------------------------
 
 

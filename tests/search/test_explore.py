@@ -1,4 +1,7 @@
-"""ExploringSampler: a proposal the search has measured, or is measuring, becomes a promotion, the config's next epoch, or a new point."""
+"""ExploringSampler: a proposal the search measured, or is measuring, becomes another point.
+
+That is a promotion, the config's next epoch, or a new point.
+"""
 
 from __future__ import annotations
 
@@ -59,7 +62,8 @@ def study_with(
 @pytest.mark.parametrize("state", [TrialState.COMPLETE, TrialState.PRUNED])
 @pytest.mark.parametrize("n_epochs", [1, 2])
 def test_a_measured_proposal_gets_the_configs_next_epoch(state, n_epochs):
-    # A trial of Nm=8 that ran 2 epochs (complete, or pruned before its own Ne of 4) measured Ne 1 and 2.
+    # A trial of Nm=8 that ran 2 epochs (complete, or pruned before its own Ne of 4) measured Ne 1
+    # and 2.
     study, sampler = study_with(
         ({"n_maps": 8, "n_epochs": 4 if state == TrialState.PRUNED else 2}, state, 2),
         proposes={"n_maps": 8, "n_epochs": n_epochs},
@@ -113,7 +117,8 @@ def test_failed_trials_measure_nothing():
 
 
 def test_a_config_in_training_gives_way_to_another():
-    # A second trial of Nm=8 beside a running one could not continue it: it would train the same epochs again.
+    # A second trial of Nm=8 beside a running one could not continue it: it would train the same
+    # epochs again.
     study, sampler = study_with(proposes={"n_maps": 8, "n_epochs": 3})
     assert study.ask(SPACE).params == {"n_maps": 8, "n_epochs": 3}  # runs, and stays RUNNING
     assert study.ask(SPACE).params["n_maps"] == 16
@@ -163,13 +168,14 @@ MAPS = {
 
 
 def ranked(params: dict, epoch: int) -> float:
-    """Nm=8 is the best config at every epoch, then 16, 24 ...; every config improves with epochs."""
+    """Nm=8 is the best config at every epoch, then 16, 24 ...; every config improves each epoch."""
     return params["n_maps"] / 100 + 1 / epoch
 
 
 def test_a_measured_proposal_becomes_ashas_promotion_from_the_highest_rung():
-    # Rungs 1, 2, 4, 8 (reduction factor 2). Six configs were stopped at rung 1; the best two of them went on:
-    # Nm=8 to epoch 3 (rung 2), Nm=16 to epoch 2. At rung 2 (two configs) the best half is Nm=8: it goes to 4.
+    # Rungs 1, 2, 4, 8 (reduction factor 2). Six configs were stopped at rung 1; the best two of
+    # them went on: Nm=8 to epoch 3 (rung 2), Nm=16 to epoch 2. At rung 2 (two configs) the best
+    # half is Nm=8: it goes to 4.
     finished = [({"n_maps": m, "n_epochs": 8}, TrialState.PRUNED, 1) for m in (24, 32, 40, 48)]
     finished += [
         ({"n_maps": 8, "n_epochs": 8}, TrialState.PRUNED, 3),
@@ -184,8 +190,8 @@ def test_a_measured_proposal_becomes_ashas_promotion_from_the_highest_rung():
         reduction_factor=2.0,
     )
     assert study.ask(MAPS).params == {"n_maps": 8, "n_epochs": 4}
-    # Nm=8 is now training: the next measured proposal promotes from rung 1, where the best 3 of 6 are 8, 16
-    # and 24; 8 is in training and 16 ran past rung 2, so Nm=24 goes to rung 2.
+    # Nm=8 is now training: the next measured proposal promotes from rung 1, where the best 3 of 6
+    # are 8, 16 and 24; 8 is in training and 16 ran past rung 2, so Nm=24 goes to rung 2.
     assert study.ask(MAPS).params == {"n_maps": 24, "n_epochs": 2}
     assert sampler.promoted == 2
 

@@ -1,4 +1,4 @@
-"""StudySearcher: a session's trials in a series of Tuner.fit calls, each of at most ``max_trials``."""
+"""StudySearcher: a session's trials in a series of Tuner.fit calls of at most ``max_trials``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""StopSignals: a stop signal during or between a session's Tuner.fit calls is noted, and ends no process."""
+"""StopSignals: a stop signal during or between the Tuner.fit calls is noted and ends no process."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Warm starts: a proposal continues from the same config's earlier trial, and gets the model a scratch run would.
+"""Warm starts: a proposal continues its config's earlier trial, with the model a scratch run gets.
 
 The space fixes everything but Ne and enqueues four proposals (Ne 1, 2, 2, 1),
 run one at a time, so which trial continues which is known in advance.
@@ -17,10 +17,10 @@ import yaml
 from caetune._runs import RESULTS_CSV, STUDY_FILE, TRIAL_MODEL, TRIALS_DIR
 from caetune.models import Trainer, load_data, read_checkpoint
 from caetune.search import SearchSettings, run_search
+from caetune.search._attrs import WARM_ATTR, WARM_EPOCHS_ATTR
 from caetune.search._objective import Objective
 from caetune.search._space import space_from_dict
 from caetune.search._trainable import epoch_metrics
-from caetune.search._attrs import WARM_ATTR, WARM_EPOCHS_ATTR
 from caetune.search._warm import config_key
 
 FIXED = {
