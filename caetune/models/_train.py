@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -215,7 +216,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         seed_everything(config.seed)
         self.model = build_model(config, in_channels=data.channels, image_size=data.image_size)
-        self.model.to(self.device, memory_format=torch.channels_last)
+        self.model.to(self.device).to(memory_format=torch.channels_last)
         self.optimizer = _adam(self.model, config.lr)
         self.x_train = self._resident(data.train)  # [N, C, H, W]
         self.x_val = self._resident(data.val)  # [M, C, H, W]
@@ -342,7 +343,7 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------
 
     def state_dict(self) -> dict:
-        state = {
+        state: dict[str, Any] = {
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from caetune import InputError
-from caetune.models import ImageData, TrainConfig, Trainer, load_dataset
-from caetune.models import _precision
+from caetune.models import ImageData, TrainConfig, Trainer, _precision, load_dataset
 from caetune.models._precision import bf16_native, resolve_precision
 
 TINY = dict(n_maps=4, n_neurons=16, batch_size=32, lr=3e-3, device="cpu", n_epochs=2)

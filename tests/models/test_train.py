@@ -41,6 +41,10 @@ def parameters(trainer: Trainer) -> list[torch.Tensor]:
     return [p.detach().clone() for p in trainer.model.parameters()]
 
 
+def same_weights(a: Trainer, b: Trainer) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(parameters(a), parameters(b), strict=True))
+
+
 def test_mse_falls_on_real_digits(digits):
     trainer = make_trainer(digits, n_epochs=4)
     history = trainer.fit()
@@ -58,7 +62,9 @@ def test_same_seed_same_run_other_seed_differs(digits):
     for trainer in (first, second, other):
         trainer.fit()
     assert losses(first.history) == losses(second.history)
-    assert all(torch.equal(a, b) for a, b in zip(parameters(first), parameters(second)))
+    assert all(
+        torch.equal(a, b) for a, b in zip(parameters(first), parameters(second), strict=True)
+    )
     assert losses(first.history) != losses(other.history)
 
 
@@ -80,7 +86,9 @@ def test_resume_from_checkpoint_is_bit_identical(digits, tmp_path):
 
     assert losses(resumed.history) == losses(straight.history)
     assert [m.epoch for m in resumed.history] == [1, 2, 3, 4]
-    assert all(torch.equal(a, b) for a, b in zip(parameters(resumed), parameters(straight)))
+    assert all(
+        torch.equal(a, b) for a, b in zip(parameters(resumed), parameters(straight), strict=True)
+    )
 
 
 def test_nan_loss_raises_training_diverged(digits):
@@ -159,8 +167,9 @@ def test_cpu_path_uses_fused_adam_and_channels_last(digits):
     assert conv.stride() == (9, 1, 3, 1)
 
 
-# Page faults per 64 MiB allocation (above glibc's largest default mmap threshold), allocated, touched
-# and freed like a step's gradient, in a fresh process so the suite's own heap history plays no part.
+# Page faults per 64 MiB allocation (above glibc's largest default mmap threshold), allocated,
+# touched and freed like a step's gradient, in a fresh process so the suite's own heap history
+# plays no part.
 _FAULTS_PER_ALLOCATION = """
 import resource, sys, torch
 from caetune.models import tune_allocator
