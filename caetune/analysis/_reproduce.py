@@ -471,7 +471,7 @@ def _pm(mean: float, sd: float) -> str:
 
 
 def _fit_table(mean_curves: pd.DataFrame) -> pd.DataFrame:
-    from caetune.analysis import fit_mse_curve
+    from caetune.analysis._curves import fit_mse_curve  # not the package: it imports this module
 
     rows = []
     for key, curve in mean_curves.groupby(CONFIG_KEYS):
@@ -571,7 +571,7 @@ def write_tables(result: Reproduction, *, settings: dict) -> None:
         "",
     ]
     (out / "findings.md").write_text("\n".join(lines), encoding="utf-8")
-    from caetune.analysis import save_figure
+    from caetune.analysis._figures import save_figure
 
     save_figure(plot_reproduction(result), out / "findings")
 
