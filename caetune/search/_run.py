@@ -357,6 +357,7 @@ class _Session:
                         num_samples=-1,
                         max_concurrent_trials=values["max_concurrent"],
                         reuse_actors=True,
+                        # caetune's trial_id, then Ray's (a tune_id, new each session).
                         trial_dirname_creator=lambda trial: (
                             f"{trial.config['trial_id']}-{trial.trial_id}"
                         ),
@@ -453,7 +454,9 @@ def _unfinished(study, num_samples: int) -> bool:
 
 
 def _mark_pareto(study, table) -> None:
-    front = {t.user_attrs.get("trial_id") for t in study.best_trials}
+    from caetune.search._attrs import TRIAL_ATTR
+
+    front = {t.user_attrs.get(TRIAL_ATTR) for t in study.best_trials}
     for trial_id in table.rows:
         table.update(trial_id, pareto=trial_id in front)
 
