@@ -96,7 +96,7 @@ def run_one(trials: int, per_fit: int, seed: int) -> dict:
     sampler = Sampler(_sample)
     with tempfile.TemporaryDirectory(prefix="caetune-memory-") as folder:
         settings = SearchSettings(
-            space=str(SPACE), storage=str(Path(folder) / "runs"), name="memory", num_samples=trials,
+            space=str(SPACE), run_root=str(Path(folder) / "runs"), name="memory", num_samples=trials,
             max_concurrent=2, grace_period=10, seed=seed, confirm_seeds=0, report=False,
         )  # fmt: skip
         started = time.monotonic()

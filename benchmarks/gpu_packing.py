@@ -116,7 +116,7 @@ def packed_search(space: Path, storage: Path, per_gpu: int, gpus: int, cpus: int
         space=str(space), subset=args.subset, util_images=args.util_images, max_epochs=args.n_epochs,
         grace_period=args.n_epochs, start_point=False, confirm_seeds=0, report=False, num_samples=args.trials,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=1 / per_gpu, device=args.device,
-        storage=str(storage), name=f"packed-{per_gpu}",
+        run_root=str(storage), name=f"packed-{per_gpu}",
     )  # fmt: skip
     counter, log = in_flight_counter(), io.StringIO()
     start = time.perf_counter()

@@ -246,7 +246,7 @@ def search(
         start_point=False,  # the paper's choice first would make the efficiency test moot
         confirm_seeds=0,
         report=False,
-        storage=str(storage),
+        run_root=str(storage),
         name=name,
         **overrides,
     )

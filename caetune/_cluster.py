@@ -9,7 +9,7 @@ by ``RAY_AUTH_TOKEN_PATH``, then ``~/.ray/auth_token``) and sent as a bearer
 header, so it never has to appear on a command line::
 
     client = connect()                        # checks address and token first
-    job_id = client.submit(["search", "--storage", "s3://bucket/runs"],
+    job_id = client.submit(["search", "--run-root", "s3://bucket/runs"],
                            runtime_env=build_runtime_env(working_dir=project_checkout()))
     details = client.follow(job_id, sys.stdout.write)  # streams logs; exit_code(details) -> 0
 

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
             "Send a caetune command to a running Ray cluster through the Ray Jobs API, print the job id, then "
             "stream its logs until it ends (exit code: 0 succeeded, 130 stopped, else the job's own). The "
             "checkout caetune runs from is uploaded with it; CAETUNE_* and AWS_REGION are passed on, AWS keys "
-            "never. Example: caetune submit -- search --space paper-mnist --gpus-per-trial 1 --storage s3://BUCKET/runs"
+            "never. Example: caetune submit -- search --space paper-mnist --gpus-per-trial 1 --run-root s3://BUCKET/runs"
         ),
     )
     submit.add_argument(
@@ -129,10 +129,10 @@ def run_submit(args: argparse.Namespace) -> int:
     if (
         parsed is not None
         and parsed.command == "search"
-        and not str(parsed.storage or "").startswith("s3://")
+        and not str(parsed.run_root or parsed.storage or "").startswith("s3://")
     ):
         print(
-            "caetune submit: note: without --storage s3://..., results stay on the head's disk",
+            "caetune submit: note: without --run-root s3://..., results stay on the head's disk",
             file=sys.stderr,
         )
 

@@ -11,7 +11,7 @@ class InputError(ValueError):
 
     Args:
         field: The name of the flag, config field or path at fault, spelled as
-            the user spells it (``n_neurons``, ``--storage``, ``dataset``).
+            the user spells it (``n_neurons``, ``--run-root``, ``dataset``).
         expected: What would have been accepted, as a short phrase.
     """
 

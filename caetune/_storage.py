@@ -4,7 +4,7 @@ Search, analysis and export all go through :func:`parse_storage` and the
 helpers here, so a run on S3 reads and writes exactly like one on disk. Ray
 Tune gets the same filesystem::
 
-    storage = parse_storage(args.storage)
+    storage = parse_storage(args.run_root)
     storage.check_reachable()
     RunConfig(name=NAME, storage_path=storage.fs_path, storage_filesystem=storage.filesystem())
 
@@ -103,7 +103,7 @@ class Storage:
         prefix = f"{self.prefix}/{rel}" if self.prefix else rel
         return Storage(url=f"s3://{self.bucket}/{prefix}", bucket=self.bucket, prefix=prefix)
 
-    def check_reachable(self, *, timeout: float = 5.0) -> None:
+    def check_reachable(self, *, field: str = "--run-root", timeout: float = 5.0) -> None:
         """Fails fast, before anything is written, when the storage cannot be used.
 
         S3: credentials must exist, the endpoint must answer and the bucket
@@ -111,18 +111,18 @@ class Storage:
         its nearest existing parent, must be a writable directory.
 
         Raises:
-            InputError: ``--storage: cannot reach s3://bucket: <reason>`` or
-                ``--storage: a writable folder ...``.
+            InputError: ``FIELD: cannot reach s3://bucket: <reason>`` or
+                ``FIELD: a writable folder ...``.
         """
         if self.local_path is not None:
-            _check_local_writable(self.local_path)
+            _check_local_writable(self.local_path, field)
             return
         reason = _with_deadline(lambda: _s3_unusable_reason(self, timeout), timeout=timeout + 1.0)
         if reason:
-            raise InputError("--storage", f"cannot reach s3://{self.bucket}: {reason}")
+            raise InputError(field, f"cannot reach s3://{self.bucket}: {reason}")
 
 
-def parse_storage(url: str, *, field: str = "--storage") -> Storage:
+def parse_storage(url: str, *, field: str = "--run-root") -> Storage:
     """Parses a local folder path or an ``s3://bucket/prefix`` URL.
 
     Local paths are expanded (``~``) and made absolute; nothing is created.
@@ -314,14 +314,14 @@ def _atomic_local_write(path: Path, data) -> None:
         raise
 
 
-def _check_local_writable(path: Path) -> None:
+def _check_local_writable(path: Path, field: str) -> None:
     probe = path
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise InputError("--storage", f"a folder, but {probe} is a file")
+        raise InputError(field, f"a folder, but {probe} is a file")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError("--storage", f"a writable folder, but {probe} is not writable")
+        raise InputError(field, f"a writable folder, but {probe} is not writable")
 
 
 def _s3_options(bucket: str, timeout: float | None = None) -> tuple:

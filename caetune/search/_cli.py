@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 # Imported by `caetune search --help`: keep module-level imports light (no torch, ray, optuna).
-from caetune.search._defaults import DEFAULT_STORAGE, DEFAULTS, preset_names
+from caetune.search._defaults import DEFAULT_RUN_ROOT, DEFAULTS, preset_names
 from caetune.search._objective import OBJECTIVES
 
 
@@ -26,7 +27,7 @@ def register(subparsers) -> None:
         help="search Nn, Nm, Ne ... with Ray Tune + Optuna + ASHA",
         description=(
             "Search a CAE's hyperparameters: Optuna's TPE proposes, Ray Tune runs the trials, ASHA stops weak "
-            "ones, the top configs are re-trained with extra seeds. Writes STORAGE/NAME/ (results.csv, study.db, "
+            "ones, the top configs are re-trained with extra seeds. Writes RUN_ROOT/NAME/ (results.csv, study.db, "
             "trials/, confirm.csv, report/). Running the same command again, or --resume NAME, continues it."
         ),
     )
@@ -54,9 +55,7 @@ def register(subparsers) -> None:
         "--utilisation-weight",
         type=float,
         metavar="W",
-        # In words: the formula's text (caetune.analysis.objective_formula) would import torch here.
-        help="how much a low U raises the combined objective (the run's experiment.yaml and report "
-        f"show its formula); 0 is pure MSE {_default('utilisation_weight')}",
+        help=f"combined objective = val_mse * (1 + W * (1 - U)); 0 is pure MSE {_default('utilisation_weight')}",
     )
     what.add_argument(
         "--seed", type=int, help=f"seeds the sampler and the trials {_default('seed')}"
@@ -123,28 +122,24 @@ def register(subparsers) -> None:
         "--top-k", type=int, metavar="K", help=f"configs to confirm and show {_default('top_k')}"
     )
     where = parser.add_argument_group("where")
-    where.add_argument("--name", help="the run's name, STORAGE/NAME (default: the space's name)")
+    where.add_argument("--name", help="the run's name, RUN_ROOT/NAME (default: the space's name)")
     where.add_argument(
-        "--storage",
+        "--run-root",
         metavar="DIR|s3://bucket/prefix",
-        help=f"where runs live (default {DEFAULT_STORAGE})",
+        help=f"the folder (or S3 prefix) runs live in (default {DEFAULT_RUN_ROOT})",
     )
+    # The old name of --run-root, which Optuna users read as the study's database URL.
+    where.add_argument("--storage", metavar="DIR|s3://bucket/prefix", help=argparse.SUPPRESS)
     where.add_argument(
         "--study-storage",
         metavar="URL",
-        help="an Optuna RDB URL, e.g. postgresql://... (default: STORAGE/NAME/study.db)",
+        help="an Optuna RDB URL, e.g. postgresql://... (default: RUN_ROOT/NAME/study.db)",
     )
     where.add_argument(
         "--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)"
     )
     where.add_argument(
         "--resume", metavar="NAME", help="continue the run NAME (settings not given are kept)"
-    )
-    where.add_argument(
-        "--break-lease",
-        action="store_true",
-        help="take the run over from a driver that holds its lease on S3 or in the study's "
-        "database (only when that driver is dead)",
     )
     where.add_argument(
         "--report",
@@ -157,10 +152,12 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from caetune._errors import InputError
-    from caetune.search._run import SearchSettings, run_search
+    from caetune.search._run import run_search
+    from caetune.search._settings import SearchSettings
 
     if args.resume and args.name and args.name != args.resume:
         raise InputError("--resume", f"names the run {args.resume!r} but --name says {args.name!r}")
+    run_root = run_root_of(args)
     settings = SearchSettings(
         space=args.space,
         dataset=args.dataset,
@@ -182,11 +179,22 @@ def run(args: argparse.Namespace) -> int:
         confirm_seeds=args.confirm_seeds,
         top_k=args.top_k,
         name=args.resume or args.name,
-        storage=args.storage,
+        run_root=run_root,
         address=args.address,
         resume=bool(args.resume),
-        break_lease=args.break_lease,
         report=args.report,
     )
     outcome = run_search(settings)
     return 130 if outcome.interrupted else 0
+
+
+def run_root_of(args: argparse.Namespace) -> str | None:
+    """``--run-root``, or the deprecated ``--storage`` (with one line on stderr saying so)."""
+    from caetune._errors import InputError
+
+    if args.storage is None:
+        return args.run_root
+    if args.run_root not in (None, args.storage):
+        raise InputError("--storage", "the old name of --run-root: give only --run-root")
+    print("caetune search: warning: --storage is deprecated; use --run-root", file=sys.stderr)
+    return args.storage

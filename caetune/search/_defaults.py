@@ -20,7 +20,7 @@ def preset_names() -> list[str]:
 
 
 DEFAULT_SPACE = "paper-mnist"
-DEFAULT_STORAGE = "runs"
+DEFAULT_RUN_ROOT = "runs"  # the folder (or s3:// prefix) runs live in
 
 # What each setting is on a new run (a resumed run keeps its own).
 DEFAULTS: dict[str, Any] = {

@@ -3,7 +3,7 @@
 The order matters:
 
 1. Validate everything that can be checked without writing: the settings,
-   the space, the storage (reachable), the name, an existing run's settings,
+   the space, the run root (reachable), the name, an existing run's settings,
    the Ray cluster (reachable), the dataset (loads). Bad input here is an
    :class:`~caetune.InputError` and nothing has been written.
 2. Take the run's lock (before Ray starts: a second search on the run stops
@@ -14,7 +14,7 @@ The order matters:
 4. Confirm the top configs with extra seeds, write the report, print the
    summary.
 
-A run is ``STORAGE/NAME``. Running the same command again, or
+A run is ``RUN_ROOT/NAME``. Running the same command again, or
 ``--resume NAME``, continues it: settings not given are taken from its
 ``experiment.yaml``, and settings that define the search (the space, the
 dataset, the objective, the seed ...) must not change. Finished trials are
@@ -34,7 +34,7 @@ import yaml
 from caetune._errors import InputError
 from caetune._runs import EXPERIMENT_FILE, TRIAL_MODEL
 from caetune.search._asha import AshaSettings
-from caetune.search._defaults import DEFAULT_STORAGE, DEFAULTS
+from caetune.search._defaults import DEFAULT_RUN_ROOT, DEFAULTS
 from caetune.search._lock import hold_run
 from caetune.search._objective import Objective
 from caetune.search._ray_setup import (
@@ -102,7 +102,7 @@ def run_search(
 
     stream = stream or sys.stderr
     out = out or sys.stdout
-    storage = parse_storage(settings.storage or DEFAULT_STORAGE)
+    storage = parse_storage(settings.run_root or DEFAULT_RUN_ROOT, field="--run-root")
     name = settings.name or _default_name(settings)
     _check_name(name, field="--name")
     storage.check_reachable()
@@ -236,7 +236,7 @@ class _Session:
             _mark_pareto(study, table)
         table.write()
         if interrupted:
-            flag = f" --storage {self.settings.storage}" if self.settings.storage else ""
+            flag = f" --run-root {self.settings.run_root}" if self.settings.run_root else ""
             print(
                 f"interrupted: continue with  caetune search --resume {self.name}{flag}",
                 file=self.stream,

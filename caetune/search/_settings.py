@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,12 +46,13 @@ class SearchSettings:
         confirm_seeds: Extra seeds for the top configs (0: no confirmation).
         top_k: How many configs to confirm and show.
         name: The run's name (default: the space's name).
-        storage: A local folder or ``s3://bucket/prefix`` (default ``runs``).
+        run_root: Where runs live, a local folder or ``s3://bucket/prefix``
+            (default ``runs``); the run is ``RUN_ROOT/NAME``.
         address: A Ray cluster to join (default: ``RAY_ADDRESS`` or a local one).
         resume: The run must exist (``--resume NAME``).
-        break_lease: Take the run's lease on shared storage even from a live
-            owner (``--break-lease``; :mod:`caetune.search._lease`).
         report: Write the analysis report at the end.
+        storage: Deprecated: the old name of ``run_root`` (Optuna users read
+            "storage" as the study's database, which is ``study_storage``).
     """
 
     space: str | None = None
@@ -74,13 +76,22 @@ class SearchSettings:
     confirm_seeds: int | None = None
     top_k: int | None = None
     name: str | None = None
-    storage: str | None = None
+    run_root: str | None = None
     address: str | None = None
     resume: bool = False
-    break_lease: bool = False
     report: bool = True
+    storage: str | None = None
 
     def __post_init__(self) -> None:
+        if self.storage is not None:
+            warnings.warn(
+                "SearchSettings(storage=...) is deprecated; use run_root=",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            if self.run_root not in (None, self.storage):
+                raise InputError("--storage", "the old name of --run-root: give only --run-root")
+            self.run_root, self.storage = self.storage, None
         for field, low in (
             ("num_samples", 1),
             ("max_epochs", 1),

@@ -734,13 +734,13 @@ SEARCH_CASES = [
     pytest.param(["--space", "{space}", "--name", "a/b"], "--name", id="name with a slash"),
     pytest.param(["--space", "{space}", "--resume", "../x"], "--name", id="resume climbs out"),
     pytest.param(
-        ["--space", "{space}", "--storage", "s3://bucket-a/runs/../x"],
-        "--storage",
+        ["--space", "{space}", "--run-root", "s3://bucket-a/runs/../x"],
+        "--run-root",
         id="s3 key climbs out",
     ),
     pytest.param(
-        ["--space", "{space}", "--storage", "s3://AKIAFAKE:s3cr/et@bucket-a/x"],
-        "--storage",
+        ["--space", "{space}", "--run-root", "s3://AKIAFAKE:s3cr/et@bucket-a/x"],
+        "--run-root",
         id="secret in s3 url",
     ),
     # The control: sound input gets as far as the closed --address, so the cases above fail for their own reason.
@@ -780,8 +780,8 @@ def test_search_refuses_hostile_input_in_a_real_process(tmp_path, argv, field):
             "--address",
             f"127.0.0.1:{closed_port()}",
         ]  # input wrongly accepted stops here, before Ray
-    if "--storage" not in argv:
-        argv += ["--storage", "runs"]
+    if "--run-root" not in argv:
+        argv += ["--run-root", "runs"]
     before = snapshot(tmp_path)
     done = run_cli(["search", *argv], cwd, home)
     assert done.returncode == 2, done.stderr[-3000:]

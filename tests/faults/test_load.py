@@ -83,7 +83,7 @@ def test_300_short_trials_keep_the_driver_flat(tmp_path):
     storage = parse_storage(storage_url)
     run, db = storage.child("load"), local_study(storage, "load", tmp_path)
     flags = [
-        "--space", str(LOAD_SPACE), "--storage", storage_url, "--name", "load", "--num-samples", str(NUM_SAMPLES),
+        "--space", str(LOAD_SPACE), "--run-root", storage_url, "--name", "load", "--num-samples", str(NUM_SAMPLES),
         "--max-concurrent", str(CONCURRENCY), "--grace-period", "10", "--seed", "11",
     ]  # fmt: skip
 

@@ -394,7 +394,7 @@ def pipeline(tmp_path_factory):
         "search": [
             "--space",
             "tiny.yaml",
-            "--storage",
+            "--run-root",
             "runs",
             "--name",
             "cred",

@@ -268,7 +268,7 @@ def test_trials_that_raise_diverge_or_exceed_memory_fail_with_the_reason(tmp_pat
     flags = [
         "--space",
         str(space),
-        "--storage",
+        "--run-root",
         storage_url,
         "--name",
         "bad",

@@ -54,7 +54,7 @@ BAD_SPACES = {
 def test_bad_space_files(tmp_path, capsys, case):
     space = write(tmp_path / "space.yaml", BAD_SPACES[case])
     storage = tmp_path / "runs"
-    code, err = run_cli(["--space", space, "--storage", str(storage)], capsys)
+    code, err = run_cli(["--space", space, "--run-root", str(storage)], capsys)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("caetune search: error: ")
     assert not storage.exists()
@@ -72,14 +72,14 @@ def test_bad_space_files(tmp_path, capsys, case):
         (["--confirm-seeds", "-1"], "--confirm-seeds"),
         (["--name", "../escape"], "--name"),
         (["--resume", "nothing-here"], "--resume: no run named 'nothing-here'"),
-        (["--storage", "ftp://host/runs"], "--storage"),
+        (["--run-root", "ftp://host/runs"], "--run-root"),
         (["--dataset", "npz:/does/not/exist.npz"], "dataset"),
     ],
 )
 def test_bad_flags(tmp_path, capsys, args, match):
     storage = tmp_path / "runs"
-    if "--storage" not in args:
-        args = [*args, "--storage", str(storage)]
+    if "--run-root" not in args:
+        args = [*args, "--run-root", str(storage)]
     if "--space" not in args:
         args = [*args, "--space", write(tmp_path / "tiny.yaml", TINY)]
     code, err = run_cli(args, capsys)
@@ -113,7 +113,7 @@ def test_unreachable_ray_address(tmp_path):
     space = write(tmp_path / "tiny.yaml", TINY)
     port = closed_port()
     done = subprocess_search(
-        ["--space", space, "--storage", str(storage), "--address", f"127.0.0.1:{port}"],
+        ["--space", space, "--run-root", str(storage), "--address", f"127.0.0.1:{port}"],
         {},
         tmp_path,
     )
@@ -129,7 +129,7 @@ def test_unreachable_ray_address_from_the_environment(tmp_path):
     storage = tmp_path / "runs"
     space = write(tmp_path / "tiny.yaml", TINY)
     done = subprocess_search(
-        ["--space", space, "--storage", str(storage)],
+        ["--space", space, "--run-root", str(storage)],
         {"RAY_ADDRESS": f"127.0.0.1:{closed_port()}"},
         tmp_path,
     )
@@ -141,7 +141,7 @@ def test_more_gpus_than_the_local_ray_has(tmp_path):
     storage = tmp_path / "runs"
     space = write(tmp_path / "tiny.yaml", TINY)
     done = subprocess_search(
-        ["--space", space, "--storage", str(storage), "--gpus-per-trial", "64"],
+        ["--space", space, "--run-root", str(storage), "--gpus-per-trial", "64"],
         {"CUDA_VISIBLE_DEVICES": ""},
         tmp_path,
     )
@@ -163,12 +163,12 @@ def test_unreachable_s3_storage(tmp_path):
         "XDG_CACHE_HOME": str(tmp_path / "cache"),
     }
     done = subprocess_search(
-        ["--space", space, "--storage", "s3://caetune-test/runs"], env, tmp_path
+        ["--space", space, "--run-root", "s3://caetune-test/runs"], env, tmp_path
     )
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(
-        "caetune search: error: --storage: cannot reach s3://caetune-test"
+        "caetune search: error: --run-root: cannot reach s3://caetune-test"
     )
     assert not (tmp_path / "cache").exists()
 
@@ -183,7 +183,7 @@ def test_help_lists_the_flags(capsys):
         "--num-samples",
         "--max-epochs",
         "--gpus-per-trial",
-        "--storage",
+        "--run-root",
         "--address",
         "--resume",
         "--objective",
@@ -192,3 +192,46 @@ def test_help_lists_the_flags(capsys):
         "--study-storage",
     ):
         assert flag in text
+    assert "--storage " not in text  # the old name of --run-root works, but is not offered
+
+
+def test_the_old_storage_flag_still_works_and_says_so(tmp_path, capsys):
+    storage = tmp_path / "runs"
+    space = write(tmp_path / "tiny.yaml", TINY)
+    code, err = run_cli(["--space", space, "--storage", str(storage), "--resume", "x"], capsys)
+    assert code == 2
+    assert err.splitlines() == [
+        "caetune search: warning: --storage is deprecated; use --run-root",
+        f"caetune search: error: --resume: no run named 'x' in {storage}",
+    ]
+    assert not storage.exists()
+
+
+def test_storage_and_run_root_disagreeing_is_one_line(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    code, err = run_cli(["--run-root", str(a), "--storage", str(b)], capsys)
+    assert code == 2
+    assert err.splitlines() == [
+        "caetune search: error: --storage: the old name of --run-root: give only --run-root"
+    ]
+    assert not a.exists() and not b.exists()
+
+
+def test_search_settings_take_the_old_name_with_a_warning():
+    from caetune.search import SearchSettings
+
+    with pytest.warns(DeprecationWarning, match="run_root"):
+        settings = SearchSettings(storage="elsewhere")
+    assert settings.run_root == "elsewhere" and settings.storage is None
+
+
+def test_a_run_written_with_the_old_key_resumes():
+    from caetune.search import SearchSettings
+    from caetune.search._defaults import DEFAULTS
+    from caetune.search._settings import _resolve
+
+    # experiment.yaml has never stored the run root, but an older one with a key of that name
+    # (or any other key caetune no longer knows) still resolves.
+    stored = {"name": "old", "settings": {**DEFAULTS, "storage": "runs", "seed": 5}}
+    values = _resolve(SearchSettings(run_root="runs", name="old"), stored)
+    assert values["seed"] == 5 and "storage" not in values and "run_root" not in values

@@ -69,7 +69,7 @@ def test_preset_search_end_to_end(tmp_path, preset):
         "--confirm-seeds",
         "0",
         "--no-report",
-        "--storage",
+        "--run-root",
         str(tmp_path / "runs"),
         "--name",
         preset,

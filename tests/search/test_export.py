@@ -492,7 +492,7 @@ def test_export_of_a_real_search_retrains_within_tolerance(tmp_path, seed):
             "--confirm-seeds",
             "0",
             "--no-report",
-            "--storage",
+            "--run-root",
             str(tmp_path / "runs"),
             "--name",
             "tiny",

@@ -1,4 +1,4 @@
-"""``caetune search --storage s3://bucket/prefix`` against a real S3 API (moto's server on 127.0.0.1).
+"""``caetune search --run-root s3://bucket/prefix`` against a real S3 API (moto's server on 127.0.0.1).
 
 A search writes the whole run layout to the bucket and nothing beside it;
 ``--resume`` on another machine (a fresh cache folder) continues from what
@@ -42,7 +42,7 @@ def test_search_on_s3_then_resume_elsewhere(s3_bucket, s3_env, tmp_path):
     flags = [
         "--space",
         str(space),
-        "--storage",
+        "--run-root",
         url,
         "--name",
         "exp",
@@ -72,7 +72,7 @@ def test_search_on_s3_then_resume_elsewhere(s3_bucket, s3_env, tmp_path):
     # Another machine: an empty cache, so the study must come from S3.
     second_machine = search_env(tmp_path / "b", base)
     done = run_search_cli(
-        ["--storage", url, "--resume", "exp", "--num-samples", "5"], second_machine, work
+        ["--run-root", url, "--resume", "exp", "--num-samples", "5"], second_machine, work
     )
     assert "resuming: 3 trials finished" in done.stderr
 

@@ -60,7 +60,7 @@ def settings(folder, **overrides) -> SearchSettings:
     if "space" not in overrides:
         overrides["space"] = space_file(folder)
     values = dict(
-        storage=str(folder / "runs"),
+        run_root=str(folder / "runs"),
         num_samples=5,
         max_epochs=3,
         confirm_seeds=0,

@@ -46,7 +46,7 @@ def run(ray_local, tmp_path_factory):
     (folder / "space.yaml").write_text(yaml.safe_dump(SPACE))
     settings = SearchSettings(
         space=str(folder / "space.yaml"),
-        storage=str(folder / "runs"),
+        run_root=str(folder / "runs"),
         name="warm",
         num_samples=4,
         max_epochs=2,
