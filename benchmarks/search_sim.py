@@ -33,6 +33,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from caetune.search._asha import AshaSettings
+from caetune.search._attrs import EPOCHS_RUN_ATTR
 from caetune.search._defaults import DEFAULTS
 from caetune.search._explore import ExploringSampler
 from caetune.search._searcher import default_startup_trials
@@ -114,7 +115,7 @@ def simulate(
         if epoch < trial["n_epochs"] and not stop:
             heapq.heappush(running, (now + 1, trial["n"], trial))
             continue
-        trial["ask"].set_user_attr("epochs_run", epoch)
+        trial["ask"].set_user_attr(EPOCHS_RUN_ATTR, epoch)
         trial["complete"], trial["value"] = epoch >= trial["n_epochs"], value
         if trial["complete"]:
             study.tell(trial["ask"], value)
