@@ -7,7 +7,13 @@ which only need :func:`model_utilisation`, do not pay for them.
 
 import importlib
 
-from caetune.analysis._activations import LAYERS, Activations, collect_activations, stacked_map
+from caetune.analysis._activations import (
+    LAYERS,
+    Activations,
+    collect_activations,
+    sample_indices,
+    stacked_map,
+)
 from caetune.analysis._curves import CurveFit, fit_mse_curve
 from caetune.analysis._metrics import (
     activation_entropy,
@@ -46,6 +52,7 @@ __all__ = [
     "plot_study",
     "plot_trials_summary",
     "quantize8",
+    "sample_indices",
     "save_figure",
     "stacked_map",
     "utilisation",

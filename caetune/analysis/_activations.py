@@ -66,6 +66,30 @@ def _positive_int(field: str, value: int) -> int:
     return int(value)
 
 
+def sample_indices(n_total: int, n: int, *, seed: int = 0) -> np.ndarray:
+    """A seeded sample of ``n`` distinct indices below ``n_total``, spread over the whole set.
+
+    Every figure that shows images draws them with this, never as the first
+    ``n`` in index order: a validation split keeps its source's order, and on
+    a class-sorted folder its first images are all of one class. The sample is
+    a seeded random permutation cut to ``n``, so every prefix of it is itself
+    spread over the set (the first 10 of a 256-image sample too).
+
+    Args:
+        n_total: How many images there are.
+        n: How many to draw; all ``n_total``, in drawn order, when larger.
+        seed: Seeds the draw: the same arguments give the same indices.
+
+    Returns:
+        ``int64 [min(n, n_total)]`` in drawn order (not sorted).
+    """
+    n_total = _positive_int("n_total", n_total)
+    n = _positive_int("n", n)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError("seed", f"expected an integer >= 0, got {seed!r}")
+    return np.random.default_rng(int(seed)).permutation(n_total)[:n].astype(np.int64)
+
+
 @torch.no_grad()
 def collect_activations(
     model: nn.Module,
@@ -84,7 +108,8 @@ def collect_activations(
             ``(recon, {"layer3": ..., "layer4": ...})``).
         images: ``[N, C, H, W]``, either ``uint8`` (scaled to [0, 1] here) or
             float in [0, 1]; moved to the model's device.
-        n_images: Use the first this many images (all of them if fewer).
+        n_images: Use the first this many images (all of them if fewer). For
+            figures, pass a spread sample: ``images[sample_indices(N, n)]``.
         batch_size: Images per forward pass.
     """
     n_images = _positive_int("n_images", n_images)

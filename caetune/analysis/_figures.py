@@ -136,7 +136,10 @@ def plot_mse_curve(
     if fit.ok and x.size:
         grid = np.linspace(x.min(), x.max(), 200)
         ax.plot(grid, fit.predict(grid), "k--", lw=1.2, label="k·exp(-a·Ne) + c")
-        text = f"k = {fit.k:.4g}\na = {fit.a:.4g}\nc = {fit.c:.4g}\nlevels off at Ne ≈ {fit.level_epoch}"
+        text = (
+            f"k = {fit.k:.4g}\na = {fit.a:.4g}\nc = {fit.c:.4g}\n"
+            f"levels off at Ne ≈ {fit.level_epoch}"
+        )
         if fit.level_epoch is not None and fit.level_epoch <= x.max():
             ax.axvline(fit.level_epoch, color="grey", ls=":", lw=1)
         elif fit.level_epoch is not None:
@@ -263,7 +266,8 @@ def plot_histogram(acts: Activations | np.ndarray, layer: str, *, bins: int = 64
     ax.set_ylabel("count")
     entropy = activation_entropy(quantize8(values))
     ax.set_title(
-        f"{layer}: mean {values.mean():.3g}, std {values.std():.3g}, 8-bit entropy {entropy:.2f} bits",
+        f"{layer}: mean {values.mean():.3g}, std {values.std():.3g}, "
+        f"8-bit entropy {entropy:.2f} bits",
         fontsize=10,
     )
     ax.grid(alpha=0.3)
@@ -400,7 +404,8 @@ def plot_trials_summary(results: pd.DataFrame) -> Figure:
         if y not in frame:
             _missing(ax, y)
             continue
-        names, data = zip(*[(str(m), g[y].to_numpy(dtype=float)) for m, g in _groups(frame)])
+        pairs = [(str(m), g[y].to_numpy(dtype=float)) for m, g in _groups(frame)]
+        names, data = zip(*pairs, strict=True)
         ax.boxplot(data)
         ax.set_xticks(range(1, len(names) + 1), names)
         ax.set_ylabel(ylabel)
@@ -483,6 +488,7 @@ def plot_study(study, kind: str) -> Figure:
         except (ValueError, RuntimeError) as err:  # e.g. importances of a degenerate study
             return note_figure(f"Optuna could not draw it: {err}", title=title[kind])
     fig = ax.figure
+    assert isinstance(fig, Figure)  # Optuna draws on a pyplot figure of its own
     import matplotlib.pyplot as plt
 
     plt.close(fig)  # detach from pyplot: the caller owns it, as with the other figures

@@ -255,9 +255,9 @@ def _metrics_history(folder: Path) -> list[dict]:
 
 def _rebuild(trial: _Trial, datasets: dict[tuple, Any]):
     """The trial's CAE with its trained weights, and the validation images it was judged on."""
-    from caetune.models import build_model, load_data
+    from caetune.models import DATA_FIELDS, build_model, load_data
 
-    key = tuple(getattr(trial.config, f) for f in _DATA_FIELDS)
+    key = tuple(getattr(trial.config, f) for f in DATA_FIELDS)
     if key not in datasets:
         datasets[key] = load_data(trial.config)
     data = datasets[key]
@@ -270,18 +270,6 @@ def _rebuild(trial: _Trial, datasets: dict[tuple, Any]):
             str(path), f"checkpoint does not fit its config: {_first_line(err)}"
         ) from None
     return model.eval(), data.val  # val: uint8 [M, C, H, W]
-
-
-_DATA_FIELDS = (
-    "dataset",
-    "data_dir",
-    "download",
-    "image_size",
-    "grayscale",
-    "val_fraction",
-    "subset",
-    "seed",
-)
 
 
 # -- checks ---------------------------------------------------------------------------
@@ -325,6 +313,7 @@ def _build(
         plot_reconstructions,
         plot_stacked_map,
         plot_trials_summary,
+        sample_indices,
         save_figure,
         utilisation,
     )
@@ -350,9 +339,10 @@ def _build(
         (stage / "configs" / f"{trial.trial_id}.yaml").write_text(
             trial.config.to_yaml(), encoding="utf-8"
         )
-        acts = collect_activations(
-            model, val_images, n_images=N_IMAGES
-        )  # layer3 [N,Nm,h,w], layer4 [N,Nn]
+        # A seeded sample spread over the set: the split keeps the source's order (one class
+        # first on a class-sorted folder), and every figure below shows the sample's images.
+        sample = val_images[sample_indices(len(val_images), N_IMAGES)]
+        acts = collect_activations(model, sample, n_images=N_IMAGES)  # layer3, layer4
         trial.metrics = utilisation(acts)
         if trial.history:
             epochs = [h["epoch"] for h in trial.history]
@@ -659,7 +649,8 @@ def _trial_section(trial: _Trial) -> list[str]:
     util = (
         "<table><tr><th></th><th>mean</th><th>std</th><th>dead fraction</th><th>entropy</th>"
         f"<th>local entropy</th><th>utilisation</th></tr>{rows}</table>"
-        f"<p>U = {trial.metrics['utilisation']:.4g} (on {N_IMAGES} validation images, recomputed here).</p>"
+        f"<p>U = {trial.metrics['utilisation']:.4g} (on a sample of {N_IMAGES} validation "
+        "images, recomputed here).</p>"
     )
     row = trial.row
     score = ", ".join(

@@ -1,7 +1,7 @@
 """The CAE family, datasets and the training loop."""
 
 from caetune.models._cae import ACTIVATIONS, CAE, MODEL_DEPTHS, CAEShape, cae_shape
-from caetune.models._config import TrainConfig, read_yaml_mapping
+from caetune.models._config import DATA_FIELDS, TrainConfig, read_yaml_mapping
 from caetune.models._data import (
     DATASETS,
     DatasetEntry,
@@ -29,6 +29,7 @@ __all__ = [
     "CAE",
     "CAEShape",
     "DATASETS",
+    "DATA_FIELDS",
     "DatasetEntry",
     "EpochMetrics",
     "ImageData",

@@ -15,9 +15,10 @@ A space is a YAML file (or a preset shipped in ``caetune/search/presets``)::
 A range's type (int or float) is its field's type in ``TrainConfig``; ``step``
 is allowed on ranges without ``log``. Every bound, choice and start value is
 checked by building a ``TrainConfig`` with it, so a space can only propose
-configs that train. The data fields (``dataset``, ``subset``, ``image_size``
-...) can only be fixed: the search loads the data once and shares it between
-all trials. ``seed`` and ``device`` belong to the search, not to the space.
+configs that train. The data fields (:data:`~caetune.models.DATA_FIELDS`:
+``dataset``, ``subset``, ``image_size``, ``split_seed`` ...) can only be fixed:
+the search loads the data once and shares it between all trials. ``seed`` and
+``device`` belong to the search, not to the space.
 """
 
 from __future__ import annotations
@@ -30,19 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from caetune._errors import InputError
-from caetune.models._config import TrainConfig, read_yaml_mapping
+from caetune.models._config import DATA_FIELDS, TrainConfig, read_yaml_mapping
 from caetune.search._defaults import preset_names
 
-# Fields that shape the shared dataset: one value per search.
-DATA_FIELDS = (
-    "dataset",
-    "data_dir",
-    "download",
-    "image_size",
-    "grayscale",
-    "val_fraction",
-    "subset",
-)
 # Fields the search itself sets per trial.
 SEARCH_FIELDS = ("seed", "device")
 SEARCHABLE = tuple(
@@ -83,7 +74,15 @@ class Param:
             return False
         if self.kind == "int" and not float(value).is_integer():
             return False
-        return self.low <= value <= self.high
+        low, high = self.bounds
+        return low <= value <= high
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """``(low, high)`` of a range; a list of choices has none."""
+        if self.low is None or self.high is None:
+            raise TypeError(f"{self.name} is a list of choices, not a range")
+        return self.low, self.high
 
     def describe(self) -> str:
         if self.kind == "categorical":
@@ -140,7 +139,7 @@ class SearchSpace:
         return self.train_config(params).n_epochs
 
     def with_fixed(self, **values: Any) -> SearchSpace:
-        """The same space with some data fields fixed to other values (``--dataset``, ``--subset``)."""
+        """The same space with data fields fixed to other values (``--dataset``, ``--subset``)."""
         values = {k: v for k, v in values.items() if v is not None}
         if not values:
             return self
@@ -175,13 +174,13 @@ class SearchSpace:
                         f"{max_epochs} is below every n_epochs choice of space {self.name}",
                     )
                 params["n_epochs"] = dataclasses.replace(ne, choices=kept)
-            elif ne.low > max_epochs:
+            elif ne.bounds[0] > max_epochs:
                 raise InputError(
                     "--max-epochs",
                     f"{max_epochs} is below n_epochs.low = {ne.low:g} of space {self.name}",
                 )
             else:
-                params["n_epochs"] = dataclasses.replace(ne, high=min(ne.high, max_epochs))
+                params["n_epochs"] = dataclasses.replace(ne, high=min(ne.bounds[1], max_epochs))
         elif int(fixed.get("n_epochs", TrainConfig.n_epochs)) > max_epochs:
             fixed["n_epochs"] = max_epochs
         start = tuple(
@@ -198,7 +197,7 @@ class SearchSpace:
         ne = self.params.get("n_epochs")
         if ne is None:
             return int(self.fixed.get("n_epochs", TrainConfig.n_epochs))
-        return int(max(ne.choices) if ne.kind == "categorical" else ne.high)
+        return int(max(ne.choices) if ne.kind == "categorical" else ne.bounds[1])
 
     def to_dict(self) -> dict[str, Any]:
         """The space as YAML-ready data; :func:`space_from_dict` reads it back."""
@@ -363,7 +362,7 @@ def _parse_param(key: str, spec: Any, hint: str, fixed: dict, *, where: str) -> 
 
 
 def _check_value(key: str, value: Any, fixed: dict, *, where: str) -> None:
-    """A searched value is valid when a TrainConfig accepts it (n_neurons >= 1, a known model ...)."""
+    """A searched value is valid when a TrainConfig accepts it (n_neurons >= 1, a known model)."""
     try:
         TrainConfig.from_dict({**fixed, key: value})
     except InputError as err:

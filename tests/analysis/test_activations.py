@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from caetune import InputError
-from caetune.analysis import Activations, collect_activations, stacked_map
+from caetune.analysis import Activations, collect_activations, sample_indices, stacked_map
 from caetune.models import CAE
 
 
@@ -97,3 +97,32 @@ def test_bad_layer_and_index_are_input_errors(model, images):
         stacked_map(acts, "layer3", image_index=2)
     with pytest.raises(InputError, match="layer3"):
         stacked_map(acts.layer4, "layer3")
+
+
+def test_sample_indices_are_seeded_distinct_and_spread_over_a_class_sorted_set():
+    labels = np.repeat(np.arange(10), 100)  # a class-sorted set: its first 100 are one class
+    sample = sample_indices(len(labels), 256, seed=0)
+    assert sample.dtype == np.int64 and len(sample) == 256 == len(set(sample.tolist()))
+    assert 0 <= sample.min() and sample.max() < len(labels)
+    assert np.array_equal(sample, sample_indices(len(labels), 256, seed=0))
+    assert not np.array_equal(sample, sample_indices(len(labels), 256, seed=1))
+    # Every prefix is spread too: the first 10 (a figure's row) are not one class.
+    assert len(set(labels[sample[:10]])) >= 5
+    assert np.array_equal(sample[:10], sample_indices(len(labels), 10, seed=0))
+    assert sorted(sample_indices(7, 256).tolist()) == list(range(7))  # fewer images: all of them
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"n_total": 0, "n": 3}, "n_total"),
+        ({"n_total": 5, "n": 0}, "n"),
+        ({"n_total": 5, "n": 2.5}, "n"),
+        ({"n_total": 5, "n": 2, "seed": -1}, "seed"),
+        ({"n_total": 5, "n": 2, "seed": True}, "seed"),
+    ],
+)
+def test_bad_sample_arguments_are_input_errors(kwargs, field):
+    with pytest.raises(InputError) as info:
+        sample_indices(**kwargs)
+    assert info.value.field == field

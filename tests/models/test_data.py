@@ -11,8 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
+import caetune.models._data
 from caetune import InputError
-from caetune.models import DATASETS, TrainConfig, dataset_names, load_data, load_dataset
+from caetune.models import (
+    DATA_FIELDS,
+    DATASETS,
+    TrainConfig,
+    dataset_names,
+    load_data,
+    load_dataset,
+)
 from tests import fixtures
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -49,7 +57,7 @@ def assert_well_formed(data, *, n_train: int, n_val: int, shape: tuple[int, int,
 
 
 def npz_with_ids(tmp_path, n: int = 50) -> Path:
-    """An npz whose label is each image's index and whose pixels all equal it, so splits can be traced."""
+    """An npz whose labels and pixels all equal each image's index, so splits can be traced."""
     images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None], (n, 4, 4)).copy()
     return fixtures.make_npz(tmp_path / "ids.npz", images, labels=np.arange(n))
 
@@ -177,7 +185,7 @@ def test_svhn_mat_through_torchvision(tmp_path):
     data = load_dataset("svhn", data_dir=tmp_path, subset=10, seed=1)
     assert_well_formed(data, n_train=8, n_val=2, shape=(3, 32, 32))
     for split, split_labels in ((data.train, data.train_labels), (data.val, data.val_labels)):
-        for img, label in zip(split, split_labels):
+        for img, label in zip(split, split_labels, strict=True):
             row = int(np.flatnonzero((images == img.numpy()).all(axis=(1, 2, 3)))[0])
             assert label == labels[row]  # 10 in the file reads as 0
     with raises_input_error("data_dir", "train_32x32.mat"):
@@ -299,7 +307,7 @@ def test_folder_order_labels_and_pixels(tmp_path):
     everything = load_dataset(f"folder:{tmp_path}", image_size=12, val_fraction=0.25, seed=0)
     both = torch.cat([everything.train, everything.val]).permute(0, 2, 3, 1).numpy()
     both_labels = torch.cat([everything.train_labels, everything.val_labels])
-    for img, label in zip(both, both_labels):
+    for img, label in zip(both, both_labels, strict=True):
         row = int(
             np.flatnonzero((written == img).all(axis=(1, 2, 3)))[0]
         )  # lossless PNG: exact pixels
@@ -373,7 +381,7 @@ def test_grayscale_matches_pil_and_colour_replicates(tmp_path):
     rgb = fixtures.noise((4, 9, 9, 3), seed=7)
     path = fixtures.make_npz(tmp_path / "rgb.npz", rgb, labels=np.arange(4))
     data = load_dataset(f"npz:{path}", grayscale=True, val_fraction=0.5)
-    for img, label in zip(data.train, data.train_labels):
+    for img, label in zip(data.train, data.train_labels, strict=True):
         pil = np.asarray(Image.fromarray(rgb[label]).convert("L"))
         assert np.array_equal(img[0].numpy(), pil)
     colour = load_dataset("mnist-10k", grayscale=False, subset=10)
@@ -385,7 +393,7 @@ def test_image_size_resizes_close_to_pil(tmp_path):
     data = load_dataset("mnist-10k", subset=20, image_size=14, seed=1)
     assert_well_formed(data, n_train=16, n_val=4, shape=(1, 14, 14))
     full = load_dataset("mnist-10k", subset=20, seed=1)
-    for small, big in zip(data.train, full.train):
+    for small, big in zip(data.train, full.train, strict=True):
         pil = np.asarray(
             Image.fromarray(big[0].numpy()).resize((14, 14), Image.Resampling.BILINEAR), dtype=int
         )
@@ -422,6 +430,43 @@ def test_load_data_uses_the_config_fields(tmp_path):
         via_config.val_labels, direct.val_labels
     )
     assert via_config.image_size == (8, 8) and via_config.channels == 3
+
+
+# A valid value other than the default, per TrainConfig field.
+OTHER_VALUES = {
+    "dataset": "npz:/x.npz",
+    "data_dir": "/data",
+    "download": True,
+    "image_size": 16,
+    "grayscale": True,
+    "val_fraction": 0.3,
+    "subset": 100,
+    "split_seed": 3,
+    "model": "model2",
+    "n_neurons": 8,
+    "n_maps": 4,
+    "n_epochs": 2,
+    "activation": "elu",
+    "batch_size": 8,
+    "lr": 0.1,
+    "seed": 5,
+    "device": "cpu",
+    "precision": "fp32",
+}
+
+
+def test_the_data_fields_are_exactly_what_load_data_reads(monkeypatch):
+    # The report caches datasets by DATA_FIELDS and a search fixes them: two configs equal on
+    # them must load the same images, and each of them must change what is loaded.
+    calls = []
+    monkeypatch.setattr(
+        caetune.models._data, "load_dataset", lambda spec, **kw: calls.append((spec, kw))
+    )
+    load_data(TrainConfig())
+    for field in TrainConfig.__dataclass_fields__:
+        assert field in OTHER_VALUES, f"give TrainConfig.{field} a value in OTHER_VALUES"
+        load_data(TrainConfig(**{field: OTHER_VALUES[field]}))
+        assert (calls[-1] != calls[0]) == (field in DATA_FIELDS), field
 
 
 def test_training_seed_leaves_the_split_alone(tmp_path):

@@ -154,6 +154,16 @@ def test_bad_spaces_are_one_clear_input_error(tmp_path, doc, match):
     assert "\n" not in str(info.value)
 
 
+def test_split_seed_is_a_data_field_fixed_not_searched(tmp_path):
+    # The search loads its data once: a searched split_seed would be recorded but never applied.
+    path = write_space(tmp_path, {"params": {"n_neurons": [8], "split_seed": [0, 1, 2]}})
+    with pytest.raises(InputError, match="params.split_seed: data fields are fixed") as info:
+        load_space(path)
+    assert "\n" not in str(info.value) and "split_seed" not in str(info.value).split("expected")[1]
+    path = write_space(tmp_path, {"fixed": {"split_seed": 3}, "params": {"n_neurons": [8, 16]}})
+    assert load_space(path).train_config({"n_neurons": 8}, seed=1).split_seed == 3
+
+
 def test_unknown_preset_lists_the_presets():
     with pytest.raises(InputError, match="unknown preset 'paper-mnsit'.*paper-mnist"):
         load_space("paper-mnsit")
