@@ -201,9 +201,9 @@ def reproduce(
     done = set(map(tuple, curves[RUN_KEYS].drop_duplicates().itertuples(index=False)))
     runs = [(p, s) for p in points for s in range(seeds)]
     start = time.perf_counter()
-    data_by_seed = {
-        0: load_data(TrainConfig.from_dict({**base.to_dict(), "seed": 0}))
-    }  # a bad subset fails here
+    # Every run trains on these images (a bad subset fails here): the runs differ in
+    # model, Nn, Nm and the training seed, none of them a data field; the split is split_seed's.
+    data = load_data(base)
     out.mkdir(parents=True, exist_ok=True)
     for index, (point, seed) in enumerate(runs, 1):
         if (point.model, point.n_neurons, point.n_maps, seed) in done:
@@ -217,10 +217,8 @@ def reproduce(
                 "seed": seed,
             }
         )
-        if seed not in data_by_seed:  # the split depends on the seed only
-            data_by_seed[seed] = load_data(config)
         began = time.perf_counter()
-        history = Trainer(config, data_by_seed[seed]).fit()
+        history = Trainer(config, data).fit()
         seconds = time.perf_counter() - began
         rows = pd.DataFrame(
             [
