@@ -8,9 +8,10 @@ built here from one :class:`AshaSettings`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
+
+from caetune.search._compat import asha_rungs
 
 TIME_ATTR = "epoch"  # what a trial's results count ASHA's time in
 
@@ -48,11 +49,9 @@ class AshaSettings:
         its first result at or past it, so a fractional rung is judged at its
         ceiling.
         """
-        rungs, k = [], 0
-        while self.first_rung * self.reduction_factor**k < self.max_t:
-            rungs.append(math.ceil(self.first_rung * self.reduction_factor**k))
-            k += 1
-        return tuple(dict.fromkeys([*rungs, self.max_t]))
+        return asha_rungs(
+            grace_period=self.first_rung, reduction_factor=self.reduction_factor, max_t=self.max_t
+        )
 
     def to_dict(self, *, metric: str) -> dict[str, Any]:
         """The ``asha`` block of ``experiment.yaml``: the scheduler's own arguments but ``mode``."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from caetune._errors import InputError
+from caetune.search._compat import bind_local_ray_to_loopback
 
 ADDRESS_TIMEOUT_S = 5.0
 
@@ -46,7 +47,7 @@ def _connect_ray(address: str | None) -> bool:
         return False
     target, field = _ray_target(address)
     if target is None:
-        _local_ray_on_loopback()
+        bind_local_ray_to_loopback()  # a local Ray listens on 127.0.0.1 only
     try:
         # Ray's warnings on the console would interleave with the progress lines; its logs keep them.
         ray.init(
@@ -80,41 +81,11 @@ def _worker_runtime_env() -> dict[str, Any]:
     return {"env_vars": {"GLIBC_TUNABLES": ALLOCATOR_TUNABLES}}
 
 
-def _local_ray_on_loopback() -> None:
-    """A local Ray that caetune starts listens on 127.0.0.1 only, not on every interface.
-
-    Ray's local-only mode (meant for laptops, where it avoids firewall prompts)
-    uses the loopback address for the node, so GCS, raylet and agents bind
-    there. The environment variable reaches the processes Ray starts; the
-    constant covers this process, which imported Ray already.
-    """
-    from ray._private import ray_constants
-
-    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-
-
 def _make_token_private() -> None:
     """Ray writes the token it generates for a new local cluster with the umask's mode (often 0644)."""
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
     if path.is_file():
         path.chmod(0o600)
-
-
-def _keep_credentials_out_of_ray() -> None:
-    """Stops Ray Tune from copying AWS keys into every trial's runtime env.
-
-    Ray Tune propagates ``AWS_ACCESS_KEY_ID`` and friends from the driver into
-    each trial actor's runtime env, and Ray's runtime-env agent logs runtime
-    envs: the keys would land in the session logs. A local Ray's workers
-    inherit the driver's environment anyway; cluster nodes use their instance
-    profile (cluster.yaml).
-    """
-    from ray.tune.execution import class_cache
-
-    class_cache.ENV_VARS_TO_PROPAGATE = {
-        v for v in class_cache.ENV_VARS_TO_PROPAGATE if not v.startswith("AWS_")
-    }
 
 
 def _check_resources(values: dict, *, strict: bool, stream) -> None:

@@ -65,9 +65,10 @@ from caetune.search._attrs import (
     UTILISATION_ATTR,
     VAL_MSE_ATTR,
 )
+from caetune.search._compat import forget_trial_results, trial_folder, trial_handle
 from caetune.search._objective import Objective
 from caetune.search._results import ResultsTable, RunFiles, model_path, write_trial_files
-from caetune.search._searcher import Resumable, StudySearcher, trial_handle
+from caetune.search._searcher import Resumable, StudySearcher
 from caetune.search._trainable import FAILED_RESULT, MODEL_BYTES
 from caetune.search._warm import WarmStart
 
@@ -347,7 +348,7 @@ class Recorder(Callback):
 
         fs = self.files.fs()
         prefix = f"{trial.config['trial_id']}-"
-        tune_dir = trial.storage.trial_fs_path.rsplit("/", 1)[0]
+        tune_dir = trial_folder(trial).rsplit("/", 1)[0]
         for folder in fs.get_file_info(pyarrow.fs.FileSelector(tune_dir, allow_not_found=True)):
             if folder.type.name != "Directory" or not folder.base_name.startswith(prefix):
                 continue
@@ -435,11 +436,7 @@ def _forget_results(trial) -> None:
     are its record, and a resumed search starts from the study. Tune has no
     setting to drop it, so the fields are emptied in place.
     """
-    metadata = trial.run_metadata
-    # Assigning each field also drops the cached JSON (_TrainingRunMetadata.__setattr__).
-    metadata.last_result = {k: v for k, v in metadata.last_result.items() if k in _KEPT_RESULT_KEYS}
-    metadata.metric_analysis = {}
-    metadata.metric_n_steps = {}
+    forget_trial_results(trial, keep=_KEPT_RESULT_KEYS)
 
 
 def _row_params(config: dict, *, seed: int) -> dict[str, Any]:

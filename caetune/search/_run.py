@@ -34,6 +34,7 @@ import yaml
 from caetune._errors import InputError
 from caetune._runs import EXPERIMENT_FILE, TRIAL_MODEL
 from caetune.search._asha import AshaSettings
+from caetune.search._compat import keep_aws_keys_from_trials
 from caetune.search._defaults import DEFAULT_RUN_ROOT, DEFAULTS
 from caetune.search._lock import hold_run
 from caetune.search._objective import Objective
@@ -41,7 +42,6 @@ from caetune.search._ray_setup import (
     _check_ray_address,
     _check_resources,
     _connect_ray,
-    _keep_credentials_out_of_ray,
     _quiet_ray,
     _quiet_tune_environment,
 )
@@ -341,7 +341,7 @@ class _Session:
             tune.with_parameters(train_trial, data=data_ref, factory=searcher.factory),
             {"cpu": self.cpus, "gpu": self.gpus},
         )
-        _keep_credentials_out_of_ray()
+        keep_aws_keys_from_trials()  # Ray logs a trial's runtime env
         signals = StopSignals()
         with signals, _quiet_ray():
             # One Tuner.fit per TRIALS_PER_FIT trials: Tune keeps every trial of a fit until it returns.

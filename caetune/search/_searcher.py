@@ -359,19 +359,6 @@ def resumable_trials(
     return jobs
 
 
-def trial_handle(study, number: int):
-    """An ``optuna.Trial`` for the study's trial ``number``, to report values and set attributes.
-
-    Optuna hands these out only from ``ask``; a trial resumed from an earlier
-    session needs one made from its storage id (the one place caetune reads
-    Optuna's private attributes).
-    """
-    from optuna.trial import Trial
-
-    storage = study._storage
-    return Trial(study, storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
-
-
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
