@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
 from caetune._errors import InputError
+from caetune._runs import COMPLETE
 from caetune.analysis._activations import Activations, _positive_int, layer_values, stacked_map
 from caetune.analysis._curves import CurveFit, fit_mse_curve
 from caetune.analysis._metrics import (
@@ -310,7 +311,7 @@ _SUMMARY_X = (("n_neurons", "Nn (n_neurons)"), ("n_maps", "Nm (n_maps)"))
 def _completed(results: pd.DataFrame) -> pd.DataFrame:
     frame = results
     if "status" in frame:
-        frame = frame[frame["status"] == "complete"]
+        frame = frame[frame["status"] == COMPLETE]
     if "val_mse" in frame:
         frame = frame[np.isfinite(pd.to_numeric(frame["val_mse"], errors="coerce"))]
     return frame
