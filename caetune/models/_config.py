@@ -36,7 +36,7 @@ DATA_FIELDS = (
 EXPORT_KEY = "export"  # metadata of an exported config, not a field
 # torch seeds take 64 bits and results tables store int64: a larger seed would fail mid-run.
 MAX_SEED = 2**63 - 1
-# Configs, spaces and experiment files are a few KB; a path like /dev/zero must not be read to the end.
+# Configs, spaces and experiment files are a few KB; /dev/zero must not be read to the end.
 MAX_YAML_BYTES = 10_000_000
 
 
