@@ -14,7 +14,7 @@ from caetune._errors import InputError
 LOCK_FILE = ".lock"
 
 
-class _RunLock:
+class RunLock:
     """One search per run at a time: an exclusive ``flock`` on a lock file, held while the search runs.
 
     Taking it is one atomic call, and the kernel releases it when its process
@@ -35,7 +35,7 @@ class _RunLock:
         self._fd: int | None = None
         self._made: list[Path] = []
 
-    def __enter__(self) -> _RunLock:
+    def __enter__(self) -> RunLock:
         import fcntl
 
         while True:
@@ -116,7 +116,7 @@ def hold_run(
 ) -> Iterator[None]:
     """The run's local lock, then its leases on shared storage: one driver per run, anywhere.
 
-    The lock (:class:`_RunLock`) stops a second search on this machine; the
+    The lock (:class:`RunLock`) stops a second search on this machine; the
     leases (:func:`caetune.search._lease.run_lease`) stop one on another
     machine sharing the S3 run root or the study's database.
 
@@ -130,7 +130,7 @@ def hold_run(
     """
     from caetune.search._lease import run_lease
 
-    with _RunLock(files, folder):
+    with RunLock(files, folder):
         lease = run_lease(
             files.storage, name=name, study_url=study_url, break_lease=break_lease, stream=stream
         )

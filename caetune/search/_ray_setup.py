@@ -22,7 +22,7 @@ def _ray_target(address: str | None) -> tuple[str | None, str]:
     return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
 
 
-def _check_ray_address(address: str | None) -> None:
+def check_ray_address(address: str | None) -> None:
     """Fails fast when the cluster to join does not answer (unless Ray is up in this process already)."""
     import ray
 
@@ -31,7 +31,7 @@ def _check_ray_address(address: str | None) -> None:
         _check_reachable(target, field)
 
 
-def _connect_ray(address: str | None) -> bool:
+def connect_ray(address: str | None) -> bool:
     """Joins ``address`` (or ``RAY_ADDRESS``), else starts a local Ray; True when this call started it.
 
     A Ray already initialised in this process (a test's, a notebook's) is used as is.
@@ -88,7 +88,7 @@ def _make_token_private() -> None:
         path.chmod(0o600)
 
 
-def _check_resources(values: dict, *, strict: bool, stream) -> None:
+def check_resources(values: dict, *, strict: bool, stream) -> None:
     """A trial must fit on the cluster, or Tune waits for it forever.
 
     On a local Ray (``strict``) that is bad input; a cluster that autoscales
@@ -123,7 +123,7 @@ def _check_reachable(address: str, field: str) -> None:
         ) from None
 
 
-def _quiet_tune_environment() -> None:
+def quiet_tune_environment() -> None:
     """Ray Tune settings read from the environment when the Tuner is built (driver only)."""
     # The recorder prints the progress; Tune's own tables and banners would drown it.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -135,7 +135,7 @@ def _quiet_tune_environment() -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 
-class _quiet_ray:
+class quiet_ray:
     """Keeps Ray Tune's own console output to errors while trials run (the recorder prints progress)."""
 
     def __enter__(self):

@@ -39,24 +39,24 @@ from caetune.search._defaults import DEFAULT_RUN_ROOT, DEFAULTS
 from caetune.search._lock import hold_run
 from caetune.search._objective import Objective
 from caetune.search._ray_setup import (
-    _check_ray_address,
-    _check_resources,
-    _connect_ray,
-    _quiet_ray,
-    _quiet_tune_environment,
+    check_ray_address,
+    check_resources,
+    connect_ray,
+    quiet_ray,
+    quiet_tune_environment,
 )
 from caetune.search._settings import (
     SearchSettings,
-    _check_name,
-    _check_study_url,
-    _default_name,
-    _display_url,
-    _resolve,
-    _space_of,
-    _stored_form,
+    check_name,
+    check_study_url,
+    default_name,
+    display_url,
+    resolve_settings,
+    space_of,
+    stored_form,
 )
 from caetune.search._space import SearchSpace
-from caetune.search._summary import _print_summary, _write_report
+from caetune.search._summary import print_summary, write_run_report
 
 # Trials per Tuner.fit. Tune keeps every trial of a fit in the driver until the fit returns (Trial
 # objects, their state JSON, checkpoint bookkeeping: ~21 KiB of heap each even with the results dropped),
@@ -103,21 +103,21 @@ def run_search(
     stream = stream or sys.stderr
     out = out or sys.stdout
     storage = parse_storage(settings.run_root or DEFAULT_RUN_ROOT, field="--run-root")
-    name = settings.name or _default_name(settings)
-    _check_name(name, field="--name")
+    name = settings.name or default_name(settings)
+    check_name(name, field="--name")
     storage.check_reachable()
     files = RunFiles(storage.child(name))
     stored = _read_experiment(files)
     if settings.resume and stored is None:
         raise InputError("--resume", f"no run named {name!r} in {storage.url}")
-    values = _resolve(settings, stored)
-    space = _space_of(values, stored)
+    values = resolve_settings(settings, stored)
+    space = space_of(values, stored)
     objective = Objective(values["objective"], values["utilisation_weight"])
     sync = StudySync(storage, name)
-    _check_study_url(values["study_storage"])
+    check_study_url(values["study_storage"])
     study_url = values["study_storage"] or sync.url
 
-    _check_ray_address(settings.address)
+    check_ray_address(settings.address)
     data = _load_data(space)
     # Before Ray starts: a second search on this run stops here, having started and written nothing.
     with hold_run(
@@ -128,9 +128,9 @@ def run_search(
         break_lease=settings.break_lease,
         stream=stream,
     ):
-        owns_ray = _connect_ray(settings.address)
+        owns_ray = connect_ray(settings.address)
         try:
-            _check_resources(values, strict=owns_ray, stream=stream)
+            check_resources(values, strict=owns_ray, stream=stream)
             session = _Session(
                 name,
                 settings,
@@ -257,15 +257,15 @@ class _Session:
                 stream=self.stream,
             )
         report = (
-            _write_report(files, values["top_k"], self.stream) if self.settings.report else None
+            write_run_report(files, values["top_k"], self.stream) if self.settings.report else None
         )
-        _print_summary(self.out, files, table, ranking, self.space, values, self.study_url, report)
+        print_summary(self.out, files, table, ranking, self.space, values, self.study_url, report)
         return SearchOutcome(files.url, self.name, table.frame(), ranking, report)
 
     def _open_study(self):
         from caetune.search._searcher import default_startup_trials, open_study
 
-        _quiet_tune_environment()
+        quiet_tune_environment()
         self.sync.pull()
         study = open_study(
             self.study_url,
@@ -302,7 +302,7 @@ class _Session:
             file=stream,
         )
         print(
-            f"  run folder {self.files.url}  (study {_display_url(self.study_url)})",
+            f"  run folder {self.files.url}  (study {display_url(self.study_url)})",
             file=stream,
             flush=True,
         )
@@ -343,7 +343,7 @@ class _Session:
         )
         keep_aws_keys_from_trials()  # Ray logs a trial's runtime env
         signals = StopSignals()
-        with signals, _quiet_ray():
+        with signals, quiet_ray():
             # One Tuner.fit per TRIALS_PER_FIT trials: Tune keeps every trial of a fit until it returns.
             while not signals.received:
                 searcher.begin_fit(max_trials=TRIALS_PER_FIT)
@@ -416,7 +416,7 @@ def _write_experiment(
         "created": (stored or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
         "caetune": __version__,
         # Never the study URL's password: it would sit in every copy of the run folder.
-        "settings": {k: _stored_form(k, values[k]) for k in DEFAULTS},
+        "settings": {k: stored_form(k, values[k]) for k in DEFAULTS},
         "objective": objective.to_dict(),
         "space_name": space.name,
         "space": space.to_dict(),
@@ -427,7 +427,7 @@ def _write_experiment(
             "channels": data.channels,
             "image_size": list(data.image_size),
         },
-        "study": {"storage": _display_url(study_url), "name": name},
+        "study": {"storage": display_url(study_url), "name": name},
         "asha": asha.to_dict(metric=objective.scheduler_metric),
     }
     files.write_text(EXPERIMENT_FILE, yaml.safe_dump(doc, sort_keys=False))

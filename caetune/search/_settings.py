@@ -124,10 +124,10 @@ class SearchSettings:
                 "--seed", f"expected an integer between 0 and {MAX_SEED}, got {self.seed}"
             )
         if self.name is not None:
-            _check_name(self.name, field="--name")
+            check_name(self.name, field="--name")
 
 
-def _check_name(name: str, *, field: str) -> None:
+def check_name(name: str, *, field: str) -> None:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InputError(
             field,
@@ -135,7 +135,7 @@ def _check_name(name: str, *, field: str) -> None:
         )
 
 
-def _check_study_url(url: str | None) -> None:
+def check_study_url(url: str | None) -> None:
     """An Optuna RDB URL must parse and name an installed driver, before Ray starts or a folder is made."""
     if url is None:
         return
@@ -155,15 +155,15 @@ def _check_study_url(url: str | None) -> None:
         ) from None
 
 
-def _default_name(settings: SearchSettings) -> str:
+def default_name(settings: SearchSettings) -> str:
     spec = settings.space or DEFAULT_SPACE
     return load_space(spec).name
 
 
-def _resolve(settings: SearchSettings, stored: dict | None) -> dict[str, Any]:
+def resolve_settings(settings: SearchSettings, stored: dict | None) -> dict[str, Any]:
     """Each setting: as given, else as the run had it, else the default; definitions must agree.
 
-    The study URL is stored without its password (:func:`_display_url`), so it
+    The study URL is stored without its password (:func:`display_url`), so it
     is compared in that form, and a run whose stored URL lost a password needs
     ``--study-storage`` again.
     """
@@ -171,12 +171,12 @@ def _resolve(settings: SearchSettings, stored: dict | None) -> dict[str, Any]:
     values, changed = {}, []
     for key, default in DEFAULTS.items():
         given = getattr(settings, key)
-        seen = _display_url(given) if key == "study_storage" and given is not None else given
+        seen = display_url(given) if key == "study_storage" and given is not None else given
         if (
             stored is not None
             and key in DEFINITION
             and given is not None
-            and seen != _stored_form(key, before.get(key))
+            and seen != stored_form(key, before.get(key))
         ):
             changed.append(f"{key} {before.get(key)!r} -> {seen!r}")
         values[key] = (
@@ -205,17 +205,17 @@ def _resolve(settings: SearchSettings, stored: dict | None) -> dict[str, Any]:
     return values
 
 
-def _stored_form(key: str, value: Any) -> Any:
+def stored_form(key: str, value: Any) -> Any:
     """A setting as :func:`_write_experiment` stores it (runs written before the study URL was redacted too)."""
-    return _display_url(value) if key == "study_storage" and value is not None else value
+    return display_url(value) if key == "study_storage" and value is not None else value
 
 
 def _hides_secret(url: str | None) -> bool:
-    """Whether ``url`` is a stored study URL whose credentials :func:`_display_url` replaced."""
+    """Whether ``url`` is a stored study URL whose credentials :func:`display_url` replaced."""
     return url is not None and "://***@" in url
 
 
-def _space_of(values: dict, stored: dict | None) -> SearchSpace:
+def space_of(values: dict, stored: dict | None) -> SearchSpace:
     """The resolved space: the stored one on resume, else the preset/file with overrides and caps."""
     if stored is not None:
         return space_from_dict(
@@ -247,7 +247,7 @@ def _check_number(field: str, value: Any, low: float, strict: bool) -> None:
         )
 
 
-def _display_url(url: str) -> str:
+def display_url(url: str) -> str:
     from caetune.search._searcher import _redact
 
     return _redact(url)

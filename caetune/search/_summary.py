@@ -7,10 +7,10 @@ from typing import Any
 
 from caetune._errors import InputError
 from caetune._runs import RESULTS_CSV, STUDY_FILE
-from caetune.search._settings import _display_url
+from caetune.search._settings import display_url
 
 
-def _write_report(files, top_k: int, stream) -> str | None:
+def write_run_report(files, top_k: int, stream) -> str | None:
     try:
         from caetune.analysis import write_report
     except ImportError:
@@ -24,7 +24,7 @@ def _write_report(files, top_k: int, stream) -> str | None:
     return str(path)
 
 
-def _print_summary(out, files, table, ranking, space, values, study_url, report) -> None:
+def print_summary(out, files, table, ranking, space, values, study_url, report) -> None:
     counts = table.counts()
     params = list(space.params)
     print("", file=out)
@@ -70,7 +70,7 @@ def _print_summary(out, files, table, ranking, space, values, study_url, report)
     if ranking is not None:
         print(f"  {files.url}/confirm.csv", file=out)
     print(
-        f"  study: {_display_url(study_url)}  (optuna-dashboard {_display_url(study_url)})",
+        f"  study: {display_url(study_url)}  (optuna-dashboard {display_url(study_url)})",
         file=out,
     )
     if files.storage.is_s3 and study_url.startswith("sqlite:"):

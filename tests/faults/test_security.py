@@ -2,7 +2,7 @@
 
 Part 4 of the "Reliability and security" issue, against real processes:
 
-* the local Ray that ``caetune search`` starts (``_connect_ray`` with no
+* the local Ray that ``caetune search`` starts (``connect_ray`` with no
   address) requires Ray's token on its GCS, and should listen on 127.0.0.1
   only;
 * a head started with the very ``ray start`` command of ``cluster.yaml``
@@ -47,9 +47,9 @@ LOCAL_RAY_SCRIPT = """
 import json, os, sys
 import ray
 from ray._raylet import AuthenticationMode, get_authentication_mode
-from caetune.search._run import _connect_ray
+from caetune.search._run import connect_ray
 
-started = _connect_ray(None)
+started = connect_ray(None)
 node = ray._private.worker._global_node
 print(json.dumps({
     "started": started,

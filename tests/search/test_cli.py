@@ -228,10 +228,10 @@ def test_search_settings_take_the_old_name_with_a_warning():
 def test_a_run_written_with_the_old_key_resumes():
     from caetune.search import SearchSettings
     from caetune.search._defaults import DEFAULTS
-    from caetune.search._settings import _resolve
+    from caetune.search._settings import resolve_settings
 
     # experiment.yaml has never stored the run root, but an older one with a key of that name
     # (or any other key caetune no longer knows) still resolves.
     stored = {"name": "old", "settings": {**DEFAULTS, "storage": "runs", "seed": 5}}
-    values = _resolve(SearchSettings(run_root="runs", name="old"), stored)
+    values = resolve_settings(SearchSettings(run_root="runs", name="old"), stored)
     assert values["seed"] == 5 and "storage" not in values and "run_root" not in values

@@ -1,7 +1,7 @@
 """The run lock of ``caetune search``: atomic, taken over from a dead owner, exactly one winner of a race.
 
 Real processes race for it: each :class:`LockHolder` is a Python process that
-takes ``_RunLock`` when told to (both are told in the same moment), says
+takes ``RunLock`` when told to (both are told in the same moment), says
 whether it won, and holds the lock until told to let go. Reusing the two
 processes across rounds keeps many rounds cheap (one import each).
 """
@@ -25,14 +25,14 @@ _HOLDER = """
 import sys, time, types
 from pathlib import Path
 from caetune._errors import InputError
-from caetune.search._lock import _RunLock
+from caetune.search._lock import RunLock
 print("ready", flush=True)
 for line in sys.stdin:
     path, _, at = line.strip().partition(" ")
     folder = Path(path)
     while time.time() < float(at or 0):  # spin, not sleep: both wake within microseconds
         pass
-    lock = _RunLock(types.SimpleNamespace(url=str(folder)), folder)
+    lock = RunLock(types.SimpleNamespace(url=str(folder)), folder)
     try:
         lock.__enter__()
     except InputError as err:

@@ -16,8 +16,8 @@ from caetune.models import ALLOCATOR_TUNABLES
 
 PROBE = """
 import os, ray
-from caetune.search._run import _connect_ray
-assert _connect_ray(None)
+from caetune.search._run import connect_ray
+assert connect_ray(None)
 print("worker:", ray.get(ray.remote(lambda: os.environ.get("GLIBC_TUNABLES")).remote()))
 ray.shutdown()
 """
