@@ -41,9 +41,11 @@ class S3LeaseStore:
 
         self.bucket, self.key = bucket, key
         self.where = f"s3://{bucket}/{key}"
-        self._client = boto3.client(
-            "s3", config=Config(retries={"max_attempts": 5, "mode": "standard"})
+        # Short timeouts: a renewal that hangs would keep a lost lease unnoticed past its TTL.
+        config = Config(
+            connect_timeout=5, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"}
         )
+        self._client = boto3.client("s3", config=config)
 
     def read(self) -> tuple[dict | None, str | None, float]:
         try:
@@ -136,7 +138,12 @@ class RdbLeaseStore:
 
         self.name = name
         self.where = f"{where} (table {LEASE_TABLE})"
-        self._engine = sa.create_engine(url, pool_pre_ping=True, pool_size=1, max_overflow=1)
+        parsed = sa.engine.make_url(url)
+        # libpq waits for an unanswered connection as long as TCP does; a heartbeat cannot.
+        timeout = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+        self._engine = sa.create_engine(
+            parsed, pool_pre_ping=True, pool_size=1, max_overflow=1, connect_args=timeout
+        )
         now = _NOW_SQL.get(self._engine.dialect.name)
         # A database without a known clock function: the driver's clock (clocks must agree).
         self._now = (
