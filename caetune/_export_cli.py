@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from caetune._renamed_flags import add_renamed, spelled
+
 # Imported by `caetune export --help`: keep module-level imports light (no torch, ray, pandas).
 
 
@@ -12,8 +14,10 @@ def register(subparsers) -> None:
         "export",
         help="export the best K trials of a run: configs, weights, manifest",
         description=(
-            "Export the best K finished trials of a search run to DEST/<rank>-<trial_id>/{config.yaml,model.pt} "
-            "plus DEST/manifest.json (sha256 and size of every file). `caetune train --config "
+            "Export the best K finished trials of a search run to "
+            "DEST/<rank>-<trial_id>/{config.yaml,model.pt} plus DEST/manifest.json (sha256 and "
+            "size of every file). The best: the trials the search confirmed with extra seeds "
+            "first, then the others by objective. `caetune train --config "
             "DEST/1-<trial_id>/config.yaml` retrains a trial; from Python, "
             "caetune.search.load_exported(DEST) returns the best trained CAE."
         ),
@@ -21,9 +25,10 @@ def register(subparsers) -> None:
     parser.add_argument(
         "run", metavar="RUN", help="the run folder STORAGE/NAME, local or s3://bucket/prefix/NAME"
     )
-    parser.add_argument(
-        "--top", type=int, default=1, metavar="K", help="how many of the best trials (default 1)"
+    top_k = parser.add_argument(
+        "--top-k", type=int, default=1, metavar="K", help="how many of the best trials (default 1)"
     )
+    add_renamed(parser, "--top", top_k)
     parser.add_argument(
         "--to",
         required=True,
@@ -34,13 +39,17 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from caetune.search._export import EXPORT_CONFIG, export_run
+    from caetune._export import EXPORT_CONFIG, export_run
+    from caetune._runs import check_top_k
 
-    result = export_run(args.run, top=args.top, to=args.to)
+    result = export_run(
+        args.run, top=check_top_k(args.top_k, field=spelled(args, "--top-k")), to=args.to
+    )
     for trial in result.trials:
         objective = "-" if trial.objective is None else f"{trial.objective:.6g}"
         print(
-            f"{trial.rank}. {trial.trial_id}  val_mse {trial.val_mse:.6g}  objective {objective}  -> {trial.folder}/"
+            f"{trial.rank}. {trial.trial_id}  val_mse {trial.val_mse:.6g}  "
+            f"objective {objective}  -> {trial.folder}/"
         )
     best = f"{result.url}/{result.trials[0].folder}"
     print(
@@ -48,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if result.url.startswith("s3://"):
         print(
-            f"load: caetune.search.load_exported({best!r}); retrain: download it, then caetune train --config ..."
+            f"load: caetune.search.load_exported({best!r}); "
+            "retrain: download it, then caetune train --config ..."
         )
     else:
         print(f"retrain: caetune train --config {best}/{EXPORT_CONFIG}")

@@ -27,7 +27,36 @@ epochs its model was trained), ``epochs_trained`` (by this trial itself),
 ``seconds`` (this trial's own), and the per-layer metrics ``layer3_*`` /
 ``layer4_*``. ``warm_start`` names the trial whose model a trial continued
 (the column is there once any trial did).
+
+Everything that reads a run goes through this module: ``caetune report``,
+``caetune export``, the seed confirmation and the search's summary. They
+share the readers of these files, the one ranking of "the best trials"
+(:func:`rank_trials`), the strict reader of a trial's checkpoint
+(:func:`read_trial`) and :func:`publish`, which puts a staged folder in
+place so that a reader sees all of it or none.
 """
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from caetune._errors import InputError
+from caetune._storage import Storage, download_dir, exists, upload_file
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from caetune.models import CAE, TrainConfig
+
 
 EXPERIMENT_FILE = "experiment.yaml"
 STUDY_FILE = "study.db"
@@ -46,3 +75,428 @@ PRUNED = "pruned"
 FAILED = "failed"
 RUNNING = "running"
 STATUSES = (COMPLETE, PRUNED, FAILED, RUNNING)
+
+# What "the best trials" of a run are, for every reader: one rule (:func:`rank_trials`).
+OBJECTIVE = "objective"
+VAL_MSE = "val_mse"
+# A trial id names a folder to read and files to write: one safe path component, as
+# ``caetune search`` makes them; anything else in a results.csv is refused.
+_TRIAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+# -- reading a run -----------------------------------------------------------------------
+
+
+def fetch_run(storage: Storage, local: Path, patterns: list[str]) -> Path:
+    """The run as a local folder: itself, or the files matching ``patterns`` downloaded from S3.
+
+    Raises:
+        InputError: (``RUN``) the bucket cannot be reached or read.
+    """
+    if storage.local_path is not None:
+        return storage.local_path
+    try:
+        storage.check_reachable()
+        download_dir(storage, "", local, include=patterns)
+    except InputError as err:
+        raise InputError("RUN", err.expected) from None
+    except OSError as err:
+        raise InputError("RUN", f"cannot read {storage.url}: {first_line(err)}") from None
+    local.mkdir(parents=True, exist_ok=True)
+    return local
+
+
+def read_results(run: Path, *, name: str | None = None) -> pd.DataFrame:
+    """The run's ``results.csv`` as a DataFrame, ``trial_id`` as text.
+
+    Args:
+        run: The (local) run folder.
+        name: How to name the run in errors (its URL); default ``run``.
+
+    Raises:
+        InputError: ``run`` is not a run folder or the table is unreadable.
+    """
+    import pandas as pd
+
+    label = name or str(run)
+    path = Path(run) / RESULTS_CSV
+    if not Path(run).is_dir():
+        raise InputError("RUN", f"expected a search run folder, but {label} is not a folder")
+    if not path.is_file():
+        raise InputError("RUN", f"{label} is not a search run (no {RESULTS_CSV})")
+    try:
+        results = pd.read_csv(path, dtype={"trial_id": str})
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise InputError("RUN", f"cannot read {path}: {first_line(err)}") from None
+    missing = [c for c in ("trial_id", "status") if c not in results]
+    if missing or not ({OBJECTIVE, VAL_MSE} & set(results.columns)):
+        need = ", ".join(missing or ["objective or val_mse"])
+        raise InputError("RUN", f"{path} lacks the column(s) {need}")
+    return results
+
+
+def read_confirm(run: Path) -> list[dict[str, Any]]:
+    """``confirm.csv`` rows by rank; none when the search confirmed nothing.
+
+    Raises:
+        InputError: The file is there but unreadable, or lacks ``rank``/``trial_id``.
+    """
+    import pandas as pd
+
+    path = run / CONFIRM_CSV
+    if not path.is_file():
+        return []
+    try:
+        confirm = pd.read_csv(path, dtype={"trial_id": str, "seeds": str})
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise InputError("RUN", f"cannot read {CONFIRM_CSV}: {first_line(err)}") from None
+    if not {"rank", "trial_id"} <= set(confirm.columns):
+        raise InputError("RUN", f"{CONFIRM_CSV} lacks the columns rank and trial_id")
+    return [plain_row(r) for r in confirm.sort_values("rank").to_dict("records")]
+
+
+def read_experiment(run: Path) -> dict[str, Any]:
+    """``experiment.yaml`` as a mapping; empty when the run has none or it is unreadable.
+
+    The search settings only describe a run; a run without them is still a run.
+    """
+    from caetune.models import read_yaml_mapping
+
+    path = run / EXPERIMENT_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return read_yaml_mapping(path, field=EXPERIMENT_FILE)
+    except InputError:
+        return {}
+
+
+# -- the best trials ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One finished trial in the run's ranking.
+
+    Attributes:
+        row: Its ``results.csv`` row (plain Python values, missing ones ``None``).
+        ranked_by: Why it stands where it does, for people (``results.csv: objective``).
+        confirm: Its ``confirm.csv`` row when the search confirmed it with extra seeds.
+    """
+
+    row: dict[str, Any]
+    ranked_by: str
+    confirm: dict[str, Any] | None = None
+
+    @property
+    def trial_id(self) -> str:
+        return str(self.row["trial_id"])
+
+
+def score_key(rows: Iterable[Mapping[str, Any]]) -> str:
+    """The column a run's trials are ranked by.
+
+    ``objective``; ``val_mse`` when no complete trial has a finite objective
+    (a run written without a scalar objective).
+    """
+    done = finished(rows)
+    return OBJECTIVE if any(_number(r.get(OBJECTIVE)) is not None for r in done) else VAL_MSE
+
+
+def best_first(rows: Iterable[Mapping[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The rows with a finite ``key``, lowest first, ties by ``trial_id``; the others dropped.
+
+    A missing, non-numeric, NaN or infinite value cannot be compared with the
+    others, so such a row is never among the best.
+    """
+    scored = []
+    for row in rows:
+        score = _number(row.get(key))
+        if score is not None:
+            scored.append((score, str(row.get("trial_id")), dict(row)))
+    scored.sort(key=lambda s: (s[0], s[1]))
+    return [row for _, _, row in scored]
+
+
+def rank_trials(
+    results: pd.DataFrame | Iterable[Mapping[str, Any]],
+    *,
+    confirm: Iterable[Mapping[str, Any]] = (),
+    key: str | None = None,
+) -> list[Ranked]:
+    """The run's finished trials, best first: the one ranking of every reader of a run.
+
+    Finished means ``complete`` (a pruned trial's model stopped short of its
+    Ne). Trials the search confirmed with extra seeds come first, in
+    ``confirm.csv``'s order (their mean objective); the others follow by
+    :func:`best_first` on ``key`` (default :func:`score_key`). A trial
+    without a finite score is not ranked, confirmed or not.
+
+    Args:
+        results: ``results.csv`` as a DataFrame, or its rows.
+        confirm: ``confirm.csv``'s rows, by rank (:func:`read_confirm`).
+        key: The column to rank by.
+    """
+    rows = [plain_row(r) for r in _records(results)]
+    key = key or score_key(rows)
+    done = {r["trial_id"]: r for r in best_first(finished(rows), key)}
+    ranked = []
+    for entry in confirm:
+        row = done.pop(str(entry.get("trial_id")), None)
+        if row is None:
+            continue  # an older confirmation of a trial that is no longer complete
+        seeds = entry.get("seeds") or ""
+        why = f"{CONFIRM_CSV}: mean objective over seeds {seeds}".strip()
+        ranked.append(Ranked(row, why, dict(entry)))
+    return ranked + [Ranked(row, f"{RESULTS_CSV}: {key}") for row in done.values()]
+
+
+def check_top_k(value: Any, *, field: str = "--top-k") -> int:
+    """K, how many of the best trials to take: an integer >= 1.
+
+    Raises:
+        InputError: Anything else, naming ``field``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(field, f"expected an integer K >= 1, got {value!r}")
+    return value
+
+
+def finished(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The ``complete`` rows."""
+    return [r for r in rows if r.get("status") == COMPLETE]
+
+
+def check_trial_id(trial_id: Any, *, run_name: str) -> str:
+    """``trial_id`` as a folder name; a hostile ``results.csv`` (``../../x``, ``/abs``) must not
+    steer reads or writes out of their folders.
+
+    Raises:
+        InputError: It is not one safe path component.
+    """
+    text = str(trial_id)
+    if not _TRIAL_ID.fullmatch(text):
+        raise InputError(
+            "RUN", f"{run_name}/{RESULTS_CSV} names a trial {text!r} that is not a folder name"
+        )
+    return text
+
+
+# -- a trial's checkpoint ----------------------------------------------------------------
+
+
+@dataclass
+class TrialCheckpoint:
+    """A finished trial's files, read and checked against each other.
+
+    Attributes:
+        trial_id: The trial.
+        where: How errors name its folder (``RUN/trials/<id>``).
+        config: Its TrainConfig (``config.yaml``, the same as inside ``model.pt``).
+        weights: The CAE's ``state_dict`` from ``model.pt``.
+        history: Its per-epoch metrics (dicts of EpochMetrics), oldest first.
+    """
+
+    trial_id: str
+    where: str
+    config: TrainConfig
+    weights: dict
+    history: list[dict]
+
+    def model(self, *, in_channels: int, image_size: tuple[int, int]) -> CAE:
+        """The trained CAE for images of this shape, in eval mode.
+
+        Raises:
+            InputError: The weights do not fit the config (and this shape).
+        """
+        from caetune.models import build_model
+
+        model = build_model(self.config, in_channels=in_channels, image_size=image_size)
+        try:
+            model.load_state_dict(self.weights)
+        except RuntimeError as err:
+            raise InputError(
+                self.where, f"{TRIAL_MODEL} does not fit {TRIAL_CONFIG}: {first_line(err)}"
+            ) from None
+        return model.eval()
+
+
+def read_trial(run: Path, trial_id: str, *, run_name: str) -> TrialCheckpoint:
+    """Reads a finished trial's ``config.yaml`` and ``model.pt``, strictly.
+
+    The checkpoint is read without running code (a run may come from a shared
+    bucket), must be a whole Trainer checkpoint at the config's last epoch,
+    and must hold the very config of ``config.yaml``.
+
+    Args:
+        run: The local run folder.
+        trial_id: A trial id already checked by :func:`check_trial_id`.
+        run_name: How errors name the run (its URL or path).
+
+    Raises:
+        InputError: A file is missing, unreadable, refused or disagrees.
+    """
+    import pickle
+
+    from caetune.models import TrainConfig, read_checkpoint
+
+    folder = run / TRIALS_DIR / trial_id
+    where = f"{run_name}/{TRIALS_DIR}/{trial_id}"
+    for name in (TRIAL_CONFIG, TRIAL_MODEL):
+        if not (folder / name).is_file():
+            raise InputError(where, f"{name} is missing; the trial cannot be read")
+    config = TrainConfig.from_yaml(folder / TRIAL_CONFIG)
+    model_file = f"{where}/{TRIAL_MODEL}"
+    try:
+        state = read_checkpoint(folder / TRIAL_MODEL)
+    except pickle.UnpicklingError:
+        raise InputError(
+            model_file, "refused: the checkpoint holds Python objects beyond tensors and plain data"
+        ) from None
+    except Exception as err:  # torch.load raises many kinds (pickle, zip, EOF, OS) for one cause
+        raise InputError(
+            model_file, f"unreadable checkpoint ({type(err).__name__}: {first_line(err)})"
+        ) from None
+    if not isinstance(state, dict) or not {"config", "model", "epoch", "history"} <= set(state):
+        raise InputError(
+            model_file, "not a Trainer checkpoint (expected config, model, epoch, history)"
+        )
+    try:
+        inside = TrainConfig.from_dict(dict(state["config"]), source=f"{model_file}: config")
+    except (TypeError, ValueError) as err:
+        raise InputError(model_file, f"bad config in checkpoint: {first_line(err)}") from None
+    if inside != config:
+        raise InputError(where, f"{TRIAL_CONFIG} and the config inside {TRIAL_MODEL} disagree")
+    if int(state["epoch"]) != config.n_epochs or not state["history"]:
+        raise InputError(
+            where, f"{TRIAL_MODEL} holds epoch {state['epoch']} of n_epochs {config.n_epochs}"
+        )
+    return TrialCheckpoint(trial_id, where, config, state["model"], list(state["history"]))
+
+
+# -- publishing a folder -------------------------------------------------------------------
+
+
+def publish(
+    stage: Path, target: Storage, *, last: str, field: str, replaces: set[str] | None = None
+) -> None:
+    """Puts the staged folder ``stage`` at ``target`` so that readers find all of it or none.
+
+    Locally the folder is renamed into place (an earlier one is swapped out
+    whole). S3 renames nothing, so the file ``last`` (the page or manifest a
+    reader starts from) goes first out and last in: the old one is deleted,
+    the other files are uploaded, then ``last``. A failed upload leaves
+    neither ``last`` nor the files.
+
+    Args:
+        stage: The finished folder, on a local disk.
+        target: Where it goes (the caller has checked it can be written).
+        last: The file, relative to ``stage``, that readers start from.
+        field: The flag that named ``target``, for errors.
+        replaces: On S3, the files of the earlier folder there: those not
+            published again are deleted afterwards (``None``: keep them).
+
+    Raises:
+        InputError: S3 refused a file.
+    """
+    if target.local_path is not None:
+        _publish_local(stage, target.local_path)
+    else:
+        _publish_s3(stage, target, last=last, field=field, replaces=replaces)
+
+
+def _publish_local(stage: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    incoming = Path(tempfile.mkdtemp(prefix=f".{target.name}.incoming-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(incoming, 0o777 & ~umask)  # mkdtemp's 0700 would hide the folder from everyone else
+    old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        for path in stage.iterdir():
+            shutil.move(path, incoming / path.name)  # a rename when the stage shares the filesystem
+        if target.exists():
+            os.replace(target, old)
+        os.replace(incoming, target)
+    except BaseException:
+        if old.exists() and not target.exists():
+            os.replace(old, target)  # put the earlier one back
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _publish_s3(
+    stage: Path, target: Storage, *, last: str, field: str, replaces: set[str] | None
+) -> None:
+    fs = target.filesystem()
+    new = {p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file()}
+    old = set(replaces or ())
+    try:
+        if exists(target, last):
+            fs.delete_file(target.join(last))  # from here on no reader trusts the old files
+        for rel in sorted(new - {last}):
+            upload_file(target, stage / rel, rel)
+        upload_file(target, stage / last, last)
+    except BaseException as err:
+        _remove_stale(fs, target, old=old | new | {last}, new=set())
+        if isinstance(err, OSError):
+            raise InputError(field, f"cannot write to {target.url}: {first_line(err)}") from None
+        raise
+    if replaces is not None:
+        _remove_stale(fs, target, old=old, new=new)
+
+
+def _remove_stale(fs, target: Storage, *, old: set[str], new: set[str]) -> None:
+    """Deletes the files of ``old`` not in ``new``; a sub-folder no longer used goes whole.
+
+    Whole folders, because pyarrow leaves a folder marker behind the last file
+    deleted from one.
+    """
+    new_folders = {rel.split("/", 1)[0] for rel in new if "/" in rel}
+    gone = sorted({rel.split("/", 1)[0] for rel in old if "/" in rel} - new_folders)
+    files = sorted(
+        rel for rel in old - new if "/" not in rel or rel.split("/", 1)[0] in new_folders
+    )
+    for delete, rels in ((fs.delete_dir, gone), (fs.delete_file, files)):
+        for rel in rels:
+            try:
+                delete(target.join(rel))
+            except (OSError, InputError):
+                pass  # already gone, unreachable like the upload, or a name we never write
+
+
+# -- small helpers -------------------------------------------------------------------------
+
+
+def plain_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A pandas row as plain Python: NumPy scalars unwrapped, missing values ``None``."""
+    out = {}
+    for key, value in row.items():
+        if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+            value = value.item()
+        if isinstance(value, float) and math.isnan(value):
+            value = None
+        out[str(key)] = value
+    return out
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's first line (its type when it says nothing), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, else ``None`` (as pandas' ``to_numeric(errors="coerce")``)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _records(results: Any) -> Iterable[Mapping[str, Any]]:
+    return results.to_dict("records") if hasattr(results, "to_dict") else results

@@ -77,7 +77,7 @@ class Storage:
 
     def filesystem(self) -> pyarrow.fs.FileSystem:
         """A pyarrow filesystem for this storage (S3 options read from the environment now)."""
-        if not self.is_s3:
+        if self.bucket is None:
             import pyarrow.fs
 
             return pyarrow.fs.LocalFileSystem()
@@ -122,7 +122,7 @@ class Storage:
             raise InputError(field, f"cannot reach s3://{self.bucket}: {reason}")
 
 
-def parse_storage(url: str, *, field: str = "--run-root") -> Storage:
+def parse_storage(url: str | os.PathLike, *, field: str = "--run-root") -> Storage:
     """Parses a local folder path or an ``s3://bucket/prefix`` URL.
 
     Local paths are expanded (``~``) and made absolute; nothing is created.
@@ -276,11 +276,31 @@ def download_dir(
     return sorted(written)
 
 
+def check_writable_dir(path: Path, *, field: str) -> None:
+    """Raises unless ``path`` is, or could be created as, a writable folder (creates nothing).
+
+    Raises:
+        InputError: ``path`` is a file, sits below one, or cannot be written.
+    """
+    if path.exists() and not path.is_dir():
+        raise InputError(field, f"{path} exists and is not a folder")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(field, f"cannot write to {path} ({probe} is not a folder)")
+    try:  # a real write: os.access() says yes to root even on read-only mounts
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise InputError(field, f"cannot write to {path} ({probe}: {err.strerror})") from None
+
+
 # --- internals ----------------------------------------------------------------
 
 
 def _relative_key(parts: Iterable[str]) -> str:
-    """``parts`` joined with ``/``; refuses absolute parts and ``..`` (the storage must contain them)."""
+    """``parts`` joined with ``/``; refuses absolute parts and ``..`` (the storage holds them)."""
     pieces = []
     for part in parts:
         text = os.fspath(part)
@@ -406,7 +426,11 @@ def _s3_unusable_reason(storage: Storage, timeout: float) -> str | None:
 
     # pyarrow falls back to unsigned requests without credentials; say so plainly instead.
     if botocore.session.get_session().get_credentials() is None:
-        return "no AWS credentials found (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws)"
+        return (
+            "no AWS credentials found "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws)"
+        )
+    assert storage.bucket is not None  # only asked of an S3 storage
     fs = _s3_filesystem(*_s3_options(storage.bucket, timeout))
     try:
         bucket = fs.get_file_info(storage.bucket)

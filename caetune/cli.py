@@ -27,7 +27,7 @@ COMMANDS: dict[str, str] = {
     "status": "caetune._cluster_cli",
     "logs": "caetune._cluster_cli",
     "stop": "caetune._cluster_cli",
-    "export": "caetune.search._export_cli",
+    "export": "caetune._export_cli",
 }
 
 EXIT_BAD_INPUT = 2

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from caetune.search._export import RTOL_SAME_MACHINE
+from caetune._export import RTOL_SAME_MACHINE
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"

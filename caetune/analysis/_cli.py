@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from caetune._renamed_flags import add_renamed, spelled
+
 
 def register(subparsers) -> None:
     """Adds both sub-commands (this module is listed once per command in ``caetune.cli``)."""
@@ -11,14 +13,17 @@ def register(subparsers) -> None:
         "report",
         help="write the figures and index.html of a search run",
         description=(
-            "Rebuild the top-K models of a search run (local folder or s3://bucket/prefix/NAME) from their "
-            "checkpoints and write all figures and one self-contained index.html."
+            "Rebuild the top-K models of a search run (local folder or s3://bucket/prefix/NAME) "
+            "from their checkpoints and write all figures and one self-contained index.html. "
+            "The top: the trials the search confirmed with extra seeds first, then the others "
+            "by objective."
         ),
     )
     report.add_argument("run", metavar="RUN", help="the run: STORAGE/NAME, a folder or s3:// URL")
-    report.add_argument(
-        "--top", type=int, default=3, metavar="K", help="how many of the best trials (default 3)"
+    top_k = report.add_argument(
+        "--top-k", type=int, default=3, metavar="K", help="how many of the best trials (default 3)"
     )
+    add_renamed(report, "--top", top_k)
     report.add_argument(
         "--out", metavar="DIR", help="report folder or s3:// URL (default RUN/report)"
     )
@@ -28,8 +33,9 @@ def register(subparsers) -> None:
         "reproduce",
         help="check the paper's findings on mnist-10k at small scale",
         description=(
-            "Train the paper's grid on mnist-10k with several seeds per configuration and write a table of "
-            "each finding of Tang, Lim & Siebert beside what caetune measured (agree, disagree, inconclusive)."
+            "Train the paper's grid on mnist-10k with several seeds per configuration and write "
+            "a table of each finding of Tang, Lim & Siebert beside what caetune measured "
+            "(agree, disagree, inconclusive)."
         ),
     )
     reproduce.add_argument(
@@ -55,9 +61,11 @@ def register(subparsers) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from caetune._runs import check_top_k
     from caetune.analysis._report import write_report
 
-    where = write_report(args.run, top=args.top, out=args.out)
+    top = check_top_k(args.top_k, field=spelled(args, "--top-k"))
+    where = write_report(args.run, top=top, out=args.out)
     print(f"{where}/index.html")
     return 0
 

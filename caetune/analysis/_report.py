@@ -21,8 +21,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import pickle
-import re
 import shutil
 import tempfile
 import time
@@ -37,16 +35,24 @@ from caetune._runs import (
     REPORT_DIR,
     RESULTS_CSV,
     STUDY_FILE,
-    TRIAL_METRICS,
-    TRIAL_MODEL,
     TRIALS_DIR,
+    TrialCheckpoint,
+    check_top_k,
+    check_trial_id,
+    fetch_run,
+    first_line,
+    publish,
+    rank_trials,
+    read_confirm,
+    read_experiment,
+    read_results,
+    read_trial,
 )
 
 N_IMAGES = 256  # validation images run through each reported model
 N_RECONSTRUCTIONS = 10
 MARKER = "caetune-report"  # in index.html: lets a later report replace this folder safely
-# A trial id names a folder to read and files to write: one safe path component, as caetune search makes them.
-_TRIAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+INDEX = "index.html"
 # Columns of the results table on the page (the CSV holds them all).
 PAGE_COLUMNS = (
     "trial_id",
@@ -67,7 +73,8 @@ PAGE_COLUMNS = (
     "error",
 )
 UTILISATION_TEXT = (
-    "U = mean over layers 3 and 4 of (1 − dead fraction) × local entropy, the local entropy being that of the "
+    "U = mean over layers 3 and 4 of (1 − dead fraction) × local entropy, "
+    "the local entropy being that of the "
     "8-bit stacked activation map over 13×13 neighbourhoods, divided by 8 bits; U lies in [0, 1]."
 )
 
@@ -79,13 +86,18 @@ class _Trial:
     trial_id: str
     rank: int
     row: dict[str, Any]
-    folder: Path
-    config: Any  # TrainConfig
-    model_state: dict
-    history: list[dict]
+    checkpoint: TrialCheckpoint
     figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, relative path)
     metrics: dict[str, float] = field(default_factory=dict)
     fit: Any = None
+
+    @property
+    def config(self):
+        return self.checkpoint.config
+
+    @property
+    def history(self) -> list[dict]:
+        return self.checkpoint.history
 
 
 def write_report(
@@ -96,7 +108,8 @@ def write_report(
     Args:
         run: The run folder ``STORAGE/NAME`` (local) or ``s3://bucket/prefix/NAME``.
         top: How many of the best completed trials get their models rebuilt
-            and drawn (by ``objective``, else ``val_mse``; fewer when fewer
+            and drawn (the run's ranking, :func:`caetune._runs.rank_trials`:
+            confirmed trials first, then by ``objective``; fewer when fewer
             are complete).
         out: Where the report goes; default ``RUN/report``. An ``s3://`` URL
             uploads it there.
@@ -113,177 +126,84 @@ def write_report(
     """
     from caetune._storage import parse_storage
 
-    top = _check_top(top)
+    top = check_top_k(top)
     storage = parse_storage(run, field="RUN")
     target = parse_storage(out, field="--out") if out is not None else storage.child(REPORT_DIR)
-    with tempfile.TemporaryDirectory(prefix="caetune-report-") as work:
-        work = Path(work)
-        local_run = storage.local_path or _download(
+    with tempfile.TemporaryDirectory(prefix="caetune-report-") as tmp:
+        work = Path(tmp)
+        local_run = fetch_run(
             storage, work / "run", [RESULTS_CSV, EXPERIMENT_FILE, STUDY_FILE, CONFIRM_CSV]
         )
         results = read_results(local_run, name=str(storage))
-        chosen = top_trials(results, top)
-        _check_trial_ids(chosen["trial_id"], run_name=str(storage))
+        chosen = top_trials(results, top, confirm=read_confirm(local_run))
+        for trial_id in chosen["trial_id"]:
+            check_trial_id(trial_id, run_name=str(storage))
         if storage.is_s3:
-            _download(storage, local_run, [f"{TRIALS_DIR}/{t}/*" for t in chosen["trial_id"]])
+            fetch_run(storage, local_run, [f"{TRIALS_DIR}/{t}/*" for t in chosen["trial_id"]])
         trials = [
-            _load_trial(local_run, row, rank)
+            _Trial(
+                str(row["trial_id"]),
+                rank,
+                row,
+                read_trial(local_run, str(row["trial_id"]), run_name=str(storage)),
+            )
             for rank, row in enumerate(chosen.to_dict("records"), 1)
         ]
-        if target.is_s3:
+        if target.local_path is None:
             target.check_reachable()
         else:
             _check_report_target(target.local_path)
-        datasets: dict[
-            tuple, Any
-        ] = {}  # trials of one search share their data: load each split once
-        models = [
-            _rebuild(trial, datasets) for trial in trials
-        ]  # bad data or shapes fail here, before writing
+        # Trials of one search share their data: load each split once.
+        datasets: dict[tuple, Any] = {}
+        # Bad data or shapes fail here, before writing.
+        models = [_rebuild(trial, datasets) for trial in trials]
 
         stage = work / "report"
         _build(stage, local_run, results, trials, models, run_name=str(storage))
-        if target.is_s3:
-            _upload(stage, target)
-            return target.url
-        _move_into_place(stage, target.local_path)
-        return target.local_path
+        publish(stage, target, last=INDEX, field="--out")
+        return target.url if target.local_path is None else target.local_path
 
 
 # -- reading the run -------------------------------------------------------------------
 
 
-def read_results(run: Path, *, name: str | None = None):
-    """The run's ``results.csv`` as a DataFrame, ``trial_id`` as text.
+def top_trials(results, top: int, *, confirm=()):
+    """The ``top`` best completed trials, best first, as the run ranks them.
 
-    Raises:
-        InputError: ``run`` is not a run folder or the table is unreadable.
-    """
-    import pandas as pd
-
-    label = name or str(run)
-    path = Path(run) / RESULTS_CSV
-    if not Path(run).is_dir():
-        raise InputError("RUN", f"expected a search run folder, but {label} is not a folder")
-    if not path.is_file():
-        raise InputError("RUN", f"{label} is not a search run (no {RESULTS_CSV})")
-    try:
-        results = pd.read_csv(path, dtype={"trial_id": str})
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise InputError("RUN", f"cannot read {path}: {_first_line(err)}") from None
-    missing = [c for c in ("trial_id", "status") if c not in results]
-    if missing or not ({"objective", "val_mse"} & set(results.columns)):
-        need = ", ".join(missing or ["objective or val_mse"])
-        raise InputError("RUN", f"{path} lacks the column(s) {need}")
-    return results
-
-
-def top_trials(results, top: int):
-    """The ``top`` best completed trials, best first (lowest ``objective``, else ``val_mse``).
+    Args:
+        results: ``results.csv`` (:func:`caetune._runs.read_results`).
+        top: How many.
+        confirm: ``confirm.csv``'s rows (the search's confirmed trials come first).
 
     Raises:
         InputError: No trial has completed yet.
     """
     import pandas as pd
 
-    done = results[results["status"] == "complete"].copy()
-    score = pd.Series(math.nan, index=done.index, dtype=float)
-    for column in ("objective", "val_mse"):  # a pareto search has no scalar objective: fall back
-        if column in done:
-            score = score.fillna(pd.to_numeric(done[column], errors="coerce"))
-    done["_score"] = score
-    done = done[done["_score"].map(math.isfinite)]
-    if done.empty:
+    ranked = rank_trials(results, confirm=confirm)[:top]
+    if not ranked:
         raise InputError("RUN", "the run has no completed trial yet (nothing to report)")
-    return (
-        done.sort_values(["_score", "trial_id"])
-        .head(top)
-        .drop(columns="_score")
-        .reset_index(drop=True)
-    )
-
-
-def _check_trial_ids(trial_ids, *, run_name: str) -> None:
-    """A hostile ``results.csv`` (``../../x``, ``/abs``) must not steer reads or writes out of their folders."""
-    for trial_id in trial_ids:
-        if not _TRIAL_ID.fullmatch(str(trial_id)):
-            raise InputError(
-                "RUN",
-                f"{run_name}/{RESULTS_CSV} names a trial {str(trial_id)!r} that is not a folder name",
-            )
-
-
-def _load_trial(run: Path, row: dict, rank: int) -> _Trial:
-    from caetune.models import TrainConfig, read_checkpoint
-
-    trial_id = str(row["trial_id"])
-    folder = run / TRIALS_DIR / trial_id
-    path = folder / TRIAL_MODEL
-    if not path.is_file():
-        raise InputError(str(path), "checkpoint not found")
-    try:
-        # A checkpoint from someone else's run (a shared bucket) must not run code when read.
-        state = read_checkpoint(path)
-    except pickle.UnpicklingError:
-        raise InputError(
-            str(path), "refused: the checkpoint holds Python objects beyond tensors and plain data"
-        ) from None
-    except Exception as err:  # torch.load raises many kinds (zip, EOF, OS) for one cause
-        raise InputError(
-            str(path), f"unreadable checkpoint ({type(err).__name__}: {_first_line(err)})"
-        ) from None
-    if not isinstance(state, dict) or not {"config", "model"} <= set(state):
-        raise InputError(
-            str(path), "not a caetune checkpoint (expected a Trainer state with config and model)"
-        )
-    try:
-        config = TrainConfig.from_dict(dict(state["config"]), source=f"{path}: config")
-    except (TypeError, ValueError) as err:
-        raise InputError(str(path), f"bad config in checkpoint: {_first_line(err)}") from None
-    history = list(state.get("history") or _metrics_history(folder))
-    return _Trial(trial_id, rank, row, folder, config, state["model"], history)
-
-
-def _metrics_history(folder: Path) -> list[dict]:
-    import json
-
-    try:
-        return json.loads((folder / TRIAL_METRICS).read_text(encoding="utf-8")).get("history") or []
-    except (OSError, ValueError, AttributeError):
-        return []
+    return pd.DataFrame([r.row for r in ranked])
 
 
 def _rebuild(trial: _Trial, datasets: dict[tuple, Any]):
     """The trial's CAE with its trained weights, and the validation images it was judged on."""
-    from caetune.models import DATA_FIELDS, build_model, load_data
+    from caetune.models import DATA_FIELDS, load_data
 
     key = tuple(getattr(trial.config, f) for f in DATA_FIELDS)
     if key not in datasets:
         datasets[key] = load_data(trial.config)
     data = datasets[key]
-    model = build_model(trial.config, in_channels=data.channels, image_size=data.image_size)
-    try:
-        model.load_state_dict(trial.model_state)
-    except RuntimeError as err:
-        path = trial.folder / TRIAL_MODEL
-        raise InputError(
-            str(path), f"checkpoint does not fit its config: {_first_line(err)}"
-        ) from None
-    return model.eval(), data.val  # val: uint8 [M, C, H, W]
+    model = trial.checkpoint.model(in_channels=data.channels, image_size=data.image_size)
+    return model, data.val  # val: uint8 [M, C, H, W]
 
 
 # -- checks ---------------------------------------------------------------------------
 
 
-def _check_top(top: int) -> int:
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise InputError("--top", f"expected an integer K >= 1, got {top!r}")
-    return top
-
-
 def _check_report_target(path: Path) -> None:
     """``path`` must be new, empty, or an earlier report, in a writable place."""
-    from caetune.models._cli import check_writable_dir
+    from caetune._storage import check_writable_dir
 
     check_writable_dir(path, field="--out")
     if path.is_dir() and any(path.iterdir()):
@@ -304,19 +224,21 @@ def _build(
     stage: Path, run: Path, results, trials: list[_Trial], models: list, *, run_name: str
 ) -> None:
     """Every file of the report, into ``stage``."""
-    from caetune.analysis import (
-        collect_activations,
-        fit_mse_curve,
+    import pandas as pd
+
+    # From the modules, not the package: caetune.analysis imports this module.
+    from caetune.analysis._activations import collect_activations, sample_indices
+    from caetune.analysis._curves import fit_mse_curve
+    from caetune.analysis._figures import (
         plot_histogram,
         plot_local_entropy,
         plot_mse_curve,
         plot_reconstructions,
         plot_stacked_map,
         plot_trials_summary,
-        sample_indices,
         save_figure,
-        utilisation,
     )
+    from caetune.analysis._metrics import utilisation
 
     figures = stage / "figures"
     (stage / "configs").mkdir(parents=True)
@@ -334,7 +256,7 @@ def _build(
     if study is not None:
         summary += _study_figures(study, save)
 
-    for trial, (model, val_images) in zip(trials, models):
+    for trial, (model, val_images) in zip(trials, models, strict=True):
         stem = f"{trial.trial_id}-"
         (stage / "configs" / f"{trial.trial_id}.yaml").write_text(
             trial.config.to_yaml(), encoding="utf-8"
@@ -383,8 +305,9 @@ def _build(
                 ),
             ]
 
-    experiment = _read_experiment(run)
-    confirm = _read_confirm(run)
+    experiment = read_experiment(run)
+    rows = read_confirm(run)
+    confirm = pd.DataFrame(rows) if rows else None
     page = _page(
         run_name=run_name,
         results=results,
@@ -395,11 +318,11 @@ def _build(
         experiment=experiment,
         confirm=confirm,
     )
-    (stage / "index.html").write_text(page, encoding="utf-8")
+    (stage / INDEX).write_text(page, encoding="utf-8")
 
 
 def _study_figures(study, save) -> list[tuple[str, str]]:
-    from caetune.analysis import plot_study
+    from caetune.analysis._figures import plot_study
 
     kinds = ["history", "importances"] + (["pareto"] if len(study.directions) > 1 else [])
     names = {
@@ -411,7 +334,7 @@ def _study_figures(study, save) -> list[tuple[str, str]]:
 
 
 def _load_study(run: Path, *, work: Path, name: str):
-    """The run's Optuna study from a snapshot of ``study.db`` (never the live file), or a note why not."""
+    """The run's Optuna study from a snapshot of ``study.db`` (never the live file), or why not."""
     import optuna
 
     from caetune._study import sqlite_snapshot
@@ -425,33 +348,11 @@ def _load_study(run: Path, *, work: Path, name: str):
         url = f"sqlite:///{copy}"
         names = optuna.get_all_study_names(url)
     except Exception as err:  # a corrupt or foreign file: report it on the page, not as a crash
-        return None, f"study.db could not be opened: {_first_line(err)}"
+        return None, f"study.db could not be opened: {first_line(err)}"
     if not names:
         return None, "study.db holds no study."
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.load_study(study_name=name if name in names else names[0], storage=url), None
-
-
-def _read_experiment(run: Path) -> dict:
-    from caetune.models import read_yaml_mapping
-
-    path = run / EXPERIMENT_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return read_yaml_mapping(path, field=EXPERIMENT_FILE)
-    except InputError:
-        return {}
-
-
-def _read_confirm(run: Path):
-    import pandas as pd
-
-    path = run / CONFIRM_CSV
-    try:
-        return pd.read_csv(path) if path.is_file() else None
-    except (OSError, ValueError, pd.errors.ParserError):
-        return None
 
 
 def _find(mapping: Any, keys: tuple[str, ...]) -> Any:
@@ -470,79 +371,37 @@ def _find(mapping: Any, keys: tuple[str, ...]) -> Any:
 
 def _objective_text(experiment: dict, study) -> str:
     """The objective's formula, as the search recorded it (or as its study implies)."""
+    from caetune.analysis._metrics import objective_formula
+
     formula = _find(experiment, ("formula",))
     if formula:
         return str(formula)
     kind = _find(experiment, ("kind", "objective"))
     weight = _find(experiment, ("utilisation_weight", "weight"))
     if kind == "pareto" or (study is not None and len(study.directions) > 1):
-        return "two objectives: minimise val_mse, maximise U (Pareto front)"
+        return objective_formula("pareto")
     if kind == "mse" or weight in (0, 0.0):
-        return "objective = val_mse"
+        return objective_formula("mse")
     if kind == "combined" and weight is not None:
-        return f"objective = val_mse * (1 + {float(weight):g} * (1 - U))"
-    return (
-        "objective = val_mse * (1 + utilisation_weight * (1 - U)) (weight not recorded in the run)"
-    )
-
-
-def _move_into_place(stage: Path, target: Path) -> None:
-    """Replaces ``target`` by ``stage`` with renames only (an old report is swapped out whole)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    moved = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
-    os.chmod(moved, 0o755)  # mkdtemp makes it private; a report is meant to be read by others
-    old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-    try:
-        shutil.copytree(stage, moved, dirs_exist_ok=True)  # stage may be on another filesystem
-        if target.exists():
-            os.replace(target, old)
-        os.replace(moved, target)
-    except BaseException:
-        if old.exists() and not target.exists():
-            os.replace(old, target)  # put the earlier report back
-        shutil.rmtree(moved, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _download(storage, local: Path, patterns: list[str]) -> Path:
-    from caetune._storage import download_dir
-
-    storage.check_reachable()
-    try:
-        download_dir(storage, "", local, include=patterns)
-    except OSError as err:
-        raise InputError("RUN", f"cannot read {storage}: {_first_line(err)}") from None
-    local.mkdir(parents=True, exist_ok=True)
-    return local
-
-
-def _upload(stage: Path, target) -> None:
-    from caetune._storage import upload_file
-
-    files = sorted(p for p in stage.rglob("*") if p.is_file())
-    # index.html last: a reader never finds a page whose figures are still on their way.
-    for path in sorted(files, key=lambda p: p.name == "index.html"):
-        upload_file(target, path, path.relative_to(stage).as_posix())
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+        return objective_formula("combined", float(weight))
+    return f"{objective_formula('combined')} (weight not recorded in the run)"
 
 
 # -- the page -------------------------------------------------------------------------
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
-h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em;
+  color: #222; }
+h1 { font-size: 1.6em; }
+h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 table { border-collapse: collapse; font-size: .85em; margin: .5em 0; } .wide { overflow-x: auto; }
 th, td { border: 1px solid #ddd; padding: .25em .5em; text-align: right; }
 th { background: #f3f3f3; } tr.top td { background: #eef6ff; }
 code, pre { background: #f6f6f6; padding: .1em .3em; } pre { padding: .6em; overflow-x: auto; }
 .formula { font-size: 1.1em; }
 .figures { display: flex; flex-wrap: wrap; gap: 1em; }
-figure { margin: 0; flex: 1 1 480px; max-width: 100%; } figure img { width: 100%; border: 1px solid #eee; }
+figure { margin: 0; flex: 1 1 480px; max-width: 100%; }
+figure img { width: 100%; border: 1px solid #eee; }
 figcaption { font-size: .85em; color: #555; } .note { color: #a60; }
 nav a { margin-right: 1em; }
 """
@@ -557,10 +416,12 @@ def _page(*, run_name, results, trials, summary, study_note, objective, experime
     running = counts.get("running", 0)
     table = _results_table(results, {t.trial_id for t in trials})
     parts = [
-        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<meta name="generator" '
-        f'content="{MARKER}">\n<title>caetune report: {esc(Path(run_name).name)}</title>\n<style>{_CSS}</style>\n'
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="generator" content="{MARKER}">\n'
+        f"<title>caetune report: {esc(Path(run_name).name)}</title>\n<style>{_CSS}</style>\n"
         f"</head>\n<body>\n<h1>caetune report: {esc(Path(run_name).name)}</h1>",
-        f"<p>Run <code>{esc(run_name)}</code>: {esc(status)}. Generated {esc(time.strftime('%Y-%m-%d %H:%M'))}."
+        f"<p>Run <code>{esc(run_name)}</code>: {esc(status)}. "
+        f"Generated {esc(time.strftime('%Y-%m-%d %H:%M'))}."
         + (
             f' <span class="note">The search was still running ({running} trials).</span>'
             if running
@@ -574,7 +435,8 @@ def _page(*, run_name, results, trials, summary, study_note, objective, experime
         + "</nav>",
         "<h2>Objective</h2>",
         f'<p class="formula"><code>{esc(objective)}</code></p><p>{esc(UTILISATION_TEXT)} '
-        "Lower objective is better; the reported trials are the best completed ones by objective "
+        "Lower objective is better; the reported trials are the best completed ones: those the "
+        "search confirmed with extra seeds first (by their mean), then the others by objective "
         "(by val_mse when there is no scalar objective).</p>",
         "<h2>Results</h2>",
         f"<p>{len(results)} trials; the {len(trials)} reported below are highlighted.</p>",
@@ -660,10 +522,12 @@ def _trial_section(trial: _Trial) -> list[str]:
     )
     return [
         f'<h2 id="{esc(trial.trial_id)}">#{trial.rank}: trial {esc(trial.trial_id)}</h2>',
-        f"<p>{esc(config.model)}, Nn = {config.n_neurons}, Nm = {config.n_maps}, Ne = {config.n_epochs}, "
+        f"<p>{esc(config.model)}, Nn = {config.n_neurons}, Nm = {config.n_maps}, "
+        f"Ne = {config.n_epochs}, "
         f"lr = {config.lr:g}, batch size = {config.batch_size}, seed = {config.seed}, dataset "
         f"<code>{esc(config.dataset)}</code>. From results.csv: {esc(score)}. "
-        f'Config: <a href="configs/{esc(trial.trial_id)}.yaml">configs/{esc(trial.trial_id)}.yaml</a>.</p>',
+        f'Config: <a href="configs/{esc(trial.trial_id)}.yaml">'
+        f"configs/{esc(trial.trial_id)}.yaml</a>.</p>",
         f"<p>{esc(fit_text)}</p>",
         util,
         _figure_block(trial.figures),

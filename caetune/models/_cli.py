@@ -7,10 +7,10 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from caetune._errors import InputError
+from caetune._storage import check_writable_dir
 
 # Bytes per parameter while training with Adam: fp32 weights, gradients and two moments.
 TRAIN_BYTES_PER_PARAMETER = 16
@@ -66,22 +66,6 @@ def config_from_args(args: argparse.Namespace):
     if args.config:
         return TrainConfig.from_yaml(args.config, **flags)
     return TrainConfig.from_dict(flags, source="flags")
-
-
-def check_writable_dir(path: Path, *, field: str) -> None:
-    """Raises unless ``path`` is, or could be created as, a writable folder (creates nothing)."""
-    if path.exists() and not path.is_dir():
-        raise InputError(field, f"{path} exists and is not a folder")
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError(field, f"cannot write to {path} ({probe} is not a folder)")
-    try:  # a real write: os.access() says yes to root even on read-only mounts
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as err:
-        raise InputError(field, f"cannot write to {path} ({probe}: {err.strerror})") from None
 
 
 def check_model_fits(config, data) -> None:

@@ -12,10 +12,10 @@ import importlib
 # public name -> the private module that defines it
 _EXPORTS = {
     "DEFAULTS": "caetune.search._defaults",
-    "ExportResult": "caetune.search._export",
-    "export_run": "caetune.search._export",
-    "load_exported": "caetune.search._export",
-    "verify_export": "caetune.search._export",
+    "ExportResult": "caetune._export",
+    "export_run": "caetune._export",
+    "load_exported": "caetune._export",
+    "verify_export": "caetune._export",
     "OBJECTIVES": "caetune.search._objective",
     "Objective": "caetune.search._objective",
     "SearchOutcome": "caetune.search._run",

@@ -21,13 +21,13 @@ import sys
 import time
 from typing import Any, TextIO
 
-from caetune._runs import CONFIRM_CSV
+from caetune._runs import COMPLETE, CONFIRM_CSV, FAILED, best_first, rank_trials
 
 CONFIRM_RUNS_CSV = "confirm_runs.csv"
 
 
 def confirm_run(trial_id: str, train, factory, data: dict[str, Any]) -> dict[str, Any]:
-    """Trains one config (a TrainConfig) to its full Ne; a Ray task. Failures are a row, not an exception."""
+    """Trains one config (a TrainConfig) to its full Ne; a Ray task. A failure is a row."""
     import torch
 
     from caetune.models import Trainer
@@ -40,23 +40,23 @@ def confirm_run(trial_id: str, train, factory, data: dict[str, Any]) -> dict[str
         trainer = Trainer(train, image_data(data))
         trainer.fit()
         metrics = epoch_metrics(trainer, factory.objective, util_images=int(factory.util_images))
-        row.update(status="complete", error=None, **metrics)
+        row.update(status=COMPLETE, error=None, **metrics)
     except Exception as err:  # noqa: BLE001 -- a failed seed is part of the evidence
-        row.update(status="failed", error=failure_reason(err))
+        row.update(status=FAILED, error=failure_reason(err))
     row["seconds"] = time.perf_counter() - start
     row["cpu_seconds"] = time.process_time() - cpu
     return row
 
 
 def candidates(frame, *, top_k: int, pareto: bool) -> list[str]:
-    """Trial ids of the configs to confirm, best first."""
-    done = frame[frame["status"] == "complete"]
-    if done.empty:
-        return []
-    if pareto and "pareto" in done.columns:
-        done = done[done["pareto"].astype(bool)]
-    key = "val_mse" if pareto else "objective"
-    return list(done.sort_values([key, "trial_id"])["trial_id"][:top_k])
+    """Trial ids of the configs to confirm, best first (the run's one ranking).
+
+    For ``pareto`` only the Pareto front, by val_mse.
+    """
+    ranked = rank_trials(frame, key="val_mse" if pareto else "objective")
+    if pareto and "pareto" in frame.columns:
+        ranked = [r for r in ranked if r.row.get("pareto")]
+    return [r.trial_id for r in ranked[:top_k]]
 
 
 def run_confirm(
@@ -123,7 +123,7 @@ def run_confirm(
         runs.append(row)
         _write_csv(files, CONFIRM_RUNS_CSV, pd.DataFrame(runs))
         value = row.get("objective")
-        shown = f"objective {value:.4g}" if row["status"] == "complete" else row["error"]
+        shown = f"objective {value:.4g}" if row["status"] == COMPLETE else row["error"]
         print(f"  confirm {row['trial_id']} seed {row['seed']}: {shown}", file=stream, flush=True)
 
     ranking = rank(frame, runs, chosen, params=list(factory.space.params))
@@ -132,7 +132,7 @@ def run_confirm(
 
 
 def rank(frame, runs: list[dict], chosen: list[str], *, params: list[str]):
-    """One row per config: its search run plus its confirmation runs, mean and sd, ranked by mean objective."""
+    """One row per config, by mean objective: its search run and confirmation runs, mean, sd."""
     import pandas as pd
 
     search_rows = {r["trial_id"]: r for r in frame.to_dict(orient="records")}
@@ -140,20 +140,21 @@ def rank(frame, runs: list[dict], chosen: list[str], *, params: list[str]):
     for trial_id in chosen:
         first = search_rows[trial_id]
         samples = [first] + [
-            r for r in runs if r["trial_id"] == trial_id and r["status"] == "complete"
+            r for r in runs if r["trial_id"] == trial_id and r["status"] == COMPLETE
         ]
         row = {"trial_id": trial_id, **{p: first.get(p) for p in params}}
         row["seeds"] = " ".join(str(int(s["seed"])) for s in samples)
         row["n_seeds"] = len(samples)
         row["failed_seeds"] = sum(
-            1 for r in runs if r["trial_id"] == trial_id and r["status"] != "complete"
+            1 for r in runs if r["trial_id"] == trial_id and r["status"] != COMPLETE
         )
         for key in ("objective", "val_mse", "utilisation"):
             mean, sd = _mean_sd([s.get(key) for s in samples])
             row[f"{key}_mean"], row[f"{key}_sd"] = mean, sd
         row["search_objective"] = first.get("objective")
         out.append(row)
-    ranking = pd.DataFrame(out).sort_values(["objective_mean", "trial_id"]).reset_index(drop=True)
+    # The one ranking's rule on the configs' means (every chosen config has a finite one).
+    ranking = pd.DataFrame(best_first(out, "objective_mean"))
     ranking.insert(0, "rank", range(1, len(ranking) + 1))
     return ranking
 

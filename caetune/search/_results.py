@@ -29,6 +29,7 @@ from caetune._runs import (
     TRIAL_METRICS,
     TRIAL_MODEL,
     TRIALS_DIR,
+    rank_trials,
 )
 from caetune._storage import Storage, exists, read_bytes, write_bytes
 
@@ -173,10 +174,9 @@ class ResultsTable:
         return counts
 
     def best(self, key: str = "objective") -> dict[str, Any] | None:
-        done = [
-            r for r in self.rows.values() if r.get("status") == "complete" and _finite(r.get(key))
-        ]
-        return min(done, key=lambda r: r[key]) if done else None
+        """The best complete trial by ``key`` (the run's one ranking), or ``None``."""
+        ranked = rank_trials(self.rows.values(), key=key)
+        return ranked[0].row if ranked else None
 
 
 def write_trial_files(
@@ -190,10 +190,6 @@ def write_trial_files(
 
 def model_path(trial_id: str) -> str:
     return f"{trial_dir(trial_id)}/{TRIAL_MODEL}"
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _plain(value: Any) -> Any:

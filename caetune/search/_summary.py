@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from caetune._errors import InputError
-from caetune._runs import RESULTS_CSV, STUDY_FILE
+from caetune._runs import RESULTS_CSV, STUDY_FILE, rank_trials
 from caetune.search._settings import display_url
 
 
@@ -41,12 +41,9 @@ def print_summary(out, files, table, ranking, space, values, study_url, report) 
                 file=out,
             )
     else:
-        frame = table.frame()
-        done = (
-            frame[frame["status"] == "complete"].sort_values("objective") if len(frame) else frame
-        )
+        done = [r.row for r in rank_trials(table.frame())]
         print("Top configs (one seed each):", file=out)
-        for i, row in enumerate(done.head(values["top_k"]).to_dict(orient="records"), 1):
+        for i, row in enumerate(done[: values["top_k"]], 1):
             described = "  ".join(f"{p}={_fmt(row[p])}" for p in params)
             print(
                 f"  {i}. {row['trial_id']}  {described}  objective {_fmt(row['objective'])}",

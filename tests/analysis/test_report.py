@@ -131,7 +131,7 @@ def browser():
 
 @pytest.fixture
 def served(tmp_path):
-    """Serves a folder over HTTP on 127.0.0.1 (a random port); yields a function folder -> base URL."""
+    """Serves a folder over HTTP on 127.0.0.1 (a random port); yields folder -> base URL."""
     servers = []
 
     def serve(folder: Path) -> str:
@@ -165,7 +165,8 @@ def test_page_loads_in_a_real_browser_with_no_missing_image(
     page.on("response", lambda r: r.status >= 400 and failures.append(f"{r.url}: {r.status}"))
     page.goto(f"{base}/index.html", wait_until="load")
     images = page.evaluate(
-        "Array.from(document.images).map(i => ({src: i.getAttribute('src'), done: i.complete, w: i.naturalWidth}))"
+        "Array.from(document.images).map(i => ("
+        "{src: i.getAttribute('src'), done: i.complete, w: i.naturalWidth}))"
     )
     assert failures == []
     assert len(images) == 2 * len(PER_TRIAL_FIGURES) + 3
@@ -178,12 +179,12 @@ def test_page_loads_in_a_real_browser_with_no_missing_image(
 
 
 def test_cli_writes_into_the_run_by_default_and_replaces_an_old_report(run_copy, capsys):
-    assert cli.main(["report", str(run_copy), "--top", "1"]) == 0
+    assert cli.main(["report", str(run_copy), "--top-k", "1"]) == 0
     index = run_copy / "report" / "index.html"
     assert capsys.readouterr().out.strip() == f"{run_copy / 'report'}/index.html"
     stale = run_copy / "report" / "figures" / "stale.png"
     stale.write_bytes(b"left over")
-    assert cli.main(["report", str(run_copy), "--top", "2"]) == 0
+    assert cli.main(["report", str(run_copy), "--top-k", "2"]) == 0
     assert index.is_file() and not stale.exists()  # the old report was swapped out whole
     assert len(list((run_copy / "report" / "configs").iterdir())) == 2
     assert not [p for p in run_copy.iterdir() if p.name.startswith(".")]  # no staging folders left
@@ -240,7 +241,7 @@ def _not_a_run(run: Path) -> str:
     "spoil, extra, expected",
     [
         (_not_a_run, [], None),
-        (lambda run: "--top", ["--top", "0"], None),
+        (lambda run: "--top-k", ["--top-k", "0"], None),
         (_bad_checkpoint, [], "unreadable checkpoint"),
         (lambda run: "holds other files", ["--out", "{run}/trials"], None),
     ],

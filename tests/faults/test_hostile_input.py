@@ -648,7 +648,7 @@ def poison(run: Path, marker: Path, trial_id: str = "t0000") -> None:
 def test_report_of_a_sound_run_works(tmp_path, checkpoint, capsys):
     """The control for the hostile runs below: the same run, untouched, reports fine."""
     run = make_run(tmp_path, checkpoint)
-    assert main(["report", str(run), "--top", "1", "--out", str(tmp_path / "report")]) == 0, (
+    assert main(["report", str(run), "--top-k", "1", "--out", str(tmp_path / "report")]) == 0, (
         capsys.readouterr().err
     )
     assert (tmp_path / "report" / "index.html").is_file()
@@ -668,7 +668,7 @@ def test_trial_ids_that_leave_the_run_are_refused(tmp_path, checkpoint, capsys, 
     run = make_run(tmp_path, checkpoint, trial_id=trial_id, folder=Path(os.path.normpath(target)))
     before = snapshot(tmp_path)
     flag = "--out" if command == "report" else "--to"
-    code = main([command, str(run), "--top", "1", flag, str(tmp_path / "dest")])
+    code = main([command, str(run), "--top-k", "1", flag, str(tmp_path / "dest")])
     assert code == 2
     assert "not a folder name" in one_line(capsys.readouterr().err)
     assert snapshot(tmp_path) == before
@@ -679,7 +679,7 @@ def test_report_never_unpickles_code_from_a_run(tmp_path, checkpoint, capsys):
     marker = tmp_path / "PWNED"
     poison(run, marker)
     before = snapshot(tmp_path)
-    code = main(["report", str(run), "--top", "1", "--out", str(tmp_path / "report")])
+    code = main(["report", str(run), "--top-k", "1", "--out", str(tmp_path / "report")])
     assert code == 2
     assert "refused" in one_line(capsys.readouterr().err)
     assert not marker.exists(), "the checkpoint's pickle ran code"
@@ -690,7 +690,7 @@ def test_export_never_unpickles_code_from_a_run(tmp_path, checkpoint, capsys):
     run = make_run(tmp_path, checkpoint)
     marker = tmp_path / "PWNED"
     poison(run, marker)
-    main(["export", str(run), "--top", "1", "--to", str(tmp_path / "dest")])
+    main(["export", str(run), "--top-k", "1", "--to", str(tmp_path / "dest")])
     capsys.readouterr()
     assert not marker.exists(), "the checkpoint's pickle ran code"
 

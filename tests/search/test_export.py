@@ -1,4 +1,4 @@
-"""``caetune export``: layout, checksums, retraining within the stated tolerance, loading, S3, bad input, secrets.
+"""``caetune export``: layout, checksums, retraining, loading, S3, bad input, secrets.
 
 Most tests read a small run folder written here the way ``caetune search``
 writes one (:mod:`caetune._runs`): tiny CAEs trained for real on 60
@@ -24,10 +24,10 @@ import yaml
 
 import caetune
 from caetune import InputError
+from caetune._export import RTOL_OTHER_MACHINE, RTOL_SAME_MACHINE
 from caetune.cli import main
 from caetune.models import CAE, TrainConfig, Trainer, build_model, load_data
 from caetune.search import export_run, load_exported, verify_export
-from caetune.search._export import RTOL_OTHER_MACHINE, RTOL_SAME_MACHINE
 from tests.s3server import s3_bucket, s3_env, s3_server  # noqa: F401  (pytest fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -144,7 +144,7 @@ def test_train_config_ignores_the_export_section(tmp_path):
 
 def test_export_top_k_layout_config_weights_and_manifest(tiny_run, tmp_path, capsys):
     dest = tmp_path / "exports" / "tiny"
-    assert main(["export", str(tiny_run), "--top", "2", "--to", str(dest)]) == 0
+    assert main(["export", str(tiny_run), "--top-k", "2", "--to", str(dest)]) == 0
     out = capsys.readouterr().out
     best, second = ranked(tiny_run)
     assert f"1. {best}" in out and "caetune train --config" in out
@@ -299,13 +299,13 @@ def test_an_earlier_export_is_replaced_whole(tiny_run, tmp_path):
 @pytest.mark.parametrize(
     "top, expected",
     [
-        ("0", "--top: expected an integer K >= 1"),
+        ("0", "--top-k: expected an integer K >= 1"),
         ("3", "has only 2 finished trials, cannot export 3"),
     ],
 )
 def test_bad_k(tiny_run, tmp_path, capsys, top, expected):
     code, err = exit_code(
-        ["export", str(tiny_run), "--top", top, "--to", str(tmp_path / "ex")], capsys
+        ["export", str(tiny_run), "--top-k", top, "--to", str(tmp_path / "ex")], capsys
     )
     assert code == 2 and expected in err and err.count("\n") == 1
     assert not (tmp_path / "ex").exists()
@@ -342,7 +342,7 @@ def test_a_broken_trial_stops_the_export_before_writing(run_copy, tmp_path, caps
     second = ranked(run_copy)[1]
     (run_copy / "trials" / second / "model.pt").unlink()
     code, err = exit_code(
-        ["export", str(run_copy), "--top", "2", "--to", str(tmp_path / "ex")], capsys
+        ["export", str(run_copy), "--top-k", "2", "--to", str(tmp_path / "ex")], capsys
     )
     assert code == 2 and f"trials/{second}" in err and "model.pt is missing" in err
     assert not (tmp_path / "ex").exists()
@@ -509,3 +509,15 @@ def test_export_of_a_real_search_retrains_within_tolerance(tmp_path, seed):
         config, tmp_path / "again", OMP_NUM_THREADS="1"
     )  # a fresh process, as the trial had
     assert again == pytest.approx(result.trials[0].val_mse, rel=RTOL_SAME_MACHINE, abs=0)
+
+
+def test_the_old_top_flag_still_works_with_one_deprecation_line(tiny_run, tmp_path, capsys):
+    assert main(["export", str(tiny_run), "--top", "1", "--to", str(tmp_path / "ex")]) == 0
+    assert capsys.readouterr().err == "caetune export: warning: --top is deprecated; use --top-k\n"
+    code, err = exit_code(
+        ["export", str(tiny_run), "--top", "0", "--to", str(tmp_path / "ex2")], capsys
+    )
+    # Errors name the flag as it was typed.
+    assert code == 2 and err.count("\n") == 2
+    assert "caetune export: error: --top: expected an integer K >= 1" in err
+    assert not (tmp_path / "ex2").exists()
