@@ -26,9 +26,10 @@ def register(subparsers) -> None:
         "search",
         help="search Nn, Nm, Ne ... with Ray Tune + Optuna + ASHA",
         description=(
-            "Search a CAE's hyperparameters: Optuna's TPE proposes, Ray Tune runs the trials, ASHA stops weak "
-            "ones, the top configs are re-trained with extra seeds. Writes RUN_ROOT/NAME/ (results.csv, study.db, "
-            "trials/, confirm.csv, report/). Running the same command again, or --resume NAME, continues it."
+            "Search a CAE's hyperparameters: Optuna's TPE proposes, Ray Tune runs the trials, "
+            "ASHA stops weak ones, the top configs are re-trained with extra seeds. Writes "
+            "RUN_ROOT/NAME/ (results.csv, study.db, trials/, confirm.csv, report/). Running the "
+            "same command again, or --resume NAME, continues it."
         ),
     )
     what = parser.add_argument_group("what to search")
@@ -86,7 +87,8 @@ def register(subparsers) -> None:
         "--gpus-per-trial",
         type=float,
         metavar="G",
-        help=f"GPUs per trial, e.g. 0.25 to share one; > 0 trains on CUDA {_default('gpus_per_trial')}",
+        help="GPUs per trial, e.g. 0.25 to share one; > 0 trains on CUDA "
+        f"{_default('gpus_per_trial')}",
     )
     budget.add_argument(
         "--grace-period",

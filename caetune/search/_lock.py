@@ -15,7 +15,7 @@ LOCK_FILE = ".lock"
 
 
 class RunLock:
-    """One search per run at a time: an exclusive ``flock`` on a lock file, held while the search runs.
+    """One search per run at a time: an exclusive ``flock`` on a lock file, held during the search.
 
     Taking it is one atomic call, and the kernel releases it when its process
     ends, however it ends (a SIGKILLed driver included): a lock file left by a

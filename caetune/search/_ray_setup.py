@@ -1,4 +1,7 @@
-"""Ray's setup for a search: joining or starting Ray, its resources, and the patches and environment caetune needs."""
+"""Ray for a search: join a cluster or start a local Ray, check its resources, quiet Ray Tune.
+
+Ray's own internals that caetune relies on live in :mod:`caetune.search._compat`.
+"""
 
 from __future__ import annotations
 
@@ -16,14 +19,17 @@ ADDRESS_TIMEOUT_S = 5.0
 
 
 def _ray_target(address: str | None) -> tuple[str | None, str]:
-    """The cluster to join (``--address``, else ``RAY_ADDRESS``, else none: a local Ray) and its flag."""
+    """The cluster to join and the flag it came from: ``--address``, else ``RAY_ADDRESS``.
+
+    ``None`` as the cluster: no cluster given, a local Ray.
+    """
     if address:
         return address, "--address"
     return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
 
 
 def check_ray_address(address: str | None) -> None:
-    """Fails fast when the cluster to join does not answer (unless Ray is up in this process already)."""
+    """Fails fast when the cluster to join does not answer (unless this process runs Ray)."""
     import ray
 
     target, field = _ray_target(address)
@@ -32,7 +38,7 @@ def check_ray_address(address: str | None) -> None:
 
 
 def connect_ray(address: str | None) -> bool:
-    """Joins ``address`` (or ``RAY_ADDRESS``), else starts a local Ray; True when this call started it.
+    """Joins ``address`` (or ``RAY_ADDRESS``), else starts a local Ray; True if it started one.
 
     A Ray already initialised in this process (a test's, a notebook's) is used as is.
     Ray's token authentication, where the cluster uses it, works as Ray documents it
@@ -49,7 +55,7 @@ def connect_ray(address: str | None) -> bool:
     if target is None:
         bind_local_ray_to_loopback()  # a local Ray listens on 127.0.0.1 only
     try:
-        # Ray's warnings on the console would interleave with the progress lines; its logs keep them.
+        # Ray's console warnings would interleave with the progress lines; its logs keep them.
         ray.init(
             address=target,
             include_dashboard=False,
@@ -82,7 +88,7 @@ def _worker_runtime_env() -> dict[str, Any]:
 
 
 def _make_token_private() -> None:
-    """Ray writes the token it generates for a new local cluster with the umask's mode (often 0644)."""
+    """Ray writes the token it makes for a new local cluster with the umask's mode (often 0644)."""
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
     if path.is_file():
         path.chmod(0o600)
@@ -109,7 +115,7 @@ def check_resources(values: dict, *, strict: bool, stream) -> None:
 
 
 def _check_reachable(address: str, field: str) -> None:
-    """A TCP connect to the cluster's host:port within a few seconds (ray.init itself waits far longer)."""
+    """A TCP connect to the cluster's host:port within seconds (ray.init waits far longer)."""
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
@@ -136,7 +142,7 @@ def quiet_tune_environment() -> None:
 
 
 class quiet_ray:
-    """Keeps Ray Tune's own console output to errors while trials run (the recorder prints progress)."""
+    """Keeps Ray Tune's console output to errors while trials run (the recorder prints progress)."""
 
     def __enter__(self):
         self.logger = logging.getLogger("ray.tune")

@@ -59,10 +59,10 @@ from caetune.search._space import SearchSpace
 from caetune.search._summary import print_summary, write_run_report
 
 # Trials per Tuner.fit. Tune keeps every trial of a fit in the driver until the fit returns (Trial
-# objects, their state JSON, checkpoint bookkeeping: ~21 KiB of heap each even with the results dropped),
-# so a search runs as a series of fits sharing the searcher, ASHA and the recorder. Over 1200 one-epoch
-# trials the driver grew 24.9 KiB per trial so, 72.1 as one fit (benchmarks/driver_memory.py). Each fit
-# costs 3-4 s (new trial actors) and lets its last trials finish before the next one starts.
+# objects, their state, checkpoint bookkeeping, even with the results dropped), so a search runs as
+# a series of fits sharing the searcher, ASHA and the recorder, and the driver grows with a fit, not
+# with the whole search. Each fit costs a few seconds (new trial actors) and lets its last trials
+# finish before the next one starts. Measured by benchmarks/driver_memory.py (figures in README.md).
 TRIALS_PER_FIT = 100
 
 
@@ -297,8 +297,9 @@ class _Session:
 
         data, space, stream = self.data, self.space, self.stream
         print(
-            f"search {self.name}: space {space.name} on {data.name} ({len(data.train)} train / {len(data.val)} val "
-            f"images), {self.objective.formula}; {self.values['num_samples']} trials, Ne <= {space.max_epochs()}",
+            f"search {self.name}: space {space.name} on {data.name} ({len(data.train)} train / "
+            f"{len(data.val)} val images), {self.objective.formula}; "
+            f"{self.values['num_samples']} trials, Ne <= {space.max_epochs()}",
             file=stream,
         )
         print(
@@ -309,12 +310,13 @@ class _Session:
         started = started_trials(study)
         if started:
             print(
-                f"  resuming: {started - len(resumable)} trials finished, {len(resumable)} to continue",
+                f"  resuming: {started - len(resumable)} trials finished, "
+                f"{len(resumable)} to continue",
                 file=stream,
             )
 
     def _tune(self, study, searcher, table, data_ref, callbacks: list) -> None:
-        """Runs the pending trials with Ray Tune until the study holds them all (or an interruption)."""
+        """Runs the pending trials with Ray Tune until the study holds them all or a stop."""
         from ray import tune
         from ray.tune.logger import JsonLoggerCallback
 
@@ -344,7 +346,7 @@ class _Session:
         keep_aws_keys_from_trials()  # Ray logs a trial's runtime env
         signals = StopSignals()
         with signals, quiet_ray():
-            # One Tuner.fit per TRIALS_PER_FIT trials: Tune keeps every trial of a fit until it returns.
+            # One Tuner.fit per TRIALS_PER_FIT trials: Tune keeps a fit's trials until it returns.
             while not signals.received:
                 searcher.begin_fit(max_trials=TRIALS_PER_FIT)
                 tuner = tune.Tuner(
@@ -352,8 +354,8 @@ class _Session:
                     tune_config=tune.TuneConfig(
                         search_alg=searcher,
                         scheduler=scheduler,
-                        # No count: a trial whose final checkpoint is damaged runs again, so the searcher
-                        # ends the fit (Searcher.FINISHED) once nothing is left to run or run again.
+                        # No count: a trial whose final checkpoint is damaged runs again, so the
+                        # searcher ends the fit (Searcher.FINISHED) once nothing is left to run.
                         num_samples=-1,
                         max_concurrent_trials=values["max_concurrent"],
                         reuse_actors=True,
@@ -374,7 +376,8 @@ class _Session:
                 )
                 tuner.fit()
                 signals.between_fits()
-                # Not told FINISHED: stopped early (Ctrl-C, or a callback's stop); the study says what is left.
+                # Not told FINISHED: stopped early (Ctrl-C, a callback's stop); the study says
+                # what is left.
                 if not searcher.finished or not searcher.pending():
                     break
         self.sync.push()
@@ -434,7 +437,7 @@ def _write_experiment(
 
 
 def _checkpoint_if_exists(fs, fs_path: str, *, holding: str | None = None):
-    """A checkpoint of the folder ``fs_path``, or ``None`` when it (or the file ``holding`` in it) is gone."""
+    """The checkpoint in folder ``fs_path``; ``None`` when it or its file ``holding`` is gone."""
     from ray.tune import Checkpoint
 
     if fs.get_file_info(fs_path).type.name != "Directory":
@@ -469,5 +472,3 @@ def _load_data(space: SearchSpace):
     from caetune.models._data import load_data
 
     return load_data(TrainConfig.from_dict(dict(space.fixed), source=f"space {space.name}"))
-
-

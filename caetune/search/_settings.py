@@ -1,4 +1,7 @@
-"""The settings of one search: :class:`SearchSettings`, their validation, and how a resumed run's stored settings combine with the given ones."""
+"""The settings of one search: :class:`SearchSettings` and their validation.
+
+Also how a resumed run's stored settings and the given ones combine (:func:`resolve_settings`).
+"""
 
 from __future__ import annotations
 
@@ -105,13 +108,13 @@ class SearchSettings:
             ("confirm_seeds", 0),
         ):
             _check_int(field, getattr(self, field), low)
-        for field, low, strict in (
+        for field, bound, strict in (
             ("cpus_per_trial", 0.0, True),
             ("gpus_per_trial", 0.0, False),
             ("utilisation_weight", 0.0, False),
             ("reduction_factor", 1.0, True),
         ):
-            _check_number(field, getattr(self, field), low, strict)
+            _check_number(field, getattr(self, field), bound, strict)
         if self.device not in (None, "cpu", "cuda"):
             raise InputError("device", f"expected cpu or cuda, got {self.device!r}")
         if self.objective is not None and self.objective not in OBJECTIVES:
@@ -136,7 +139,7 @@ def check_name(name: str, *, field: str) -> None:
 
 
 def check_study_url(url: str | None) -> None:
-    """An Optuna RDB URL must parse and name an installed driver, before Ray starts or a folder is made."""
+    """An Optuna RDB URL must parse and name an installed driver (checked before any start)."""
     if url is None:
         return
     from sqlalchemy.engine import make_url
@@ -186,7 +189,7 @@ def resolve_settings(settings: SearchSettings, stored: dict | None) -> dict[str,
             if stored is not None
             else default
         )
-    if changed:
+    if stored is not None and changed:
         raise InputError(
             "--name",
             f"run {stored['name']!r} exists with other settings ({'; '.join(changed)}); "
@@ -199,14 +202,14 @@ def resolve_settings(settings: SearchSettings, stored: dict | None) -> dict[str,
     ):
         raise InputError(
             "--study-storage",
-            f"run {stored['name']!r} keeps its study at {values['study_storage']}, whose password caetune "
-            "does not store; give --study-storage again",
+            f"run {stored['name']!r} keeps its study at {values['study_storage']}, whose password "
+            "caetune does not store; give --study-storage again",
         )
     return values
 
 
 def stored_form(key: str, value: Any) -> Any:
-    """A setting as :func:`_write_experiment` stores it (runs written before the study URL was redacted too)."""
+    """A setting as ``experiment.yaml`` stores it (also for runs from before URLs were redacted)."""
     return display_url(value) if key == "study_storage" and value is not None else value
 
 
@@ -216,7 +219,7 @@ def _hides_secret(url: str | None) -> bool:
 
 
 def space_of(values: dict, stored: dict | None) -> SearchSpace:
-    """The resolved space: the stored one on resume, else the preset/file with overrides and caps."""
+    """The resolved space: the stored one on resume, else the preset or file, overridden, capped."""
     if stored is not None:
         return space_from_dict(
             stored["space"], name=stored["space_name"], source=stored["settings"]["space"]

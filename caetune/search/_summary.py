@@ -56,11 +56,13 @@ def print_summary(out, files, table, ranking, space, values, study_url, report) 
         for row in front.to_dict(orient="records"):
             described = "  ".join(f"{p}={_fmt(row[p])}" for p in params)
             print(
-                f"  {row['trial_id']}  val_mse {_fmt(row['val_mse'])}  U {_fmt(row['utilisation'])}  {described}",
+                f"  {row['trial_id']}  val_mse {_fmt(row['val_mse'])}  "
+                f"U {_fmt(row['utilisation'])}  {described}",
                 file=out,
             )
     print(
-        f"\nTrials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed. Written:",
+        f"\nTrials: {counts['complete']} complete, {counts['pruned']} pruned, "
+        f"{counts['failed']} failed. Written:",
         file=out,
     )
     print(f"  {files.url}/{RESULTS_CSV} (and .parquet), trials/<id>/", file=out)

@@ -120,7 +120,8 @@ def test_unreachable_ray_address(tmp_path):
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines == [
-        f"caetune search: error: --address: cannot reach a Ray cluster at 127.0.0.1:{port}: Connection refused"
+        "caetune search: error: --address: cannot reach a Ray cluster at "
+        f"127.0.0.1:{port}: Connection refused"
     ]
     assert not storage.exists()
 

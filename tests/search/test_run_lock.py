@@ -1,4 +1,4 @@
-"""The run lock of ``caetune search``: atomic, taken over from a dead owner, exactly one winner of a race.
+"""The run lock of ``caetune search``: atomic, taken over from a dead owner, one winner of a race.
 
 Real processes race for it: each :class:`LockHolder` is a Python process that
 takes ``RunLock`` when told to (both are told in the same moment), says
@@ -46,7 +46,10 @@ for line in sys.stdin:
 
 
 class LockHolder:
-    """A process that takes a run's lock on request (:meth:`ask`, :meth:`answer`) and lets go (:meth:`release`)."""
+    """A process that takes a run's lock on request (:meth:`ask`, :meth:`answer`), then lets go.
+
+    It lets go when told to (:meth:`release`).
+    """
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
@@ -99,7 +102,7 @@ def _dead_pid() -> int:
 
 
 def test_two_processes_racing_for_a_run_exactly_one_wins(holders, tmp_path):
-    """Both ask in the same moment, on a new folder or over a dead owner's lock file; one wins every round."""
+    """Both ask at once, on a new folder or over a dead owner's lock file; one wins every round."""
     wins = {holder.pid: 0 for holder in holders}
     for n in range(ROUNDS):
         folder = tmp_path / f"round{n}" / "run"
@@ -117,7 +120,7 @@ def test_two_processes_racing_for_a_run_exactly_one_wins(holders, tmp_path):
         assert (folder / LOCK_FILE).read_text() == f"{socket.gethostname()} {winner.pid}"
         wins[winner.pid] += 1
         winner.release()
-        # The lock file goes with its owner (a folder the loser made may stay, empty, for the run to use).
+        # The lock file goes with its owner (a folder the loser made may stay, empty, for the run).
         assert not [p for p in (tmp_path / f"round{n}").rglob("*") if not p.is_dir()], n
     print(f"\n{ROUNDS} rounds, wins per process: {sorted(wins.values())}")
 
