@@ -124,7 +124,9 @@ GRIDS: dict[str, tuple[GridPoint, ...]] = {
 FINDINGS: dict[str, str] = {
     "nn_effect": "MSE falls as Nn (bottleneck neurons) grows",
     "model1_vs_model2": "Model 1 (one conv/pool stage) reconstructs better than Model 2 (three)",
-    "exponential_fit": f"MSE over epochs follows an exponential decay with k < {FIT_K_MAX:g} and a < {FIT_A_MAX:g}",
+    "exponential_fit": (
+        f"MSE over epochs follows an exponential decay with k < {FIT_K_MAX:g} and a < {FIT_A_MAX:g}"
+    ),
     "plateau": f"Little is gained after about {PLATEAU_EPOCH} epochs",
     "nm_effect": "Nm (feature maps) changes MSE less than Nn does",
 }
@@ -171,8 +173,8 @@ def reproduce(
         InputError: A bad argument or an unwritable ``out``, before anything
             is written or trained.
     """
-    from caetune._storage import check_writable_dir
     from caetune.models import TrainConfig, Trainer, load_data, resolve_device
+    from caetune.models._cli import check_writable_dir
 
     points = _check_grid(grid)
     seeds = _int_at_least("seeds", seeds, 2)
@@ -239,7 +241,8 @@ def reproduce(
         curves = pd.concat([curves, rows], ignore_index=True) if len(curves) else rows
         _write_csv(curves, out / "curves.csv")  # after every run, so a restart resumes here
         log(
-            f"[{index}/{len(runs)}] {point.label()} seed={seed}: val_mse {history[-1].val_mse:.6f} ({seconds:.1f} s)"
+            f"[{index}/{len(runs)}] {point.label()} seed={seed}: "
+            f"val_mse {history[-1].val_mse:.6f} ({seconds:.1f} s)"
         )
 
     keep = {(p.model, p.n_neurons, p.n_maps, s) for p, s in runs}
@@ -312,8 +315,9 @@ def analyse(curves: pd.DataFrame) -> Reproduction:
 
 def _check_nn(configs: pd.DataFrame) -> tuple[str, str, str]:
     rule = (
-        f"agree: mean MSE at the largest Nn is lower than at the smallest by more than {NOISE_SDS:g} sd "
-        f"and no step up in Nn raises it by more; disagree: it is higher by more than {NOISE_SDS:g} sd"
+        "agree: mean MSE at the largest Nn is lower than at the smallest by more than "
+        f"{NOISE_SDS:g} sd and no step up in Nn raises it by more; disagree: it is higher by "
+        f"more than {NOISE_SDS:g} sd"
     )
     sweep = _longest_sweep(configs, vary="n_neurons", fixed="n_maps")
     if sweep is None:
@@ -331,7 +335,10 @@ def _check_nn(configs: pd.DataFrame) -> tuple[str, str, str]:
 
 
 def _check_models(configs: pd.DataFrame) -> tuple[str, str, str]:
-    rule = f"agree: Model 2's mean MSE exceeds Model 1's by more than {NOISE_SDS:g} pooled sd; disagree: the reverse"
+    rule = (
+        f"agree: Model 2's mean MSE exceeds Model 1's by more than {NOISE_SDS:g} pooled sd; "
+        "disagree: the reverse"
+    )
     pivot = configs.pivot_table(
         index=["n_neurons", "n_maps"], columns="model", values="val_mse_mean"
     )
@@ -345,15 +352,17 @@ def _check_models(configs: pd.DataFrame) -> tuple[str, str, str]:
     gap = pair["model2"] - pair["model1"]
     evidence = (
         f"Nn={nn}, Nm={nm}: Model 1 {_pm(pair['model1'], sds[('model1', nn, nm)])}, "
-        f"Model 2 {_pm(pair['model2'], sds[('model2', nn, nm)])}; gap {gap:.3g} vs {NOISE_SDS:g} sd = {noise:.2g}"
+        f"Model 2 {_pm(pair['model2'], sds[('model2', nn, nm)])}; "
+        f"gap {gap:.3g} vs {NOISE_SDS:g} sd = {noise:.2g}"
     )
     return _verdict(gap, noise), evidence, rule
 
 
 def _check_fit(fits: pd.DataFrame) -> tuple[str, str, str]:
     rule = (
-        f"each configuration's mean curve fitted; agree: every successful fit has k < {FIT_K_MAX:g} and "
-        f"a < {FIT_A_MAX:g}; disagree: none has; inconclusive: mixed, or no fit succeeded"
+        "each configuration's mean curve fitted; agree: every successful fit has "
+        f"k < {FIT_K_MAX:g} and a < {FIT_A_MAX:g}; disagree: none has; inconclusive: mixed, "
+        "or no fit succeeded"
     )
     good = fits[fits["ok"]]
     if good.empty:
@@ -366,7 +375,8 @@ def _check_fit(fits: pd.DataFrame) -> tuple[str, str, str]:
     inside = k_ok & a_ok
     evidence = (
         f"{int(inside.sum())} of {len(good)} fits inside; k < {FIT_K_MAX:g} in {int(k_ok.sum())} "
-        f"(k {good['k'].min():.3g} to {good['k'].max():.3g}), a < {FIT_A_MAX:g} in {int(a_ok.sum())} "
+        f"(k {good['k'].min():.3g} to {good['k'].max():.3g}), "
+        f"a < {FIT_A_MAX:g} in {int(a_ok.sum())} "
         f"(a {good['a'].min():.3g} to {good['a'].max():.3g})"
     )
     if inside.all():
@@ -376,8 +386,9 @@ def _check_fit(fits: pd.DataFrame) -> tuple[str, str, str]:
 
 def _check_plateau(mean_curves: pd.DataFrame, fits: pd.DataFrame) -> tuple[str, str, str]:
     rule = (
-        f"share of the improvement from epoch 1 to the last epoch that comes after epoch {PLATEAU_EPOCH} "
-        f"(median over configurations): agree below {PLATEAU_AGREE:.0%}, disagree above {PLATEAU_DISAGREE:.0%}"
+        "share of the improvement from epoch 1 to the last epoch that comes after epoch "
+        f"{PLATEAU_EPOCH} (median over configurations): agree below {PLATEAU_AGREE:.0%}, "
+        f"disagree above {PLATEAU_DISAGREE:.0%}"
     )
     last = int(mean_curves["epoch"].max())
     if last <= PLATEAU_EPOCH:
@@ -404,8 +415,8 @@ def _check_plateau(mean_curves: pd.DataFrame, fits: pd.DataFrame) -> tuple[str, 
 
 def _check_nm(configs: pd.DataFrame) -> tuple[str, str, str]:
     rule = (
-        "effect = largest minus smallest mean MSE across a sweep; agree: the Nn effect exceeds the Nm effect "
-        f"by more than {NOISE_SDS:g} pooled sd; disagree: the reverse"
+        "effect = largest minus smallest mean MSE across a sweep; agree: the Nn effect exceeds "
+        f"the Nm effect by more than {NOISE_SDS:g} pooled sd; disagree: the reverse"
     )
     nm_sweep = _longest_sweep(configs, vary="n_maps", fixed="n_neurons")
     nn_sweep = _longest_sweep(configs, vary="n_neurons", fixed="n_maps")
@@ -421,7 +432,8 @@ def _check_nm(configs: pd.DataFrame) -> tuple[str, str, str]:
     evidence = (
         f"Nn={nm_sweep['n_neurons'].iloc[0]}: "
         + _levels(nm_sweep, "n_maps", "Nm")
-        + f"; Nm effect {nm_effect:.3g} vs Nn effect {nn_effect:.3g} ({NOISE_SDS:g} sd = {noise:.2g})"
+        + f"; Nm effect {nm_effect:.3g} vs Nn effect {nn_effect:.3g} "
+        f"({NOISE_SDS:g} sd = {noise:.2g})"
     )
     return _verdict(nn_effect - nm_effect, noise), evidence, rule
 
@@ -430,7 +442,10 @@ def _check_nm(configs: pd.DataFrame) -> tuple[str, str, str]:
 
 
 def _verdict(effect: float, noise: float, *, extra_ok: bool = True) -> str:
-    """``agree`` when ``effect`` (signed the paper's way) clears the noise, ``disagree`` when its opposite does."""
+    """``agree`` when ``effect`` (signed the paper's way) clears the noise.
+
+    ``disagree`` when its opposite does, else ``inconclusive``.
+    """
     if not math.isfinite(noise):
         return "inconclusive"
     if effect > noise and extra_ok:
@@ -439,15 +454,20 @@ def _verdict(effect: float, noise: float, *, extra_ok: bool = True) -> str:
 
 
 def _noise(compared: pd.DataFrame) -> float:
-    """:data:`NOISE_SDS` times the seed-to-seed sd pooled (root mean variance) over the compared
-    configurations; NaN without repeats. Only those: one unstable configuration elsewhere in the grid
-    must not blur a comparison it takes no part in."""
+    """:data:`NOISE_SDS` times the seed-to-seed sd pooled over the compared configurations.
+
+    Pooled as the root mean variance; NaN without repeats. Only those configurations: one
+    unstable configuration elsewhere in the grid must not blur a comparison it takes no part in.
+    """
     sds = compared.loc[compared["n_seeds"] >= 2, "val_mse_sd"].dropna()
     return NOISE_SDS * float(np.sqrt(np.mean(sds.to_numpy() ** 2))) if len(sds) else float("nan")
 
 
 def _longest_sweep(configs: pd.DataFrame, *, vary: str, fixed: str) -> pd.DataFrame | None:
-    """Model 1's configurations along ``vary`` at the ``fixed`` value with the most levels (ties: the largest)."""
+    """Model 1's configurations along ``vary`` at the ``fixed`` value with the most levels.
+
+    Ties go to the largest ``fixed`` value.
+    """
     model1 = configs[configs["model"] == "model1"]
     counts = model1.groupby(fixed)[vary].nunique()
     counts = counts[counts >= 2]
@@ -476,7 +496,7 @@ def _fit_table(mean_curves: pd.DataFrame) -> pd.DataFrame:
         fit = fit_mse_curve(curve["epoch"].to_numpy(), curve["val_mse"].to_numpy())
         rows.append(
             {
-                **dict(zip(CONFIG_KEYS, key)),
+                **dict(zip(CONFIG_KEYS, key, strict=True)),
                 "k": fit.k,
                 "a": fit.a,
                 "c": fit.c,
@@ -539,17 +559,21 @@ def write_tables(result: Reproduction, *, settings: dict) -> None:
     _write_csv(result.findings, out / "findings.csv")
     configs = result.configs.assign(
         val_mse=[
-            _pm(m, s) for m, s in zip(result.configs["val_mse_mean"], result.configs["val_mse_sd"])
+            _pm(m, s)
+            for m, s in zip(
+                result.configs["val_mse_mean"], result.configs["val_mse_sd"], strict=True
+            )
         ]
     )[CONFIG_KEYS + ["val_mse", "n_seeds"]]
     setting_text = ", ".join(f"{k}={v}" for k, v in settings.items())
     lines = [
         "# The paper's findings, measured by caetune",
         "",
-        f"Settings: {setting_text}. Runs: {len(result.runs)}, training time {result.runs['seconds'].sum():.0f} s "
+        f"Settings: {setting_text}. Runs: {len(result.runs)}, "
+        f"training time {result.runs['seconds'].sum():.0f} s "
         f"in all (this invocation's wall time: {result.seconds:.0f} s).",
-        f"Verdicts weigh each effect against {NOISE_SDS:g} x the seed-to-seed sd of the final val MSE, pooled "
-        "(root mean variance) over the configurations that finding compares.",
+        f"Verdicts weigh each effect against {NOISE_SDS:g} x the seed-to-seed sd of the final "
+        "val MSE, pooled (root mean variance) over the configurations that finding compares.",
         "",
         "## Findings",
         "",
@@ -583,8 +607,8 @@ def plot_reproduction(result: Reproduction):
     axes = fig.subplots(1, 3)
     configs = result.configs
     for ax, (vary, fixed, label) in zip(
-        axes, (("n_neurons", "n_maps", "Nn"), ("n_maps", "n_neurons", "Nm"))
-    ):
+        axes[:2], (("n_neurons", "n_maps", "Nn"), ("n_maps", "n_neurons", "Nm")), strict=True
+    ):  # the third axis shows the curves
         for (model, value), group in configs.groupby(["model", fixed]):
             if group[vary].nunique() < 2 and model == "model1":
                 continue
