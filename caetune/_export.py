@@ -128,7 +128,7 @@ def export_run(run: str | os.PathLike, *, top: int = 1, to: str | os.PathLike) -
     """Exports the best ``top`` finished trials of a search run.
 
     Args:
-        run: The run folder ``STORAGE/NAME``, local or ``s3://bucket/prefix/NAME``.
+        run: The run folder ``RUN_ROOT/NAME``, local or ``s3://bucket/prefix/NAME``.
         top: K, how many trials (best first).
         to: The export folder, local or ``s3://bucket/prefix``: new, empty,
             or an earlier export (replaced whole).

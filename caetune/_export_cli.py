@@ -23,7 +23,7 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument(
-        "run", metavar="RUN", help="the run folder STORAGE/NAME, local or s3://bucket/prefix/NAME"
+        "run", metavar="RUN", help="the run folder RUN_ROOT/NAME, local or s3://bucket/prefix/NAME"
     )
     top_k = parser.add_argument(
         "--top-k", type=int, default=1, metavar="K", help="how many of the best trials (default 1)"

@@ -1,7 +1,7 @@
 """The on-disk layout of a search run: the contract between search and analysis.
 
 ``caetune search`` writes it, ``caetune report``/``export`` read it; neither
-imports the other. A run lives at ``STORAGE/NAME/`` where STORAGE is a local
+imports the other. A run lives at ``RUN_ROOT/NAME/`` where RUN_ROOT is a local
 folder or ``s3://bucket/prefix``::
 
     NAME/

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
             "by objective."
         ),
     )
-    report.add_argument("run", metavar="RUN", help="the run: STORAGE/NAME, a folder or s3:// URL")
+    report.add_argument("run", metavar="RUN", help="the run: RUN_ROOT/NAME, a folder or s3:// URL")
     top_k = report.add_argument(
         "--top-k", type=int, default=3, metavar="K", help="how many of the best trials (default 3)"
     )

@@ -106,7 +106,7 @@ def write_report(
     """Writes the report of a search run: figures and ``index.html``.
 
     Args:
-        run: The run folder ``STORAGE/NAME`` (local) or ``s3://bucket/prefix/NAME``.
+        run: The run folder ``RUN_ROOT/NAME`` (local) or ``s3://bucket/prefix/NAME``.
         top: How many of the best completed trials get their models rebuilt
             and drawn (the run's ranking, :func:`caetune._runs.rank_trials`:
             confirmed trials first, then by ``objective``; fewer when fewer

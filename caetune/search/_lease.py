@@ -309,7 +309,7 @@ def run_lease(
     """The leases a search on ``run`` holds: its S3 run root, its RDB study (not SQLite).
 
     Args:
-        run: The run's :class:`~caetune._storage.Storage` (``STORAGE/NAME``).
+        run: The run's :class:`~caetune._storage.Storage` (``RUN_ROOT/NAME``).
         name: The study name.
         study_url: ``--study-storage`` as given (``None``: SQLite beside the run).
         break_lease: ``--break-lease``.

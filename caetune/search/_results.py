@@ -51,7 +51,7 @@ METRIC_COLUMNS = (
 
 @dataclass
 class RunFiles:
-    """One run's folder (``STORAGE/NAME``) on a local disk or S3.
+    """One run's folder (``RUN_ROOT/NAME``) on a local disk or S3.
 
     Args:
         storage: The run folder itself (``parse_storage(url).child(name)``).
