@@ -149,6 +149,12 @@ def register(subparsers) -> None:
         default=True,
         help="write the analysis report at the end (default on)",
     )
+    where.add_argument(
+        "--keep-all-state",
+        action="store_true",
+        help="keep every trial's optimizer state in its model.pt (by default a finished search "
+        "keeps it only in the trials a later --resume may continue)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -185,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         address=args.address,
         resume=bool(args.resume),
         report=args.report,
+        keep_all_state=args.keep_all_state,
     )
     outcome = run_search(settings)
     return 130 if outcome.interrupted else 0

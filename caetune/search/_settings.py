@@ -54,6 +54,9 @@ class SearchSettings:
         address: A Ray cluster to join (default: ``RAY_ADDRESS`` or a local one).
         resume: The run must exist (``--resume NAME``).
         report: Write the analysis report at the end.
+        keep_all_state: Keep every trial's optimizer state (``--keep-all-state``); by
+            default a finished search keeps it only where a later trial may continue it
+            (:mod:`caetune.search._lean`).
         storage: Deprecated: the old name of ``run_root`` (Optuna users read
             "storage" as the study's database, which is ``study_storage``).
     """
@@ -83,6 +86,7 @@ class SearchSettings:
     address: str | None = None
     resume: bool = False
     report: bool = True
+    keep_all_state: bool = False
     storage: str | None = None
 
     def __post_init__(self) -> None:
