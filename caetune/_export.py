@@ -63,23 +63,17 @@ from caetune._export_checks import (
     parse_location,
     read_manifest,
 )
+from caetune._publish import publish
 from caetune._runs import (
-    CONFIRM_CSV,
-    EXPERIMENT_FILE,
-    RESULTS_CSV,
     TRIAL_MODEL,
-    TRIALS_DIR,
     Ranked,
+    TrialCheckpoint,
     check_top_k,
-    check_trial_id,
-    fetch_run,
     first_line,
-    publish,
+    load_trials,
     rank_trials,
-    read_confirm,
     read_experiment,
-    read_results,
-    read_trial,
+    read_run,
 )
 from caetune._storage import exists, read_bytes
 
@@ -147,9 +141,8 @@ def export_run(run: str | os.PathLike, *, top: int = 1, to: str | os.PathLike) -
     target = parse_location(to, field="--to")
     with tempfile.TemporaryDirectory(prefix="caetune-export-") as work:
         work_dir = Path(work)
-        local_run = fetch_run(source, work_dir / "run", [RESULTS_CSV, EXPERIMENT_FILE, CONFIRM_CSV])
-        results = read_results(local_run, name=source.url)
-        chosen = rank_trials(results, confirm=read_confirm(local_run))
+        local_run, results, confirm = read_run(source, work_dir / "run")
+        chosen = rank_trials(results, confirm=confirm)
         if len(chosen) < top:
             have = (
                 f"only {len(chosen)} finished trial{'s' * (len(chosen) != 1)}"
@@ -158,17 +151,14 @@ def export_run(run: str | os.PathLike, *, top: int = 1, to: str | os.PathLike) -
             )
             raise InputError("--top-k", f"{source.url} has {have}, cannot export {top}")
         chosen = chosen[:top]
-        for choice in chosen:
-            check_trial_id(choice.trial_id, run_name=source.url)
         old_manifest = check_target(target)
-        if source.is_s3:
-            fetch_run(source, local_run, [f"{TRIALS_DIR}/{c.trial_id}/*" for c in chosen])
+        checkpoints = load_trials(local_run, source, [c.trial_id for c in chosen])
         experiment = read_experiment(local_run)
 
         stage = work_dir / "export"
         trials = [
-            _stage_trial(stage, local_run, choice, experiment, rank=rank, run_url=source.url)
-            for rank, choice in enumerate(chosen, 1)
+            _stage_trial(stage, choice, checkpoint, experiment, rank=rank, run_url=source.url)
+            for rank, (choice, checkpoint) in enumerate(zip(chosen, checkpoints, strict=True), 1)
         ]
         manifest = _manifest(stage, source, experiment, trials)
         _write_json(stage / MANIFEST, manifest)
@@ -269,15 +259,20 @@ def _input_shape(
 
 
 def _stage_trial(
-    stage: Path, run: Path, choice: Ranked, experiment: dict, *, rank: int, run_url: str
+    stage: Path,
+    choice: Ranked,
+    checkpoint: TrialCheckpoint,
+    experiment: dict,
+    *,
+    rank: int,
+    run_url: str,
 ) -> ExportedTrial:
-    """Checks one trial and writes its ``config.yaml`` and ``model.pt`` under ``stage``."""
+    """Checks one trial's weights; writes its ``config.yaml`` and ``model.pt`` under ``stage``."""
     import torch
 
     from caetune.models._config import EXPORT_KEY
 
     trial_id = choice.trial_id
-    checkpoint = read_trial(run, trial_id, run_name=run_url)
     shape = _input_shape(checkpoint.config, checkpoint.weights, experiment, checkpoint.where)
     # The weights must fit the config they are exported with.
     model = checkpoint.model(in_channels=shape[0], image_size=(shape[1], shape[2]))

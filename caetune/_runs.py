@@ -32,25 +32,21 @@ Everything that reads a run goes through this module: ``caetune report``,
 ``caetune export``, the seed confirmation and the search's summary. They
 share the readers of these files, the one ranking of "the best trials"
 (:func:`rank_trials`), the strict reader of a trial's checkpoint
-(:func:`read_trial`) and :func:`publish`, which puts a staged folder in
+(:func:`read_trial`); :mod:`caetune._publish` puts a staged folder in
 place so that a reader sees all of it or none.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
-import tempfile
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from caetune._errors import InputError
-from caetune._storage import Storage, download_dir, exists, upload_file
+from caetune._storage import Storage, download_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -104,6 +100,37 @@ def fetch_run(storage: Storage, local: Path, patterns: list[str]) -> Path:
         raise InputError("RUN", f"cannot read {storage.url}: {first_line(err)}") from None
     local.mkdir(parents=True, exist_ok=True)
     return local
+
+
+def read_run(
+    storage: Storage, local: Path, *, extra: tuple[str, ...] = ()
+) -> tuple[Path, pd.DataFrame, list[dict[str, Any]]]:
+    """A run's tables: its local folder, ``results.csv`` and ``confirm.csv``'s rows.
+
+    Args:
+        storage: The run (``parse_storage(RUN)``).
+        local: Where an S3 run's files go.
+        extra: More files to fetch from S3 (``study.db``).
+
+    Raises:
+        InputError: Not a run, or a table that cannot be read.
+    """
+    files = [RESULTS_CSV, EXPERIMENT_FILE, CONFIRM_CSV, *extra]
+    run = fetch_run(storage, local, files)
+    return run, read_results(run, name=storage.url), read_confirm(run)
+
+
+def load_trials(run: Path, storage: Storage, trial_ids: Iterable[Any]) -> list[TrialCheckpoint]:
+    """The chosen trials' checkpoints (:func:`read_trial`), their folders fetched from S3.
+
+    Raises:
+        InputError: A trial id that is not a folder name, or a trial's files
+            missing, unreadable or in disagreement.
+    """
+    ids = [check_trial_id(t, run_name=storage.url) for t in trial_ids]
+    if storage.local_path is None:
+        fetch_run(storage, run, [f"{TRIALS_DIR}/{t}/*" for t in ids])
+    return [read_trial(run, t, run_name=storage.url) for t in ids]
 
 
 def read_results(run: Path, *, name: str | None = None) -> pd.DataFrame:
@@ -372,98 +399,6 @@ def read_trial(run: Path, trial_id: str, *, run_name: str) -> TrialCheckpoint:
             where, f"{TRIAL_MODEL} holds epoch {state['epoch']} of n_epochs {config.n_epochs}"
         )
     return TrialCheckpoint(trial_id, where, config, state["model"], list(state["history"]))
-
-
-# -- publishing a folder -------------------------------------------------------------------
-
-
-def publish(
-    stage: Path, target: Storage, *, last: str, field: str, replaces: set[str] | None = None
-) -> None:
-    """Puts the staged folder ``stage`` at ``target`` so that readers find all of it or none.
-
-    Locally the folder is renamed into place (an earlier one is swapped out
-    whole). S3 renames nothing, so the file ``last`` (the page or manifest a
-    reader starts from) goes first out and last in: the old one is deleted,
-    the other files are uploaded, then ``last``. A failed upload leaves
-    neither ``last`` nor the files.
-
-    Args:
-        stage: The finished folder, on a local disk.
-        target: Where it goes (the caller has checked it can be written).
-        last: The file, relative to ``stage``, that readers start from.
-        field: The flag that named ``target``, for errors.
-        replaces: On S3, the files of the earlier folder there: those not
-            published again are deleted afterwards (``None``: keep them).
-
-    Raises:
-        InputError: S3 refused a file.
-    """
-    if target.local_path is not None:
-        _publish_local(stage, target.local_path)
-    else:
-        _publish_s3(stage, target, last=last, field=field, replaces=replaces)
-
-
-def _publish_local(stage: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    incoming = Path(tempfile.mkdtemp(prefix=f".{target.name}.incoming-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(incoming, 0o777 & ~umask)  # mkdtemp's 0700 would hide the folder from everyone else
-    old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-    try:
-        for path in stage.iterdir():
-            shutil.move(path, incoming / path.name)  # a rename when the stage shares the filesystem
-        if target.exists():
-            os.replace(target, old)
-        os.replace(incoming, target)
-    except BaseException:
-        if old.exists() and not target.exists():
-            os.replace(old, target)  # put the earlier one back
-        shutil.rmtree(incoming, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _publish_s3(
-    stage: Path, target: Storage, *, last: str, field: str, replaces: set[str] | None
-) -> None:
-    fs = target.filesystem()
-    new = {p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file()}
-    old = set(replaces or ())
-    try:
-        if exists(target, last):
-            fs.delete_file(target.join(last))  # from here on no reader trusts the old files
-        for rel in sorted(new - {last}):
-            upload_file(target, stage / rel, rel)
-        upload_file(target, stage / last, last)
-    except BaseException as err:
-        _remove_stale(fs, target, old=old | new | {last}, new=set())
-        if isinstance(err, OSError):
-            raise InputError(field, f"cannot write to {target.url}: {first_line(err)}") from None
-        raise
-    if replaces is not None:
-        _remove_stale(fs, target, old=old, new=new)
-
-
-def _remove_stale(fs, target: Storage, *, old: set[str], new: set[str]) -> None:
-    """Deletes the files of ``old`` not in ``new``; a sub-folder no longer used goes whole.
-
-    Whole folders, because pyarrow leaves a folder marker behind the last file
-    deleted from one.
-    """
-    new_folders = {rel.split("/", 1)[0] for rel in new if "/" in rel}
-    gone = sorted({rel.split("/", 1)[0] for rel in old if "/" in rel} - new_folders)
-    files = sorted(
-        rel for rel in old - new if "/" not in rel or rel.split("/", 1)[0] in new_folders
-    )
-    for delete, rels in ((fs.delete_dir, gone), (fs.delete_file, files)):
-        for rel in rels:
-            try:
-                delete(target.join(rel))
-            except (OSError, InputError):
-                pass  # already gone, unreachable like the upload, or a name we never write
 
 
 # -- small helpers -------------------------------------------------------------------------
