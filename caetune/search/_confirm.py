@@ -1,9 +1,10 @@
 """Seed confirmation: re-train the best configs with other seeds, rank them by the mean.
 
-On real MNIST digits the seed-to-seed spread of val_mse is as large as the
-effect of Nn between 160 and 2560, so one lucky seed can win a search. After
-the search, the top ``top_k`` complete trials (by objective; for ``pareto``
-the Pareto front, by val_mse) are trained again, each for its full Ne with no
+The seed-to-seed spread of val_mse can be as large as the effect of a
+searched parameter (the README has the measurements), so one lucky seed can
+win a search. After the search, the top ``top_k`` complete trials (the run's
+ranking, :func:`caetune._runs.rank_trials`; for ``pareto`` the Pareto front,
+by val_mse) are trained again, each for its full Ne with no
 early stopping, with seeds ``seed+1 .. seed+K`` (``--confirm-seeds K``). Each
 config's search run counts as one more seed. The configs are ranked by their
 mean objective; the spread is the sample standard deviation over the seeds.
