@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from caetune._runs import EXPERIMENT_FILE, TrialCheckpoint
+from caetune._runs import EXPERIMENT_FILE, RUNNING, TrialCheckpoint
 
 N_IMAGES = 256  # validation images run through each reported model
 MARKER = "caetune-report"  # in index.html: lets a later report replace this folder safely
@@ -88,7 +88,7 @@ def page(*, run_name, results, trials, summary, study_note, objective, experimen
     esc = html.escape
     counts = results["status"].value_counts().to_dict()
     status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    running = counts.get("running", 0)
+    running = counts.get(RUNNING, 0)
     table = _results_table(results, {t.trial_id for t in trials})
     parts = [
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'

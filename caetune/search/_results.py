@@ -24,6 +24,7 @@ from typing import Any
 from caetune._runs import (
     RESULTS_CSV,
     RESULTS_PARQUET,
+    RUNNING,
     STATUSES,
     TRIAL_CONFIG,
     TRIAL_METRICS,
@@ -170,7 +171,8 @@ class ResultsTable:
     def counts(self) -> dict[str, int]:
         counts = {s: 0 for s in STATUSES}
         for row in self.rows.values():
-            counts[row.get("status", "running")] = counts.get(row.get("status", "running"), 0) + 1
+            status = row.get("status", RUNNING)
+            counts[status] = counts.get(status, 0) + 1
         return counts
 
     def best(self, key: str = "objective") -> dict[str, Any] | None:

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from caetune._errors import InputError
-from caetune._runs import RESULTS_CSV, STUDY_FILE, rank_trials
+from caetune._runs import COMPLETE, FAILED, PRUNED, RESULTS_CSV, STUDY_FILE, rank_trials
 from caetune.search._settings import display_url
 
 
@@ -61,8 +61,8 @@ def print_summary(out, files, table, ranking, space, values, study_url, report) 
                 file=out,
             )
     print(
-        f"\nTrials: {counts['complete']} complete, {counts['pruned']} pruned, "
-        f"{counts['failed']} failed. Written:",
+        f"\nTrials: {counts[COMPLETE]} complete, {counts[PRUNED]} pruned, "
+        f"{counts[FAILED]} failed. Written:",
         file=out,
     )
     print(f"  {files.url}/{RESULTS_CSV} (and .parquet), trials/<id>/", file=out)
