@@ -36,7 +36,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -162,12 +162,13 @@ def to_float_images(images: torch.Tensor | np.ndarray, device: torch.device) -> 
     return images.to(device).float().div_(255.0).contiguous()
 
 
-def _adam(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+def adam(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
     """Fused Adam where this torch has a kernel for the device, else the foreach one."""
+    params = list(params)
     try:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+        return torch.optim.Adam(params, lr=lr, fused=True)
     except RuntimeError:
-        return torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+        return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
 class Trainer:
@@ -217,7 +218,7 @@ class Trainer:
         seed_everything(config.seed)
         self.model = build_model(config, in_channels=data.channels, image_size=data.image_size)
         self.model.to(self.device).to(memory_format=torch.channels_last)
-        self.optimizer = _adam(self.model, config.lr)
+        self.optimizer = adam(self.model.parameters(), config.lr)
         self.x_train = self._resident(data.train)  # [N, C, H, W]
         self.x_val = self._resident(data.val)  # [M, C, H, W]
         # Reused by every step: index_select writes each batch here.

@@ -14,7 +14,8 @@ images and writes a checkpoint holding the full
 :class:`~caetune.models.Trainer` state (``model.pt``) and ``metrics.json``
 (every metric, the ``layer3_*``/``layer4_*`` ones included); to Tune it
 reports only :data:`REPORTED` (Tune keeps statistics of every reported metric
-of every trial on the driver for the whole search).
+of every trial on the driver for the whole search), or all of them for the
+trackers of ``--log`` (:mod:`caetune.search._tracking`).
 A trial resumes from ``ray.tune.get_checkpoint()`` (Ray restarted it, e.g.
 after a node was lost) or from ``config["resume_from"]`` (an earlier session
 of the search was interrupted); a new trial may start from another trial's
@@ -101,6 +102,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], factory) -> Non
     from ray import tune
 
     from caetune.models import Trainer
+    from caetune.models._precision import SCREENING
 
     torch.set_num_threads(int(factory.threads))
     objective = factory.objective
@@ -114,7 +116,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], factory) -> Non
     recovery = None  # every damaged checkpoint this trial got past, and what it did instead
 
     def fresh():
-        return Trainer(train_config, image_data(data))
+        return Trainer(train_config, image_data(data), use=SCREENING)
 
     try:
         trainer, before, note = _restore(fresh, [tune.get_checkpoint(), config.get("resume_from")])
@@ -173,6 +175,7 @@ def epoch_metrics(trainer, objective, *, util_images: int) -> dict[str, Any]:
         "val_mse": last.val_mse,
         "best_val_mse": min(m.val_mse for m in trainer.history),
         "objective": objective.evaluate(last.val_mse, util),
+        "precision": trainer.precision,  # resolved: what an export or a retraining must use
         **util,
     }
 
@@ -201,7 +204,9 @@ def _report_epoch(
         trainer.epoch - inherited
     )  # by this trial; a warm start inherited the rest
     result.update(clocks())  # after U: the epoch's seconds include it
-    reported = {k: result[k] for k in REPORTED}
+    # With --log, the trackers log what Tune is told; the recorder drops a trial's statistics once it
+    # ends, so only the running trials' grow with the extra metrics.
+    reported = dict(result) if factory.report_all else {k: result[k] for k in REPORTED}
     if recovery:
         result[RECOVERY] = reported[RECOVERY] = recovery
     metrics = {**result, "history": [m.to_dict() for m in trainer.history]}
