@@ -25,17 +25,15 @@ never run again; cut-off ones continue from their last checkpoint;
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-import yaml
-
 from caetune._errors import InputError
-from caetune._runs import EXPERIMENT_FILE, TRIAL_MODEL
+from caetune._runs import TRIAL_MODEL
 from caetune.search._asha import AshaSettings
 from caetune.search._compat import keep_aws_keys_from_trials
-from caetune.search._defaults import DEFAULT_RUN_ROOT, DEFAULTS
+from caetune.search._defaults import DEFAULT_RUN_ROOT
+from caetune.search._experiment import stored_experiment, write_experiment
 from caetune.search._lock import hold_run
 from caetune.search._objective import Objective
 from caetune.search._ray_setup import (
@@ -53,7 +51,6 @@ from caetune.search._settings import (
     display_url,
     resolve_settings,
     space_of,
-    stored_form,
 )
 from caetune.search._space import SearchSpace
 from caetune.search._summary import print_summary, write_run_report
@@ -107,7 +104,7 @@ def run_search(
     check_name(name, field="--name")
     storage.check_reachable()
     files = RunFiles(storage.child(name))
-    stored = _read_experiment(files)
+    stored = stored_experiment(files)
     if settings.resume and stored is None:
         raise InputError("--resume", f"no run named {name!r} in {storage.url}")
     values = resolve_settings(settings, stored)
@@ -291,16 +288,16 @@ class _Session:
             rungs=self.asha.rungs(),
             reduction_factor=self.values["reduction_factor"],
         )
-        _write_experiment(
+        write_experiment(
             self.files,
-            self.name,
-            self.values,
-            self.space,
-            self.objective,
-            self.asha,
-            self.study_url,
-            self.data,
-            self.stored,
+            name=self.name,
+            values=self.values,
+            space=self.space,
+            objective=self.objective,
+            asha=self.asha,
+            study_url=self.study_url,
+            data=self.data,
+            stored=self.stored,
         )
         self.sync.push()
         return study
@@ -394,59 +391,6 @@ class _Session:
                 if not searcher.finished or not searcher.pending():
                     break
         self.sync.push()
-
-
-# -- the run folder --------------------------------------------------------------
-
-
-def _read_experiment(files) -> dict | None:
-    if not files.exists(EXPERIMENT_FILE):
-        return None
-    try:
-        stored = yaml.safe_load(files.read_bytes(EXPERIMENT_FILE))
-    except yaml.YAMLError:
-        stored = None
-    if not isinstance(stored, dict) or "settings" not in stored or "space" not in stored:
-        raise InputError(
-            "--name",
-            f"{files.url} holds a {EXPERIMENT_FILE} caetune cannot read; choose another --name",
-        )
-    return stored
-
-
-def _write_experiment(
-    files,
-    name,
-    values,
-    space: SearchSpace,
-    objective: Objective,
-    asha: AshaSettings,
-    study_url,
-    data,
-    stored,
-) -> None:
-    from caetune import __version__
-
-    doc = {
-        "name": name,
-        "created": (stored or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
-        "caetune": __version__,
-        # Never the study URL's password: it would sit in every copy of the run folder.
-        "settings": {k: stored_form(k, values[k]) for k in DEFAULTS},
-        "objective": objective.to_dict(),
-        "space_name": space.name,
-        "space": space.to_dict(),
-        "dataset": {
-            "name": data.name,
-            "train": len(data.train),
-            "val": len(data.val),
-            "channels": data.channels,
-            "image_size": list(data.image_size),
-        },
-        "study": {"storage": display_url(study_url), "name": name},
-        "asha": asha.to_dict(metric=objective.scheduler_metric),
-    }
-    files.write_text(EXPERIMENT_FILE, yaml.safe_dump(doc, sort_keys=False))
 
 
 def _checkpoint_if_exists(fs, fs_path: str, *, holding: str | None = None):
