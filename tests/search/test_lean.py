@@ -20,10 +20,13 @@ import torch
 import yaml
 
 from caetune._runs import RESULTS_CSV, STUDY_FILE, TRIAL_MODEL, TRIALS_DIR
+from caetune._storage import exists, parse_storage, read_bytes, write_bytes
 from caetune.analysis import write_report
 from caetune.models import TrainConfig, Trainer, load_data, read_checkpoint
 from caetune.search import SearchSettings, export_run, run_search
-from caetune.search._lean import WEIGHTS_ONLY_ATTR, continuable_trials
+from caetune.search._lean import WEIGHTS_ONLY_ATTR, continuable_trials, make_lean
+from caetune.search._results import RunFiles
+from tests.s3server import s3_bucket, s3_env, s3_server  # noqa: F401  (fixtures)
 
 FIXED = {
     "dataset": "mnist-10k",
@@ -167,3 +170,74 @@ def test_keep_all_state_keeps_every_optimizer_state(ray_local, tmp_path):
     assert optimizer_state(run, "t0000")
     assert WEIGHTS_ONLY_ATTR not in load_study(run).user_attrs
     assert "lean run folder" not in err.getvalue()
+
+
+# -- make_lean alone: a study and checkpoint files, locally and on S3 (no Ray) ----------------
+
+
+def _checkpoint(epochs: int) -> bytes:
+    weights = torch.arange(6.0)
+    state = {
+        "config": {"n_epochs": epochs},
+        "model": {"w": weights},
+        "optimizer": {
+            "state": {0: {"step": torch.tensor(3.0), "exp_avg": weights, "exp_avg_sq": weights}},
+            "param_groups": [{"lr": 1e-3, "params": [0]}],
+        },
+        "epoch": epochs,
+        "history": [{"epoch": e} for e in range(1, epochs + 1)],
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+# (trial_id, n_maps, epochs_run, state): A's longest below Ne 3 is t0001, B ran Ne 3.
+TRIALS = [
+    ("t0000", 2, 1, "COMPLETE"),
+    ("t0001", 2, 2, "PRUNED"),
+    ("t0002", 3, 3, "COMPLETE"),
+    ("t0003", 3, 0, "FAIL"),
+]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_make_lean_rewrites_the_others_and_records_them_first(where, tmp_path, request):
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState, create_trial
+
+    root = f"s3://{request.getfixturevalue('s3_bucket')}/runs" if where == "s3" else str(tmp_path)
+    files = RunFiles(parse_storage(root).child("run"))
+    study = optuna.create_study()
+    for trial_id, n_maps, epochs, state in TRIALS:
+        study.add_trial(
+            create_trial(
+                params={"n_maps": n_maps},
+                distributions={"n_maps": CategoricalDistribution([2, 3])},
+                value=0.1 if state == "COMPLETE" else None,
+                state=TrialState[state],
+                user_attrs={"trial_id": trial_id, "epochs_run": epochs},
+            )
+        )
+        if epochs:
+            write_bytes(files.storage, f"trials/{trial_id}/model.pt", _checkpoint(epochs))
+    write_bytes(files.storage, "tune/t0001-abc/checkpoint_000001/model.pt", b"x")
+    write_bytes(files.storage, "tune/t0001-abc/result.json", b"{}")
+    pushed = []
+
+    outcome = make_lean(study, files, max_epochs=3, on_study_change=lambda: pushed.append(1))
+
+    assert outcome.kept == ("t0001",) and outcome.stripped == ("t0000", "t0002")
+    assert not outcome.skipped and outcome.checkpoints_deleted == 1 and pushed == [1]
+    assert study.user_attrs[WEIGHTS_ONLY_ATTR] == ["t0000", "t0002"]
+    for trial_id, _, epochs, _ in TRIALS[:3]:
+        data = read_bytes(files.storage, f"trials/{trial_id}/model.pt")
+        state = torch.load(io.BytesIO(data), weights_only=True)
+        assert torch.equal(state["model"]["w"], torch.arange(6.0)) and state["epoch"] == epochs
+        assert state["optimizer"]["param_groups"] == [{"lr": 1e-3, "params": [0]}]
+        assert bool(state["optimizer"]["state"]) == (trial_id == "t0001"), trial_id
+    assert not exists(files.storage, "tune/t0001-abc/checkpoint_000001")
+    assert exists(files.storage, "tune/t0001-abc/result.json")
+    # Again: nothing left to do, and the study is not written again.
+    again = make_lean(study, files, max_epochs=3, on_study_change=lambda: pushed.append(1))
+    assert again.stripped == () and pushed == [1]
