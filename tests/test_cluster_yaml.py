@@ -1,4 +1,4 @@
-"""cluster.yaml is a valid Ray cluster config and secure by default; cluster/setup_aws.py makes what it needs.
+"""cluster.yaml is a valid, secure Ray cluster config; cluster/setup_aws.py makes what it needs.
 
 The config is checked with Ray's own schema and config preparation (what
 ``ray up`` runs first), then property by property: CPU head and autoscaling GPU
@@ -24,6 +24,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.autoscaler.tags import TAG_RAY_CLUSTER_NAME
 
+from tests._helpers import start_command
 from tests.s3server import s3_server  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ def ray_schema() -> dict:
 
 
 def validate_like_ray_up(config: dict) -> None:
-    """The checks `ray up` makes before it touches AWS: the schema on the file, then on the filled-in config."""
+    """What `ray up` checks before it touches AWS: the schema on the file, then the full config."""
     jsonschema.validate(config, ray_schema())
     validate_config(prepare_config(copy.deepcopy(config)))
 
@@ -65,12 +66,7 @@ def statements(document: dict) -> list[dict]:
     ]
 
 
-def start_command(commands: list[str]) -> str:
-    (command,) = [c for c in commands if "ray start" in c]
-    return command
-
-
-# --- the file itself --------------------------------------------------------------------------------------------
+# --- the file itself ------------------------------------------------------------------------------
 
 
 def test_cluster_yaml_passes_rays_own_validation():
@@ -133,7 +129,7 @@ def test_nodes_get_instance_profiles_and_the_prepared_security_group():
         )
         assert node["SecurityGroupIds"], name  # without it Ray makes its own group ...
         assert node["MetadataOptions"] == {"HttpTokens": "required"}
-    # ... whose default rules open SSH to the whole internet (why cluster.yaml never lets Ray make one).
+    # ... whose default rules open SSH to the whole internet (cluster.yaml never lets Ray make one).
     from ray.autoscaler._private.aws.config import _create_default_inbound_rules
 
     assert "0.0.0.0/0" in json.dumps(_create_default_inbound_rules(set()))
@@ -181,7 +177,7 @@ def test_no_credentials_are_copied_to_the_nodes():
     assert {".aws", ".env", "*.pem", ".venv", ".git"} <= set(config["rsync_exclude"])
 
 
-# --- the IAM policies -------------------------------------------------------------------------------------------
+# --- the IAM policies -----------------------------------------------------------------------------
 
 
 def test_the_s3_policy_reaches_the_experiment_bucket_only():
@@ -221,7 +217,7 @@ def test_only_ec2_instances_can_take_the_roles():
     assert s["Principal"] == {"Service": "ec2.amazonaws.com"} and s["Action"] == "sts:AssumeRole"
 
 
-# --- setup_aws.py on a moto server ------------------------------------------------------------------------------
+# --- setup_aws.py on a moto server ----------------------------------------------------------------
 
 
 def run_setup(server, *args, cwd):

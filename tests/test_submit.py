@@ -1,9 +1,8 @@
 """``caetune submit/status/logs/stop`` against a real Ray head with token authentication.
 
-The head is ``ray start --head --block`` in a subprocess of its own, with every
-port chosen free, its own short temp dir and RAY_AUTH_MODE=token; it is stopped
-by its own pid (and its leftovers found by that temp dir and token), never with
-``ray stop``, which would also end other Ray instances on this machine.
+The head is :func:`tests._helpers.ray_head`: ``ray start --head --block`` in a
+subprocess of its own, every port chosen free, its own short temp dir and
+RAY_AUTH_MODE=token, stopped by its own pid, never with ``ray stop``.
 """
 
 from __future__ import annotations
@@ -12,22 +11,17 @@ import importlib.util
 import json
 import os
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
 from caetune import __version__
 from caetune._cluster import build_runtime_env, resolve_address, resolve_token
 from caetune.cli import main
+from tests._helpers import free_port, ray_head
 
 CLIENT_VARS = (
     "RAY_ADDRESS",
@@ -38,127 +32,20 @@ CLIENT_VARS = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Head:
-    url: str
-    token: str
-    process: subprocess.Popen
-    temp_dir: str
-
-    def sdk(self):
-        from ray.job_submission import JobSubmissionClient
-
-        return JobSubmissionClient(self.url, headers={"Authorization": f"Bearer {self.token}"})
-
-
-def _leftovers(temp_dir: str, token: str) -> list[int]:
-    """Processes of this head only: its temp dir on the command line, or its token in the environment."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if temp_dir.encode() in cmdline or f"RAY_AUTH_TOKEN={token}".encode() in environ.split(
-            b"\0"
-        ):
-            pids.append(int(entry.name))
-    return pids
-
-
 @pytest.fixture(scope="module")
 def head():
+    """A Ray head with token auth on 127.0.0.1, its Jobs API at ``head.url``."""
     if importlib.util.find_spec("aiohttp") is None:
         pytest.fail("the Ray dashboard (Jobs API) needs ray[default]: pip install 'ray[default]'")
     token = secrets.token_hex(16)
-    # Short: Ray's unix socket paths must stay under 107 characters.
-    temp_dir = tempfile.mkdtemp(prefix="cts", dir="/tmp")
-    dashboard = free_port()
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARS}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
-    # As on a cluster node (cluster.yaml activates its venv): `python` in a job is the one with caetune.
+    # As on a cluster node (cluster.yaml activates its venv): `python` in a job has caetune.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    ports = {
-        "--port": free_port(),
-        "--dashboard-port": dashboard,
-        "--ray-client-server-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(),
-        "--runtime-env-agent-port": free_port(),
-        "--metrics-export-port": free_port(),
-        "--node-manager-port": free_port(),
-        "--object-manager-port": free_port(),
-    }
-    command = [
-        str(Path(sys.executable).with_name("ray")),
-        "start",
-        "--head",
-        "--block",
-        "--num-cpus",
-        "1",
-        "--dashboard-host",
-        "127.0.0.1",
-        "--temp-dir",
-        temp_dir,
-        "--disable-usage-stats",
-        *[str(x) for pair in ports.items() for x in pair],
-    ]
-    log = open(Path(temp_dir) / "head.log", "wb")
-    process = subprocess.Popen(
-        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{dashboard}"
-    try:
-        wait_for_head(process, url, token, Path(temp_dir) / "head.log")
-        yield Head(url=url, token=token, process=process, temp_dir=temp_dir)
-    finally:
-        stop_head(process)
-        for pid in _leftovers(temp_dir, token):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def wait_for_head(
-    process: subprocess.Popen, url: str, token: str, log: Path, timeout_s: float = 120
-) -> None:
-    """Until the head's dashboard answers with the token; fails the test if ``ray start`` exits or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"ray start exited {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if requests.get(
-                f"{url}/api/version", headers={"Authorization": f"Bearer {token}"}, timeout=2
-            ).ok:
-                return
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"the Ray head's dashboard did not answer within {timeout_s:g} s")
-        time.sleep(0.5)
-
-
-def stop_head(process: subprocess.Popen) -> None:
-    """SIGTERM to ``ray start --block`` alone: it drains the node and stops what it started (SIGKILL after 45 s)."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=45)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    with ray_head(
+        ["--dashboard-host=127.0.0.1", "--disable-usage-stats"], env=env, token=token
+    ) as started:
+        yield started
 
 
 @pytest.fixture
@@ -184,7 +71,7 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
-# --- without a cluster -----------------------------------------------------------------------------------------
+# --- without a cluster ----------------------------------------------------------------------------
 
 
 def test_runtime_env_passes_caetune_settings_and_region_but_never_credentials(tmp_path):
@@ -275,7 +162,7 @@ def test_no_cluster_at_the_address_is_one_line_and_fast(client_env, capsys):
     assert time.monotonic() - started < 5
 
 
-# --- against the head ------------------------------------------------------------------------------------------
+# --- against the head -----------------------------------------------------------------------------
 
 
 @pytest.mark.slow

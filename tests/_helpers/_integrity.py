@@ -1,100 +1,26 @@
-"""Shared helpers of the fault tests: start a search, watch it, hurt it, then check what it left.
+"""What every fault test ends with: :func:`check_integrity` of the run the fault hurt.
 
-The search helpers (a tiny space, the CLI in a subprocess, the study read with
-plain SQL) come from :mod:`tests.search.test_resume_kill`; this module adds
-what every fault test ends with, :func:`check_integrity`: every finished
-trial's result row (its ``layer3_*``/``layer4_*`` metrics included), files
-and Optuna record are intact and agree, and no trial finished before the
-fault ran again after it.
+Every finished trial's result row (its ``layer3_*``/``layer4_*`` metrics
+included), files and Optuna record are intact and agree, and no trial
+finished before the fault ran again after it.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from caetune._runs import TRIAL_CONFIG, TRIAL_METRICS, TRIAL_MODEL, TRIALS_DIR
 from caetune._storage import Storage, read_bytes
-from tests.search.test_resume_kill import (  # noqa: F401  (re-exported for the fault tests)
-    FINISHED,
-    RUN_TIMEOUT_S,
-    fault_search,
-    kill_group,
-    local_study,
-    results,
-    run_search_cli,
-    search_command,
-    search_env,
-    study_trials,
-    trial_metrics,
-    write_space,
-)
-
-# Optuna's state of a trial for each status of results.csv.
-STUDY_STATE = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}
-_START_LINE = re.compile(r"^\s+(t\d{4}) start\b", re.MULTILINE)
-
-
-def start_search(flags: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
-    """``caetune search`` in its own process group (so Ray dies with it), output to ``log``."""
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            search_command(*flags),
-            env=env,
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def wait_until(
-    proc: subprocess.Popen, log: Path, ready: Callable[[], bool], what: str, *, poll_s: float = 0.05
-) -> None:
-    """Polls ``ready()`` until it holds; fails the test if the search ends or the time runs out first."""
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if ready():
-            return
-        if proc.poll() is not None:
-            pytest.fail(
-                f"the search ended (exit {proc.returncode}) before {what}:\n{log.read_text()[-4000:]}"
-            )
-        time.sleep(poll_s)
-    pytest.fail(f"no {what} within {RUN_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-
-
-def safe_study(db: Path) -> list[dict]:
-    """:func:`study_trials`, or ``[]`` while the file is missing or mid-write."""
-    import sqlite3
-
-    try:
-        return study_trials(db)
-    except sqlite3.Error:
-        return []
-
-
-def started_ids(log_text: str) -> list[str]:
-    """Trial ids in the order their ``start`` progress lines appear (a restart repeats an id)."""
-    return _START_LINE.findall(log_text)
-
-
-def finished_files(run: Storage, table) -> dict[str, bytes]:
-    """``metrics.json`` of every trial the results table says has finished, byte for byte."""
-    done = table[table["status"].isin(FINISHED)]["trial_id"].tolist()
-    return {tid: trial_metrics(run, tid) for tid in done}
+from tests._helpers._search import FINISHED, STUDY_STATE, results, study_trials, trial_metrics
 
 
 def check_integrity(
     run: Storage, db: Path, *, num_samples: int, before: dict[str, bytes] | None = None
 ) -> None:
-    """Asserts the run is whole: table == study == ``num_samples`` trials, files load, ``before`` untouched.
+    """Asserts the run is whole: results == study == ``num_samples`` trials, files load, as before.
 
     Args:
         run: The run folder.

@@ -33,23 +33,20 @@ import time
 import pytest
 
 from caetune._storage import read_bytes
-from tests.faults._tools import (
+from tests._helpers import (
+    DONE_STATES,
     FINISHED,
     RUN_TIMEOUT_S,
     check_integrity,
     fault_search,
     finished_files,
-    kill_group,
     results,
-    run_search_cli,
     safe_study,
-    start_search,
     started_ids,
     wait_until,
 )
 
 NUM_SAMPLES = 3
-DONE_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
 
 def _first_trial(proc, log, db, run) -> dict:
@@ -77,7 +74,7 @@ def _between_trials(proc, log, db, run) -> dict:
 
 
 def _while_recording(proc, log, db, run) -> dict:
-    """Freezes the driver inside the recorder's record of a trial; returns that trial and its checkpoint."""
+    """Freezes the driver inside the recorder's record of a trial; returns it and its checkpoint."""
     trials_dir = run.local_path / "trials"
     for number in range(NUM_SAMPLES):
         model = trials_dir / f"t{number:04d}" / "model.pt"
@@ -85,7 +82,8 @@ def _while_recording(proc, log, db, run) -> dict:
         while not model.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(
-                    f"the search ended or stalled before t{number:04d} was recorded:\n{log.read_text()[-4000:]}"
+                    f"the search ended or stalled before t{number:04d} was recorded:\n"
+                    f"{log.read_text()[-4000:]}"
                 )
             time.sleep(0.002)
         os.kill(proc.pid, signal.SIGSTOP)
@@ -108,18 +106,11 @@ MOMENTS = {
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("moment", list(MOMENTS))
 def test_driver_sigkill_then_resume_runs_each_trial_once(moment, tmp_path):
-    storage_url = str(tmp_path / "runs")
-    flags, env, run, db = fault_search(
-        tmp_path, storage_url, seed=5, num_samples=NUM_SAMPLES, subset=300, epochs=(2, 3)
+    search = fault_search(
+        tmp_path, str(tmp_path / "runs"), seed=5, num_samples=NUM_SAMPLES, subset=300, epochs=(2, 3)
     )
-
-    log = tmp_path / "first.log"
-    proc = start_search(flags, env, tmp_path, log)
-    try:
-        caught = MOMENTS[moment](proc, log, db, run)
-    finally:
-        kill_group(proc)
-    assert proc.returncode == -signal.SIGKILL
+    run, db = search.run, search.db
+    caught = search.kill_at(lambda proc, log: MOMENTS[moment](proc, log, db, run))
 
     study = safe_study(db)
     done_in_study = {f"t{t['number']:04d}" for t in study if t["state"] in DONE_STATES}
@@ -133,8 +124,7 @@ def test_driver_sigkill_then_resume_runs_each_trial_once(moment, tmp_path):
     elif moment == "between_trials":
         assert done_in_study, f"nothing finished before the kill between trials: {study}"
 
-    done = run_search_cli(["--storage", storage_url, "--resume", "exp"], env, tmp_path)
-    assert "resuming:" in done.stderr
+    done = search.resume()
 
     check_integrity(run, db, num_samples=NUM_SAMPLES, before=before)
     rerun = set(started_ids(done.stderr)) & set(before)

@@ -28,15 +28,12 @@ import time
 import pytest
 
 from caetune._storage import parse_storage, read_bytes
-from tests.faults._tools import (
-    RUN_TIMEOUT_S,
+from tests._helpers import (
     check_integrity,
     fault_search,
     finished_files,
-    kill_group,
     results,
     safe_study,
-    start_search,
     started_ids,
     study_trials,
     wait_until,
@@ -207,31 +204,29 @@ def test_a_pickled_filesystem_still_retries(kind, s3_bucket, s3_server, monkeypa
 @pytest.mark.timeout(420)
 def test_a_20s_s3_outage_mid_search_is_survived(s3_bucket, s3_server, tmp_path):
     proxy = OutageProxy(("127.0.0.1", s3_server.port))
-    flags, env, run, db = fault_search(
-        tmp_path, f"s3://{s3_bucket}/runs", seed=13, num_samples=NUM_SAMPLES, subset=600, epochs=(4, 5),
-        base_env=s3_server.subprocess_env(),
+    search = fault_search(
+        tmp_path, f"s3://{s3_bucket}/runs", seed=13, num_samples=NUM_SAMPLES, subset=600,
+        epochs=(4, 5), base_env=s3_server.subprocess_env(),
     )  # fmt: skip
-    env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{proxy.port}"
+    search.env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{proxy.port}"
+    run, db = search.run, search.db
 
     log = tmp_path / "search.log"
-    proc = start_search(flags, env, tmp_path, log)
     try:
-        # Mid-search: a trial finished, the next one training with a checkpoint on S3.
-        wait_until(
-            proc, log,
-            lambda: any(t["state"] == "COMPLETE" for t in safe_study(db))
-            and any(t["state"] == "RUNNING" and t["checkpoint"] for t in safe_study(db)),
-            "a finished trial and a checkpointed running one",
-        )  # fmt: skip
-        before = finished_files(run, results(run))
-        proxy.outage(OUTAGE_S)
-        proc.wait(RUN_TIMEOUT_S)
+        with search.running(log) as proc:
+            # Mid-search: a trial finished, the next one training with a checkpoint on S3.
+            wait_until(
+                proc, log,
+                lambda: any(t["state"] == "COMPLETE" for t in safe_study(db))
+                and any(t["state"] == "RUNNING" and t["checkpoint"] for t in safe_study(db)),
+                "a finished trial and a checkpointed running one",
+            )  # fmt: skip
+            before = finished_files(run, results(run))
+            proxy.outage(OUTAGE_S)
+            text = search.finish(proc, log)
     finally:
-        kill_group(proc)
         proxy.close()
-    text = log.read_text()
     print(f"\nS3 outage: search exit {proc.returncode}\n{text[-2500:]}")
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{text[-4000:]}"
     check_integrity(run, db, num_samples=NUM_SAMPLES, before=before)
     # Driver and trial workers alike wait the outage out: no trial fails for it, none starts twice.
     table = results(run)

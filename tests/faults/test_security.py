@@ -38,16 +38,16 @@ import pytest
 import requests
 import yaml
 
-from tests.test_submit import free_port, stop_head, wait_for_head
+from tests._helpers import processes_of, ray_head, start_command, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY_VARS_PREFIXES = ("RAY_", "AWS_")
-# caetune's own local Ray, from the code path `caetune search` takes; then it waits for a line on stdin.
+# caetune's own local Ray, by the code path `caetune search` takes; then it waits for a stdin line.
 LOCAL_RAY_SCRIPT = """
 import json, os, sys
 import ray
 from ray._raylet import AuthenticationMode, get_authentication_mode
-from caetune.search._run import connect_ray
+from caetune.search._ray_setup import connect_ray
 
 started = connect_ray(None)
 node = ray._private.worker._global_node
@@ -64,30 +64,10 @@ ray.shutdown()
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without Ray or AWS settings (no cluster to join, no real keys), plus ``extra``."""
+    """This environment without Ray or AWS settings (no cluster, no real keys), and ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(RAY_VARS_PREFIXES)}
     env.update(RAY_USAGE_STATS_ENABLED="0", **extra)
     return env
-
-
-def processes_of(*needles: str, roots: tuple[int, ...] = ()) -> list:
-    """Processes whose command line holds one of ``needles``, the ``roots``, and all their descendants."""
-    import psutil
-
-    found = {}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            cmdline = " ".join(proc.info["cmdline"] or [])
-        except psutil.Error:
-            continue
-        if proc.pid in roots or any(needle in cmdline for needle in needles):
-            found[proc.pid] = proc
-    for proc in list(found.values()):
-        try:
-            found.update({child.pid: child for child in proc.children(recursive=True)})
-        except psutil.Error:
-            pass
-    return list(found.values())
 
 
 def listeners(processes) -> list[tuple[str, int, str]]:
@@ -109,17 +89,8 @@ def is_loopback(ip: str) -> bool:
     return ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 
 
-def stop(processes) -> None:
-    """SIGKILL what is left of one Ray instance (found by its own temp dir)."""
-    for proc in processes:
-        try:
-            proc.send_signal(signal.SIGKILL)
-        except Exception:
-            pass
-
-
 def gcs_call(address: str, token: str | None) -> str:
-    """One GCS RPC (``GetClusterId``) with the token as Ray sends it, or none; ``OK`` or the gRPC status."""
+    """One GCS RPC (``GetClusterId``), with the token as Ray sends it or none: OK or gRPC's code."""
     import grpc
     from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
@@ -133,7 +104,7 @@ def gcs_call(address: str, token: str | None) -> str:
     return "OK"
 
 
-# --- the local Ray caetune starts itself ----------------------------------------------------------------------
+# --- the local Ray caetune starts itself ----------------------------------------------------------
 
 
 @dataclass
@@ -206,21 +177,13 @@ def test_the_token_ray_generates_for_a_search_is_private(local_ray):
     assert local_ray.token_file.stat().st_mode & 0o077 == 0
 
 
-# --- a head as cluster.yaml starts it -------------------------------------------------------------------------
-
-
-@dataclass
-class Head:
-    token: str
-    gcs: str
-    dashboard: str
-    processes: list
+# --- a head as cluster.yaml starts it -------------------------------------------------------------
 
 
 def cluster_head_command() -> tuple[dict[str, str], list[str]]:
     """``cluster.yaml``'s own ``ray start --head`` line: its environment prefix and its flags."""
     config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
-    line = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+    line = start_command(config["head_start_ray_commands"])
     words = shlex.split(line.split(";")[-1])
     at = words.index("ray")
     env = dict(word.split("=", 1) for word in words[:at])
@@ -229,61 +192,20 @@ def cluster_head_command() -> tuple[dict[str, str], list[str]]:
 
 @pytest.fixture(scope="module")
 def head():
-    """``ray start --head`` with cluster.yaml's flags and environment; only ports and paths made local."""
+    """``ray start --head`` with cluster.yaml's flags and environment; ports and paths local."""
     env_prefix, flags = cluster_head_command()
     token = secrets.token_hex(32)
     home = Path(tempfile.mkdtemp(prefix="cth"))
     (home / ".ray").mkdir()
     (home / ".ray" / "auth_token").write_text(token)  # where cluster.yaml's file_mounts put it
-    temp_dir = tempfile.mkdtemp(prefix="cts", dir="/tmp")
-    ports = {name: free_port() for name in ("--port", "--dashboard-port", "--object-manager-port")}
-    kept = []
-    for flag in flags:
-        name = flag.split("=", 1)[0]
-        if name == "--autoscaling-config":
-            continue  # the launcher writes that file on the head; the head serves the same without it
-        kept.append(f"{name}={ports[name]}" if name in ports else flag)
-    local = {  # Ray's fixed default ports would collide with other Rays on this machine
-        "--ray-client-server-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(),
-        "--runtime-env-agent-port": free_port(),
-        "--metrics-export-port": free_port(),
-        "--node-manager-port": free_port(),
-    }
-    command = [
-        str(Path(sys.executable).with_name("ray")),
-        "start",
-        "--head",
-        *kept[1:],
-        "--block",
-        "--num-cpus",
-        "1",
-        "--temp-dir",
-        temp_dir,
-        *[str(x) for pair in local.items() for x in pair],
-    ]
-    assert kept[0] == "--head" and "--dashboard-host=127.0.0.1" in kept
-    env = clean_env(HOME=str(home), **env_prefix)
-    log = open(Path(temp_dir) / "head.log", "wb")
-    process = subprocess.Popen(
-        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    dashboard = f"http://127.0.0.1:{ports['--dashboard-port']}"
+    assert flags[0] == "--head" and "--dashboard-host=127.0.0.1" in flags
+    # The launcher writes --autoscaling-config's file on the head; the head serves the same without
+    # it.
+    kept = [f for f in flags[1:] if not f.startswith("--autoscaling-config")]
     try:
-        wait_for_head(process, dashboard, token, Path(temp_dir) / "head.log")
-        yield Head(
-            token,
-            f"127.0.0.1:{ports['--port']}",
-            dashboard,
-            processes_of(temp_dir, roots=(process.pid,)),
-        )
+        with ray_head(kept, env=clean_env(HOME=str(home), **env_prefix), token=token) as started:
+            yield started
     finally:
-        leftovers = processes_of(temp_dir)
-        stop_head(process)
-        stop([p for p in leftovers if p.is_running()])
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -293,7 +215,7 @@ def test_the_cluster_head_refuses_clients_without_the_token(head):
     assert gcs_call(head.gcs, "0" * len(head.token)) == "UNAUTHENTICATED"
     assert gcs_call(head.gcs, head.token) == "OK"
 
-    version = f"{head.dashboard}/api/version"
+    version = f"{head.url}/api/version"
     assert requests.get(version, timeout=10).status_code == 401
     assert (
         requests.get(version, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code
@@ -304,23 +226,23 @@ def test_the_cluster_head_refuses_clients_without_the_token(head):
     job = {"entrypoint": "touch /tmp/caetune-security-test-never"}
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         assert requests.post(
-            f"{head.dashboard}/api/jobs/", json=job, headers=headers, timeout=10
+            f"{head.url}/api/jobs/", json=job, headers=headers, timeout=10
         ).status_code in (401, 403)
     listed = requests.get(
-        f"{head.dashboard}/api/jobs/", headers={"Authorization": f"Bearer {head.token}"}, timeout=10
+        f"{head.url}/api/jobs/", headers={"Authorization": f"Bearer {head.token}"}, timeout=10
     )
     assert listed.ok and listed.json() == []  # nothing was submitted
 
 
 @pytest.mark.slow
 def test_the_cluster_heads_dashboard_listens_on_loopback_only(head):
-    port = int(head.dashboard.rsplit(":", 1)[1])
-    sockets = listeners(head.processes)
+    port = int(head.url.rsplit(":", 1)[1])
+    sockets = listeners(head.processes())
     on_port = [s for s in sockets if s[1] == port]
     assert on_port and all(is_loopback(ip) for ip, _, _ in on_port), sockets
 
 
-# --- no credential in anything written ---------------------------------------------------------------------
+# --- no credential in anything written ------------------------------------------------------------
 
 
 def fake_secrets() -> dict[str, str]:
@@ -362,7 +284,7 @@ class Pipeline:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    """search (with report) -> export -> report -> train, with fake credentials in the environment."""
+    """search (with report) -> export -> report -> train, fake credentials in the environment."""
     fake = fake_secrets()
     root = tmp_path_factory.mktemp("credentials")
     ray_tmp = Path(tempfile.mkdtemp(prefix="ctc", dir="/tmp"))

@@ -1,5 +1,7 @@
-"""Faults of one trial while the search goes on: its worker killed by the OS, its checkpoints cut short,
-its final checkpoint damaged after it ended, and a second ``caetune search`` on the same run.
+"""Faults of one trial while the search goes on, and a second ``caetune search`` on the same run.
+
+The trial's worker is killed by the OS, its checkpoints cut short, or its
+final checkpoint damaged after it ended.
 
 The trial's worker is found the way an operator would: the process of the
 search's process group whose title is Ray's for the function trainable
@@ -29,13 +31,14 @@ import pytest
 from ray.tune import Callback
 
 from caetune._storage import parse_storage
-from caetune.search import SearchSettings, run_search
+from caetune.search import run_search
 from caetune.search._recorder import MAX_RERUNS
-from tests.faults._tools import (
+from tests._helpers import (
     FINISHED,
     RUN_TIMEOUT_S,
     check_integrity,
     fault_search,
+    fault_settings,
     kill_group,
     local_study,
     results,
@@ -43,7 +46,6 @@ from tests.faults._tools import (
     safe_study,
     search_command,
     search_env,
-    start_search,
     wait_until,
     write_space,
 )
@@ -74,8 +76,14 @@ def _trial_worker(proc: subprocess.Popen) -> psutil.Process | None:
     return found[0] if len(found) == 1 else None
 
 
+def _worker_once(proc: subprocess.Popen, log: Path, ready, what: str) -> psutil.Process:
+    """The trial's worker, once ``ready()`` holds and the worker is there."""
+    wait_until(proc, log, lambda: ready() and _trial_worker(proc) is not None, what)
+    return _trial_worker(proc)
+
+
 def _checkpointed_running(db, *, epochs_left: int = 2, done: int = 1):
-    """The running trial once it has ``done`` epochs checkpointed and ``epochs_left`` epochs still to train."""
+    """The running trial once ``done`` epochs are checkpointed and ``epochs_left`` are to train."""
     for t in safe_study(db):
         if (
             t["state"] == "RUNNING"
@@ -92,37 +100,27 @@ def _study_attr(db, number: int, key: str):
 
     with sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True, timeout=10) as conn:
         found = conn.execute(
-            "select a.value_json from trial_user_attributes a join trials t on a.trial_id = t.trial_id "
+            "select a.value_json from trial_user_attributes a"
+            " join trials t on a.trial_id = t.trial_id "
             "where t.number = ? and a.key = ?",
             (number, key),
         ).fetchone()
     return json.loads(found[0]) if found else None
 
 
-def _finish(proc, log) -> str:
-    try:
-        proc.wait(RUN_TIMEOUT_S)
-    finally:
-        kill_group(proc)
-    text = log.read_text()
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{text[-4000:]}"
-    return text
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_trial_worker_killed_by_the_os_is_restarted_from_its_checkpoint(tmp_path):
-    flags, env, run, db = _setup(tmp_path)
+    search = _setup(tmp_path)
+    run, db = search.run, search.db
     log = tmp_path / "search.log"
-    proc = start_search(flags, env, tmp_path, log)
-    try:
-        wait_until(proc, log, lambda: _checkpointed_running(db) is not None and _trial_worker(proc) is not None,
-                   "a checkpointed running trial")  # fmt: skip
+    with search.running(log) as proc:
+        worker = _worker_once(
+            proc, log, lambda: _checkpointed_running(db) is not None, "a checkpointed running trial"
+        )
         victim = _checkpointed_running(db)
-        _trial_worker(proc).send_signal(signal.SIGKILL)
-        text = _finish(proc, log)
-    finally:
-        kill_group(proc)
+        worker.send_signal(signal.SIGKILL)
+        text = search.finish(proc, log)
 
     tid = f"t{victim['number']:04d}"
     assert f"{tid} restart" in text, text[-3000:]
@@ -138,25 +136,28 @@ def test_a_trial_worker_killed_by_the_os_is_restarted_from_its_checkpoint(tmp_pa
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("damaged", ["latest", "every"])
 def test_a_damaged_checkpoint_is_passed_over_with_the_reason(tmp_path, damaged):
-    """The worker is frozen, its latest (or every) checkpoint's model cut in half, then killed: Ray must restore.
+    """The worker frozen, its latest (or every) checkpoint's model cut, then killed: Ray restores.
 
     With the latest damaged the trial goes on from the older one Ray kept
     beside it; with every one damaged it starts again from epoch 0. Either way
     it completes, each epoch once in its history, and says what happened.
     """
-    flags, env, run, db = _setup(tmp_path)
+    search = _setup(tmp_path)
+    run, db = search.run, search.db
     log = tmp_path / "search.log"
-    proc = start_search(flags, env, tmp_path, log)
-    try:
+    with search.running(log) as proc:
         # Two epochs done (two checkpoints kept) and at least two to go.
-        wait_until(proc, log, lambda: _checkpointed_running(db, done=2) is not None and _trial_worker(proc) is not None,
-                   "a running trial with two checkpoints")  # fmt: skip
-        worker = _trial_worker(proc)
+        worker = _worker_once(
+            proc,
+            log,
+            lambda: _checkpointed_running(db, done=2) is not None,
+            "a running trial with two checkpoints",
+        )
         worker.send_signal(signal.SIGSTOP)
         time.sleep(1.0)  # a checkpoint the worker had handed over reaches the study
         victim = _checkpointed_running(db, epochs_left=1, done=2)
         latest = run.local_path / victim["checkpoint"]
-        # Ray's layout: the trial's checkpoints are sibling folders checkpoint_NNNNNN of its trial folder.
+        # Ray's layout: a trial's checkpoints are sibling folders checkpoint_NNNNNN in its folder.
         kept = sorted(p for p in latest.parent.iterdir() if re.fullmatch(r"checkpoint_\d+", p.name))
         assert latest in kept and len(kept) >= 2, kept
         cut = [latest] if damaged == "latest" else kept
@@ -165,9 +166,7 @@ def test_a_damaged_checkpoint_is_passed_over_with_the_reason(tmp_path, damaged):
             with open(model, "r+b") as f:
                 f.truncate(model.stat().st_size // 2)
         worker.send_signal(signal.SIGKILL)
-        text = _finish(proc, log)
-    finally:
-        kill_group(proc)
+        text = search.finish(proc, log)
 
     tid = f"t{victim['number']:04d}"
     table = results(run)
@@ -188,7 +187,7 @@ def test_a_damaged_checkpoint_is_passed_over_with_the_reason(tmp_path, damaged):
         assert f"resumed from {older.parent.name}/{older.name} (epoch " in recovery, recovery
     else:
         assert recovery.endswith("restarted from epoch 0"), recovery
-    # Each epoch once (a fallback continues, a restart starts the history again), the model the last epoch's.
+    # Each epoch once (a fallback continues, a restart starts the history anew), the last's model.
     assert [m["epoch"] for m in metrics["history"]] == list(range(1, int(row["n_epochs"]) + 1)), (
         metrics["history"]
     )
@@ -203,27 +202,26 @@ def test_a_damaged_checkpoint_is_passed_over_with_the_reason(tmp_path, damaged):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_second_search_on_the_same_run_is_refused(tmp_path):
-    flags, env, run, db = _setup(tmp_path, num_samples=3, epochs=(3, 4))
+    search = _setup(tmp_path, num_samples=3, epochs=(3, 4))
+    run, db = search.run, search.db
     log = tmp_path / "first.log"
-    proc = start_search(flags, env, tmp_path, log)
-    try:
-        wait_until(proc, log, lambda: (run.local_path / ".lock").exists() and _trial_worker(proc) is not None,
-                   "the run's lock and a trial running")  # fmt: skip
+    with search.running(log) as proc:
+        lock = run.local_path / ".lock"
+        worker = _worker_once(proc, log, lock.exists, "the run's lock and a trial running")
         # The first search's trial is paused (not its driver, which holds the lock) while the second
         # starts its own Ray, so on a busy machine the first cannot end before the second looks.
-        worker = _trial_worker(proc)
         worker.send_signal(signal.SIGSTOP)
         try:
-            second = subprocess.run(search_command(*flags), env=env, cwd=tmp_path, capture_output=True, text=True,
-                                    timeout=RUN_TIMEOUT_S)  # fmt: skip
+            second = subprocess.run(
+                search_command(*search.flags), env=search.env, cwd=tmp_path, capture_output=True,
+                text=True, timeout=RUN_TIMEOUT_S,
+            )  # fmt: skip
         finally:
             worker.send_signal(signal.SIGCONT)
         assert proc.poll() is None, (
             f"the first search ended before the second one looked:\n{second.stderr[-2000:]}"
         )
-        text = _finish(proc, log)
-    finally:
-        kill_group(proc)
+        text = search.finish(proc, log)
 
     assert second.returncode == 2, second.stderr[-3000:]
     lines = second.stderr.strip().splitlines()
@@ -285,7 +283,7 @@ def test_trials_that_raise_diverge_or_exceed_memory_fail_with_the_reason(tmp_pat
         assert table.loc[tid, "status"] == "failed", table.loc[tid]
         assert reason in table.loc[tid, "error"].lower(), table.loc[tid, "error"]
         assert f"{tid} failed" in done.stderr
-    # The rest of the search is unaffected: the good start points complete (the same config twice, each once).
+    # The rest of the search is unaffected: the good start points (one config twice) complete.
     assert table.loc[["t0000", "t0004"], "status"].tolist() == ["complete", "complete"]
     check_integrity(run, db, num_samples=5)
 
@@ -293,9 +291,10 @@ def test_trials_that_raise_diverge_or_exceed_memory_fail_with_the_reason(tmp_pat
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_searches_started_together_run_once(tmp_path):
-    """Both start at the same moment: one runs the search, the other refuses, nothing interleaves."""
-    flags, env, run, db = _setup(tmp_path, num_samples=3, epochs=(3, 4))
-    procs = [start_search(flags, env, tmp_path, tmp_path / f"{n}.log") for n in "ab"]
+    """Both start at one moment: one runs the search, the other refuses; nothing interleaves."""
+    search = _setup(tmp_path, num_samples=3, epochs=(3, 4))
+    run, db = search.run, search.db
+    procs = [search.start(tmp_path / f"{n}.log") for n in "ab"]
     try:
         for proc in procs:
             proc.wait(RUN_TIMEOUT_S)
@@ -310,7 +309,9 @@ def test_two_searches_started_together_run_once(tmp_path):
 
 
 class DamageFinalCheckpoint(Callback):
-    """Damages ``trial_id``'s final checkpoint (up to ``times`` times) between Ray storing it and the recorder reading it.
+    """Damages ``trial_id``'s final checkpoint (up to ``times`` times) once stored, before read.
+
+    Between Ray storing it and the recorder reading it.
 
     The recorder comes first in the search's callbacks, so it has noted the
     checkpoint (the study's ``checkpoint``) when this one damages it.
@@ -338,7 +339,7 @@ class DamageFinalCheckpoint(Callback):
 
 
 class InterruptAfterTrialEnd(Callback):
-    """SIGUSR1 (Tune's stop signal, as Ctrl-C) once ``trial_id`` has ended: after the recorder has dealt with it."""
+    """SIGUSR1 (Tune's stop signal, as Ctrl-C) once ``trial_id`` ended and the recorder saw it."""
 
     def __init__(self, trial_id: str) -> None:
         self.trial_id = trial_id
@@ -349,12 +350,10 @@ class InterruptAfterTrialEnd(Callback):
 
 
 def _final_search(tmp_path, callbacks: list):
-    """Two 3-epoch trials, one at a time, no ASHA stop, in this process; returns (outcome, progress, run, db)."""
-    chosen = SearchSettings(
-        space=str(write_space(tmp_path, epochs=(3, 3))), storage=str(tmp_path / "runs"), name="exp",
-        num_samples=NUM_SAMPLES, max_concurrent=1, grace_period=10, seed=7, util_images=16, confirm_seeds=0,
-        report=False,
-    )  # fmt: skip
+    """Two 3-epoch trials, one at a time, no ASHA stop, here: outcome, progress, run, db."""
+    chosen = fault_settings(
+        write_space(tmp_path, epochs=(3, 3)), tmp_path / "runs", num_samples=NUM_SAMPLES, seed=7
+    )
     progress = io.StringIO()
     outcome = run_search(chosen, stream=progress, out=io.StringIO(), callbacks=callbacks)
     run = parse_storage(str(tmp_path / "runs")).child("exp")
@@ -373,7 +372,7 @@ def _tune_folders(run, tid: str) -> list[Path]:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("how", ["model", "metrics"])
 def test_a_final_checkpoint_damaged_after_the_trial_ended_is_run_again(ray_local, tmp_path, how):
-    """The trial runs again from the older checkpoint, in the same session, and ends with the model it had."""
+    """The trial runs again from the older checkpoint, in the same session, to the same model."""
     damage = DamageFinalCheckpoint("t0000", how)
     outcome, text, run, db = _final_search(tmp_path, [damage])
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +25,7 @@ import yaml
 
 from caetune.models import load_dataset, to_float_images
 from caetune.search import export_run, load_exported
+from tests._helpers import search_command
 from tests.fixtures import make_caltech101, make_cifar10
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,32 +48,11 @@ def test_preset_search_end_to_end(tmp_path, preset):
     data_dir = tmp_path / "data"
     write(data_dir)
     env = {**os.environ, "CAETUNE_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "caetune.cli",
-        "search",
-        "--space",
-        preset,
-        "--dataset",
-        preset,
-        "--subset",
-        str(n_images),
-        "--max-epochs",
-        "1",
-        "--num-samples",
-        "2",
-        "--no-start-point",
-        "--seed",
-        SEED,
-        "--confirm-seeds",
-        "0",
-        "--no-report",
-        "--run-root",
-        str(tmp_path / "runs"),
-        "--name",
-        preset,
-    ]
+    command = search_command(
+        "--space", preset, "--dataset", preset, "--subset", str(n_images), "--max-epochs", "1",
+        "--num-samples", "2", "--no-start-point", "--seed", SEED,
+        "--run-root", str(tmp_path / "runs"), "--name", preset,
+    )  # fmt: skip
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 

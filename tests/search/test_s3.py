@@ -13,8 +13,7 @@ import uuid
 import pytest
 
 from caetune._storage import parse_storage, read_bytes
-from tests.s3server import s3_bucket, s3_env, s3_server  # noqa: F401  (fixtures)
-from tests.search.test_resume_kill import (
+from tests._helpers import (
     FINISHED,
     results,
     run_search_cli,
@@ -23,6 +22,7 @@ from tests.search.test_resume_kill import (
     trial_metrics,
     write_space,
 )
+from tests.s3server import s3_bucket, s3_env, s3_server  # noqa: F401  (fixtures)
 
 LAYOUT = ("experiment.yaml", "results.csv", "results.parquet", "study.db")
 TRIAL_FILES = ("config.yaml", "metrics.json", "model.pt")
