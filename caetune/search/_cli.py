@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 # Imported by `caetune search --help`: keep module-level imports light (no torch, ray, optuna).
@@ -18,6 +19,13 @@ def _default(key: str) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return f"(default {value})"
+
+
+def _setting_flag(group, flag: str, kind: type, metavar: str, text: str) -> None:
+    """A number flag for the setting of its name (``--top-k``: ``top_k``), default in the help."""
+    group.add_argument(
+        flag, type=kind, metavar=metavar, help=f"{text} {_default(flag[2:].replace('-', '_'))}"
+    )
 
 
 def register(subparsers) -> None:
@@ -43,12 +51,7 @@ def register(subparsers) -> None:
         help="override the space's dataset (mnist-10k, cifar10, npz:PATH, folder:PATH ...)",
     )
     what.add_argument("--subset", type=int, metavar="N", help="use only N images of the dataset")
-    what.add_argument(
-        "--max-epochs",
-        type=int,
-        metavar="NE",
-        help=f"cap Ne, a trial's epochs {_default('max_epochs')}",
-    )
+    _setting_flag(what, "--max-epochs", int, "NE", "cap Ne, a trial's epochs")
     what.add_argument(
         "--objective", choices=OBJECTIVES, help=f"what to minimise {_default('objective')}"
     )
@@ -68,61 +71,31 @@ def register(subparsers) -> None:
         help=f"evaluate the paper's own choice first {_default('start_point')}",
     )
     budget = parser.add_argument_group("budget and resources")
-    budget.add_argument(
-        "--num-samples", type=int, metavar="N", help=f"trials in total {_default('num_samples')}"
-    )
+    _setting_flag(budget, "--num-samples", int, "N", "trials in total")
     budget.add_argument(
         "--max-concurrent",
         type=int,
         metavar="N",
         help="at most N trials at once (default: as CPUs/GPUs allow)",
     )
-    budget.add_argument(
-        "--cpus-per-trial",
-        type=float,
-        metavar="C",
-        help=f"CPUs (and torch threads) per trial {_default('cpus_per_trial')}",
-    )
-    budget.add_argument(
+    _setting_flag(budget, "--cpus-per-trial", float, "C", "CPUs (and torch threads) per trial")
+    _setting_flag(
+        budget,
         "--gpus-per-trial",
-        type=float,
-        metavar="G",
-        help="GPUs per trial, e.g. 0.25 to share one; > 0 trains on CUDA "
-        f"{_default('gpus_per_trial')}",
+        float,
+        "G",
+        "GPUs per trial, e.g. 0.25 to share one; > 0 trains on CUDA",
     )
-    budget.add_argument(
-        "--grace-period",
-        type=int,
-        metavar="E",
-        help=f"ASHA: epochs before a trial may be stopped {_default('grace_period')}",
+    _setting_flag(budget, "--grace-period", int, "E", "ASHA: epochs before a trial may be stopped")
+    _setting_flag(budget, "--reduction-factor", float, "R", "ASHA's reduction factor")
+    _setting_flag(
+        budget, "--max-failures", int, "N", "retries of a trial whose worker or node died"
     )
-    budget.add_argument(
-        "--reduction-factor",
-        type=float,
-        metavar="R",
-        help=f"ASHA's reduction factor {_default('reduction_factor')}",
+    _setting_flag(budget, "--util-images", int, "N", "validation images U is computed on")
+    _setting_flag(
+        budget, "--confirm-seeds", int, "K", "re-train the top configs with K more seeds, 0: off"
     )
-    budget.add_argument(
-        "--max-failures",
-        type=int,
-        metavar="N",
-        help=f"retries of a trial whose worker or node died {_default('max_failures')}",
-    )
-    budget.add_argument(
-        "--util-images",
-        type=int,
-        metavar="N",
-        help=f"validation images U is computed on {_default('util_images')}",
-    )
-    budget.add_argument(
-        "--confirm-seeds",
-        type=int,
-        metavar="K",
-        help=f"re-train the top configs with K more seeds, 0: off {_default('confirm_seeds')}",
-    )
-    budget.add_argument(
-        "--top-k", type=int, metavar="K", help=f"configs to confirm and show {_default('top_k')}"
-    )
+    _setting_flag(budget, "--top-k", int, "K", "configs to confirm and show")
     where = parser.add_argument_group("where")
     where.add_argument("--name", help="the run's name, RUN_ROOT/NAME (default: the space's name)")
     where.add_argument(
@@ -166,35 +139,25 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.name and args.name != args.resume:
         raise InputError("--resume", f"names the run {args.resume!r} but --name says {args.name!r}")
     run_root = run_root_of(args)
+    # A flag named like its setting (--max-epochs: max_epochs) passes on as given; these do not.
+    given = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(SearchSettings)
+        if field.name in vars(args) and field.name not in NOT_AS_GIVEN
+    }
     settings = SearchSettings(
-        space=args.space,
-        dataset=args.dataset,
-        subset=args.subset,
-        max_epochs=args.max_epochs,
-        objective=args.objective,
-        utilisation_weight=args.utilisation_weight,
-        seed=args.seed,
-        start_point=args.start_point,
-        grace_period=args.grace_period,
-        reduction_factor=args.reduction_factor,
-        util_images=args.util_images,
-        study_storage=args.study_storage,
-        num_samples=args.num_samples,
-        max_concurrent=args.max_concurrent,
-        cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
-        max_failures=args.max_failures,
-        confirm_seeds=args.confirm_seeds,
-        top_k=args.top_k,
+        **given,
         name=args.resume or args.name,
         run_root=run_root,
-        address=args.address,
         resume=bool(args.resume),
-        report=args.report,
-        keep_all_state=args.keep_all_state,
     )
     outcome = run_search(settings)
     return 130 if outcome.interrupted else 0
+
+
+# Settings whose flag does not pass on as given: --resume NAME (name and resume), --run-root or
+# --storage (run_root).
+NOT_AS_GIVEN = ("name", "resume", "run_root", "storage")
 
 
 def run_root_of(args: argparse.Namespace) -> str | None:

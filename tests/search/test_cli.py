@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,54 @@ def test_a_run_written_with_the_old_key_resumes():
     stored = {"name": "old", "settings": {**DEFAULTS, "storage": "runs", "seed": 5}}
     values = resolve_settings(SearchSettings(run_root="runs", name="old"), stored)
     assert values["seed"] == 5 and "storage" not in values and "run_root" not in values
+
+
+def test_every_flag_reaches_its_setting(monkeypatch):
+    import caetune.search._run
+    from caetune.search import SearchSettings
+
+    seen = []
+
+    def run_search(settings, **_):
+        seen.append(settings)
+        return types.SimpleNamespace(interrupted=False)
+
+    monkeypatch.setattr(caetune.search._run, "run_search", run_search)
+    flags = (
+        "--space paper-mnist --dataset mnist-10k --subset 500 --max-epochs 3 --objective mse "
+        "--utilisation-weight 0.3 --seed 4 --no-start-point --num-samples 5 --max-concurrent 3 "
+        "--cpus-per-trial 2 --gpus-per-trial 0.5 --grace-period 2 --reduction-factor 2.5 "
+        "--max-failures 1 --util-images 64 --confirm-seeds 0 --top-k 2 --run-root /tmp/rr "
+        "--study-storage sqlite:///x.db --address auto --resume nm --no-report --keep-all-state"
+    )
+    assert main(["search", *flags.split()]) == 0
+    assert seen == [
+        SearchSettings(
+            space="paper-mnist",
+            dataset="mnist-10k",
+            subset=500,
+            max_epochs=3,
+            objective="mse",
+            utilisation_weight=0.3,
+            seed=4,
+            start_point=False,
+            num_samples=5,
+            max_concurrent=3,
+            cpus_per_trial=2.0,
+            gpus_per_trial=0.5,
+            grace_period=2,
+            reduction_factor=2.5,
+            max_failures=1,
+            util_images=64,
+            confirm_seeds=0,
+            top_k=2,
+            run_root="/tmp/rr",
+            study_storage="sqlite:///x.db",
+            address="auto",
+            name="nm",
+            resume=True,
+            report=False,
+            keep_all_state=True,
+        )
+    ]
+    assert main(["search"]) == 0 and seen[1] == SearchSettings()
