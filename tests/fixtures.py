@@ -136,7 +136,7 @@ def make_cifar10(
 
 
 def make_svhn(root: str | Path, *, n: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Writes ``ROOT/train_32x32.mat`` (MATLAB v5): ``X`` uint8 ``[32, 32, 3, N]``, ``y`` uint8 ``[N, 1]``.
+    """Writes ``ROOT/train_32x32.mat`` (MATLAB v5): uint8 ``X [32, 32, 3, N]`` and ``y [N, 1]``.
 
     As in the real file, digit 0 is labelled 10.
 

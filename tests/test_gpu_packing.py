@@ -1,4 +1,6 @@
-"""--gpus-per-trial packs trials onto a GPU: a real search on a local Ray with one declared GPU (benchmarks/gpu_packing.py).
+"""--gpus-per-trial packs trials onto a GPU: a real search on a local Ray with one declared GPU.
+
+The search is benchmarks/gpu_packing.py's.
 
 No GPU here: Ray is told it has one (``num_gpus=1``), and the trials train on
 the CPU (``device="cpu"``), so Ray's scheduling of the GPU is what is tested.
@@ -20,9 +22,10 @@ def test_a_quarter_gpu_per_trial_runs_four_trials_on_one_gpu(tmp_path):
     out = tmp_path / "packing.json"
     command = [
         sys.executable, str(SCRIPT), "--device", "cpu", "--declared-gpus", "1", "--num-cpus", "2",
-        # Trials long enough (about 10 s with four sharing 2 CPUs) for all four to start before one ends.
-        "--trials", "5", "--per-gpu", "1", "4", "--cpus-per-trial", "0.5", "--n-neurons", "640", "--n-maps", "16",
-        "--n-epochs", "4", "--subset", "2000", "--util-images", "32", "--workdir", str(tmp_path / "work"), "--json", str(out),
+        # Trials long enough (about 10 s, four on 2 CPUs) for all four to start before one ends.
+        "--trials", "5", "--per-gpu", "1", "4", "--cpus-per-trial", "0.5",
+        "--n-neurons", "640", "--n-maps", "16", "--n-epochs", "4", "--subset", "2000",
+        "--util-images", "32", "--workdir", str(tmp_path / "work"), "--json", str(out),
     ]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -30,7 +33,7 @@ def test_a_quarter_gpu_per_trial_runs_four_trials_on_one_gpu(tmp_path):
     assert (one["per_gpu"], one["gpus_per_trial"]) == (1, 1.0)
     assert (four["per_gpu"], four["gpus_per_trial"]) == (4, 0.25)
     assert one["complete"] == four["complete"] == 5
-    # The CPUs (0.5 per trial) would allow four at once in both: the GPU allows one whole, or four quarters.
+    # The CPUs (0.5 per trial) allow four at once in both: the GPU one whole, or four quarters.
     assert one["peak_in_flight"] == 1
     assert four["peak_in_flight"] == 4
     assert "| 4 | 0.25 | 4 |" in run.stdout

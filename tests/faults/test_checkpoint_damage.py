@@ -39,7 +39,7 @@ def _fresh(data):
 
 
 def _trial_folder(tmp_path: Path, data) -> list[Path]:
-    """Three epochs' checkpoints (model.pt + metrics.json, as the trainable writes them), oldest first."""
+    """Three epochs' checkpoints (model.pt, metrics.json, as the trainable writes), oldest first."""
     trainer = _fresh(data)()
     folders = []
     for _ in range(EPOCHS):
@@ -103,7 +103,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_older_one(tmp_path, data,
 
 def test_every_checkpoint_damaged_restarts_from_epoch_0(tmp_path, data):
     folders = _trial_folder(tmp_path, data)
-    for folder, how in zip(folders, ["cut", "junk", "code"]):
+    for folder, how in zip(folders, ["cut", "junk", "code"], strict=True):
         _damage(folder, how)
     untouched = _fresh(data)()
 
@@ -111,7 +111,7 @@ def test_every_checkpoint_damaged_restarts_from_epoch_0(tmp_path, data):
 
     assert before is None and trainer.epoch == 0 and trainer.history == []
     # A fresh trainer: the same start as a trial that never ran (no half-loaded state).
-    for a, b in zip(trainer.model.parameters(), untouched.model.parameters()):
+    for a, b in zip(trainer.model.parameters(), untouched.model.parameters(), strict=True):
         assert torch.equal(a, b)
     assert [n.split(" unreadable")[0] for n in note.split("; ")[:-1]] == [
         f"t0000-abc_00000/{f.name}" for f in reversed(folders)
@@ -120,7 +120,7 @@ def test_every_checkpoint_damaged_restarts_from_epoch_0(tmp_path, data):
 
 
 def test_an_earlier_sessions_checkpoint_is_tried_after_this_sessions(tmp_path, data):
-    """Ray's restore point first, then the earlier session's (``resume_from``) and its older siblings."""
+    """Ray's restore point first, then the earlier session's (``resume_from``), older siblings."""
     earlier = _trial_folder(tmp_path / "earlier", data)
     now = _trial_folder(tmp_path / "now", data)
     for folder in now:
@@ -145,7 +145,10 @@ def test_nothing_damaged_says_nothing(tmp_path, data):
 
 @pytest.mark.parametrize("how", ["cut", "metrics", None])
 def test_the_recorder_never_keeps_a_damaged_final_model(tmp_path, data, how):
-    """The trial's last checkpoint damaged after the trial wrote it: no model.pt in trials/<id>/ (it runs again)."""
+    """The trial's last checkpoint damaged after the trial wrote it: no model.pt in trials/<id>/.
+
+    (The trial runs again.)
+    """
     folders = _trial_folder(tmp_path / "tune", data)
     if how:
         _damage(folders[-1], how)

@@ -52,7 +52,7 @@ PROPERTY = dict(
 )
 
 
-# --- strategies ------------------------------------------------------------------------------------------
+# --- strategies -----------------------------------------------------------------------------------
 
 HOSTILE_NUMBERS = st.one_of(
     st.integers(min_value=-5, max_value=300),  # the region where valid values live
@@ -112,7 +112,7 @@ CONFIG_MAPPINGS = st.dictionaries(FIELD_KEYS, HOSTILE_VALUES, max_size=8) | near
 
 
 def yaml_documents() -> st.SearchStrategy[bytes]:
-    """Whole YAML files: well-formed ones of hostile values, and text that is barely YAML or not at all."""
+    """Whole YAML files: well-formed ones of hostile values, and text barely YAML or not at all."""
     mappings = CONFIG_MAPPINGS
     valid = yaml.safe_dump(TrainConfig(subset=100).to_dict()).encode()
     return st.one_of(
@@ -170,7 +170,7 @@ def space_documents() -> st.SearchStrategy[object]:
             "extra": HOSTILE_VALUES,
         },
     )
-    # Mostly sound, with the boundary mistakes a user makes (low 0, low > high, a fractional or zero step).
+    # Mostly sound, with a user's boundary mistakes (low 0, low > high, a fractional or zero step).
     int_range = st.fixed_dictionaries(
         {
             "low": st.integers(1, 40) | st.integers(1, 40) | st.integers(-2, 0),
@@ -217,11 +217,11 @@ def space_documents() -> st.SearchStrategy[object]:
     return space | sound | sound | HOSTILE_VALUES
 
 
-# --- in-process properties -------------------------------------------------------------------------------
+# --- in-process properties ------------------------------------------------------------------------
 
 
 def accepted_or_input_error(build):
-    """``build()``, or ``None`` when it raised an :class:`InputError`; hypothesis' statistics count each kind."""
+    """``build()``, or ``None`` when it raised :class:`InputError`; hypothesis counts each kind."""
     try:
         value = build()
     except InputError:
@@ -268,7 +268,8 @@ def test_space_from_any_document_is_usable_or_an_input_error(document):
     )
     if space is None:
         return
-    # "A space can only propose configs that train": Optuna accepts it, and every corner and start point is valid.
+    # "A space can only propose configs that train": Optuna accepts it, and every corner and start
+    # point is valid.
     space.distributions()
     corners = {}
     for name, param in space.params.items():
@@ -381,7 +382,7 @@ ENTRY_KINDS = ("valid",) * 8 + ("truncated", "random", "hidden", "folder.png", *
 
 @st.composite
 def image_folders(draw) -> list[tuple[str, str, bytes]]:
-    """A folder's entries: (kind, relative name, bytes) with valid, damaged and impossible 'images'."""
+    """A folder's entries: (kind, relative name, bytes): valid, damaged and impossible 'images'."""
     entries = []
     for index in range(draw(st.integers(1, 5))):
         kind = draw(st.sampled_from(ENTRY_KINDS))
@@ -429,7 +430,7 @@ def test_folder_of_any_files_loads_or_is_an_input_error(tmp_path, entries):
     )
 
 
-# --- named cases through the command line, in-process ---------------------------------------------------
+# --- named cases through the command line, in-process ---------------------------------------------
 
 
 def snapshot(folder: Path) -> dict[str, tuple]:
@@ -571,7 +572,7 @@ def test_train_refuses_hostile_input(work, capsys, argv, field):
 
 
 def test_a_diverging_lr_ends_with_one_error_line_naming_lr(work, capsys):
-    """Found mid-run, not up front: the progress line comes first, and what was written before stays."""
+    """Found mid-run, not up front: the progress line comes first, and what was written stays."""
     cwd, _ = work
     code = main(["train", *TINY, "--n-epochs", "3", "--lr", "1e30", "--out", "run"])
     err = capsys.readouterr().err
@@ -588,7 +589,7 @@ def test_a_newline_in_a_file_name_still_gives_one_error_line(work, capsys):
     one_line(capsys.readouterr().err)
 
 
-# --- hostile run folders for report and export -------------------------------------------------------------
+# --- hostile run folders for report and export ----------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -613,7 +614,7 @@ def make_run(
     trial_id: str = "t0000",
     folder: Path | None = None,
 ) -> Path:
-    """``root/runs/exp`` as caetune search lays it out, with one complete trial (its files at ``folder``)."""
+    """``root/runs/exp`` as a search lays it out, one complete trial (its files at ``folder``)."""
     run = root / "runs" / "exp"
     trial = folder or run / "trials" / trial_id
     trial.mkdir(parents=True)
@@ -695,7 +696,7 @@ def test_export_never_unpickles_code_from_a_run(tmp_path, checkpoint, capsys):
     assert not marker.exists(), "the checkpoint's pickle ran code"
 
 
-# --- caetune search and the real command line, in subprocesses ----------------------------------------------
+# --- caetune search and the real command line, in subprocesses ------------------------------------
 
 
 def closed_port() -> int:
@@ -723,7 +724,7 @@ SPACE = {
 }
 
 
-# argv after "search" ({space}: a sound tiny space file, {in}: the inputs folder), and the field the error names.
+# argv after "search" ({space}: a sound tiny space, {in}: the inputs folder), the field named.
 SEARCH_CASES = [
     pytest.param(["--space", "{in}/malformed.yaml"], "--space", id="malformed space"),
     pytest.param(["--space", "{in}/deep.yaml"], "--space", id="deeply nested space"),
@@ -743,7 +744,7 @@ SEARCH_CASES = [
         "--run-root",
         id="secret in s3 url",
     ),
-    # The control: sound input gets as far as the closed --address, so the cases above fail for their own reason.
+    # The control: sound input gets as far as the closed --address; the cases above fail on theirs.
     pytest.param(["--space", "{space}"], "--address", id="sound input (control)"),
     pytest.param(
         ["--space", "{space}", "--name", "run\n"], "--name", id="name ending in a newline"

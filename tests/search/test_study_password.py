@@ -90,7 +90,7 @@ def test_a_study_password_is_used_but_never_written_or_printed(ray_local, tmp_pa
     assert len(outcome.results) == 3 and PASSWORD not in printed
     assert _files_holding(tmp_path, PASSWORD) == []
 
-    # Resumed without it: the stored URL has no password to connect with. One clear error, nothing written.
+    # Resumed without it: the stored URL has no password to connect with: one error, no write.
     before = _snapshot(tmp_path)
     with pytest.raises(InputError) as err:
         run_search(
