@@ -47,7 +47,6 @@ from caetune.search._lease_stores import (
     S3LeaseStore,
     first_line,
 )
-from caetune.search._lock import _alive
 
 LEASE_FILE = ".lease"
 # Long enough to ride out the S3 outages caetune's storage retries through (about 90 s).
@@ -277,6 +276,17 @@ class RunLease:
     def _say(self, line: str) -> None:
         if self.stream is not None:
             print(f"  {line}", file=self.stream, flush=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is running (the lease's and the run lock's test)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process, alive
+        return True
+    return True
 
 
 def _live(record: dict, age: float) -> bool:

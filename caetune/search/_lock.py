@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from caetune._errors import InputError
+from caetune.search._lease import _alive
 
 LOCK_FILE = ".lock"
 
@@ -136,16 +137,6 @@ def hold_run(
         )
         with lease:
             yield
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process, alive
-        return True
-    return True
 
 
 def _same_file(fd: int, path: Path) -> bool:
