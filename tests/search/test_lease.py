@@ -181,6 +181,17 @@ class _Lines:
 # -- two real drivers on one S3 run ----------------------------------------------------
 
 
+def refused_search(flags: list[str], env: dict[str, str], cwd) -> subprocess.CompletedProcess:
+    """``caetune search`` that must be refused: exit 2 and one line on stderr (returned with it)."""
+    done = subprocess.run(
+        search_command(*flags), env=env, cwd=cwd, capture_output=True, text=True,
+        timeout=RUN_TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode == 2, f"exit {done.returncode}\n{done.stderr[-3000:]}"
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-3000:]
+    return done
+
+
 def host_env(search: FaultSearch, host: str) -> dict[str, str]:
     """The search's environment as on the machine ``host``: its own cache, its own host name."""
     env = search_env(search.cwd / host, search.env)
@@ -209,16 +220,7 @@ def test_a_second_host_is_refused_then_breaks_the_lease_and_the_first_stops(s3_b
         assert workers, [p.cmdline() for p in family]
         for worker in workers:
             worker.send_signal(signal.SIGSTOP)
-        refused = subprocess.run(
-            search_command(*search.flags),
-            env=host_env(search, "host-b"),
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_S,
-        )
-        assert refused.returncode == 2, refused.stderr[-3000:]
-        [line] = refused.stderr.strip().splitlines()
+        line = refused_search(search.flags, host_env(search, "host-b"), tmp_path).stderr
         assert f"is in use by process {first.pid} on host-a (since " in line, line
         assert first.poll() is None
 

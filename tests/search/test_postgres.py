@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -28,18 +27,17 @@ from caetune.search._lease_stores import LEASE_TABLE, RdbLeaseStore
 from tests._helpers import (
     DONE_STATES,
     FINISHED,
-    RUN_TIMEOUT_S,
     fault_search,
     finished_files,
     kill_group,
     results,
     run_search_cli,
-    search_command,
     search_env,
     trial_metrics,
     wait_until,
 )
 from tests.postgres import pg_database, pg_server  # noqa: F401  (fixtures)
+from tests.search.test_lease import refused_search
 
 NUM_SAMPLES = 3
 
@@ -82,19 +80,11 @@ def test_a_postgresql_study_refuses_a_second_driver_survives_sigkill_and_hides_i
             other.update(CAETUNE_HOST="host-b")
             flags = search.flags[:]
             flags[flags.index("--run-root") + 1] = str(tmp_path / "host-b" / "runs")
-            refused = subprocess.run(
-                search_command(*flags),
-                env=other,
-                cwd=tmp_path,
-                capture_output=True,
-                text=True,
-                timeout=RUN_TIMEOUT_S,
-            )
+            refused = refused_search(flags, other, tmp_path)
         finally:
             kill_group(first)
         assert first.returncode == -signal.SIGKILL
-        assert refused.returncode == 2, refused.stderr[-3000:]
-        [line] = refused.stderr.strip().splitlines()
+        line = refused.stderr
         assert f"is in use by process {first.pid} on host-a (since " in line, line
         assert f"{LEASE_TABLE}" in line and "postgresql+psycopg://***@127.0.0.1:" in line, line
 
