@@ -128,6 +128,19 @@ def register(subparsers) -> None:
         help="keep every trial's optimizer state in its model.pt (by default a finished search "
         "keeps it only in the trials a later --resume may continue)",
     )
+    track = parser.add_argument_group("experiment tracking")
+    track.add_argument(
+        "--log",
+        action="append",
+        metavar="LOGGER",
+        help="log every trial's per-epoch metrics and params to tensorboard (RUN/tune/) or "
+        "mlflow; repeat for both (default: none)",
+    )
+    track.add_argument(
+        "--mlflow-uri",
+        metavar="URI",
+        help="MLflow tracking URI for --log mlflow (default: sqlite:///RUN/logs/mlflow.db)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -150,14 +163,15 @@ def run(args: argparse.Namespace) -> int:
         name=args.resume or args.name,
         run_root=run_root,
         resume=bool(args.resume),
+        log=tuple(args.log or ()),
     )
     outcome = run_search(settings)
     return 130 if outcome.interrupted else 0
 
 
 # Settings whose flag does not pass on as given: --resume NAME (name and resume), --run-root or
-# --storage (run_root).
-NOT_AS_GIVEN = ("name", "resume", "run_root", "storage")
+# --storage (run_root), --log (a list, the setting a tuple).
+NOT_AS_GIVEN = ("name", "resume", "run_root", "storage", "log")
 
 
 def run_root_of(args: argparse.Namespace) -> str | None:

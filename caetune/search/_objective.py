@@ -62,6 +62,11 @@ class Objective:
         return ["minimize", "maximize"] if self.multi else ["minimize"]
 
     @property
+    def metric_names(self) -> list[str]:
+        """The study's names for :meth:`values` (``study.set_metric_names``)."""
+        return ["val_mse", "utilisation"] if self.multi else ["objective"]
+
+    @property
     def scheduler_metric(self) -> str:
         """The per-epoch value ASHA compares (always minimised)."""
         return "val_mse" if self.multi else "objective"

@@ -54,6 +54,7 @@ from caetune.search._settings import (
 )
 from caetune.search._space import SearchSpace
 from caetune.search._summary import print_summary, write_run_report
+from caetune.search._tracking import check_tracking, tracking_callbacks
 
 # Trials per Tuner.fit. Tune keeps every trial of a fit in the driver until the fit returns (Trial
 # objects, their state, checkpoint bookkeeping, even with the results dropped), so a search runs as
@@ -115,6 +116,7 @@ def run_search(
     study_url = values["study_storage"] or sync.url
 
     check_ray_address(settings.address)
+    check_tracking(settings.log, files=files, mlflow_uri=settings.mlflow_uri)
     data = _load_data(space)
     # Before Ray starts: a second search on this run stops here, having started and written nothing.
     with hold_run(
@@ -201,6 +203,7 @@ class _Session:
             device=self.settings.device or ("cuda" if self.gpus > 0 else "cpu"),
             threads=max(1, int(self.cpus)),
             util_images=values["util_images"],
+            report_all=bool(self.settings.log),  # the trackers log only what Tune is told
         )
         fs = files.fs()
 
@@ -354,6 +357,12 @@ class _Session:
             {"cpu": self.cpus, "gpu": self.gpus},
         )
         keep_aws_keys_from_trials()  # Ray logs a trial's runtime env
+        tracking = tracking_callbacks(
+            self.settings.log,
+            files=self.files,
+            name=self.name,
+            mlflow_uri=self.settings.mlflow_uri,
+        )
         signals = StopSignals()
         with signals, quiet_ray():
             # One Tuner.fit per TRIALS_PER_FIT trials: Tune keeps a fit's trials until it returns.
@@ -378,7 +387,9 @@ class _Session:
                         name="tune",
                         storage_path=self.files.path(),
                         storage_filesystem=self.files.fs(),
-                        callbacks=[signals, recorder, JsonLoggerCallback(), *callbacks],
+                        # The trackers before the recorder: they see each result and end before
+                        # it acts on them (it later drops Tune's copy of an ended trial's results).
+                        callbacks=[signals, *tracking, recorder, JsonLoggerCallback(), *callbacks],
                         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                         failure_config=tune.FailureConfig(max_failures=values["max_failures"]),
                         verbose=0,

@@ -41,6 +41,7 @@ that a trial's files are written before the study calls it finished.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -135,6 +136,11 @@ def open_study(
         raise InputError(
             "--objective", f"study {name!r} optimises {study.directions}, not {wanted}"
         )
+    if study.metric_names != objective.metric_names:
+        # Named, optuna-dashboard and Optuna's plots label the objectives (else "Objective 0, 1").
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(objective.metric_names)
     if not study.trials:
         for point in start_points:
             study.enqueue_trial(dict(point), user_attrs={START_POINT_ATTR: True})
@@ -150,6 +156,8 @@ class TrialFactory:
     the config holds only what differs between trials; what the whole search
     shares (the space, the objective, threads, util_images) reaches the
     trainable once, with the factory itself (:func:`ray.tune.with_parameters`).
+    ``report_all``: each epoch reports every metric to Tune, not only what the
+    search reads from a result (for ``--log``'s trackers, which see only those).
     """
 
     space: SearchSpace
@@ -158,6 +166,7 @@ class TrialFactory:
     device: str
     threads: int
     util_images: int
+    report_all: bool = False
 
     def config(
         self,

@@ -15,6 +15,7 @@ from caetune._errors import InputError
 from caetune.search._defaults import DEFAULT_SPACE, DEFAULTS, DEFINITION
 from caetune.search._objective import OBJECTIVES
 from caetune.search._space import SearchSpace, load_space, space_from_dict
+from caetune.search._tracking import check_log
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # used with fullmatch: no trailing newline
 MAX_SEED = 2**31 - 1
@@ -57,6 +58,9 @@ class SearchSettings:
         keep_all_state: Keep every trial's optimizer state (``--keep-all-state``); by
             default a finished search keeps it only where a later trial may continue it
             (:mod:`caetune.search._lean`).
+        log: Experiment trackers, from ``tensorboard`` and ``mlflow`` (``--log``, repeatable;
+            :mod:`caetune.search._tracking`); none by default.
+        mlflow_uri: MLflow's tracking URI (default ``sqlite:///RUN/logs/mlflow.db``).
         storage: Deprecated: the old name of ``run_root`` (Optuna users read
             "storage" as the study's database, which is ``study_storage``).
     """
@@ -87,6 +91,8 @@ class SearchSettings:
     resume: bool = False
     report: bool = True
     keep_all_state: bool = False
+    log: tuple[str, ...] = ()
+    mlflow_uri: str | None = None
     storage: str | None = None
 
     def __post_init__(self) -> None:
@@ -132,6 +138,7 @@ class SearchSettings:
             )
         if self.name is not None:
             check_name(self.name, field="--name")
+        self.log = check_log(self.log, mlflow_uri=self.mlflow_uri)
 
 
 def check_name(name: str, *, field: str) -> None:

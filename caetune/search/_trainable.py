@@ -204,8 +204,8 @@ def _report_epoch(
         trainer.epoch - inherited
     )  # by this trial; a warm start inherited the rest
     result.update(clocks())  # after U: the epoch's seconds include it
-    # With --log, the trackers log what Tune is told; the recorder drops a trial's statistics once it
-    # ends, so only the running trials' grow with the extra metrics.
+    # With --log the trackers log what Tune is told; the recorder drops a trial's statistics once
+    # it ends, so only the running trials' grow with the extra metrics.
     reported = dict(result) if factory.report_all else {k: result[k] for k in REPORTED}
     if recovery:
         result[RECOVERY] = reported[RECOVERY] = recovery
