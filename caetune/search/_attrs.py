@@ -13,6 +13,8 @@ it from this one (which imports nothing). A trial's attributes:
   it failed;
 * :data:`RECOVERY` and :data:`RERUNS_ATTR` once it got past a damaged
   checkpoint; :data:`START_POINT_ATTR` on a preset's enqueued start point.
+
+The study's own: :data:`WEIGHTS_ONLY_ATTR` (:mod:`caetune.search._lean`).
 """
 
 TRIAL_ATTR = "trial_id"  # caetune's stable trial id, t0007 (the Optuna trial number)
@@ -31,3 +33,6 @@ WARM_EPOCHS_ATTR = "warm_epochs"  # ... and that trial's epochs, which this one 
 RECOVERY = "recovery"
 RERUNS_ATTR = "reruns"  # how often it ran again because its final checkpoint was damaged
 START_POINT_ATTR = "start_point"  # enqueued from the space's start points (the paper's choice)
+
+# Of the study: the trials whose model.pt no longer holds optimizer state (never continued).
+WEIGHTS_ONLY_ATTR = "weights_only"

@@ -37,12 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from caetune.search._attrs import TRIAL_ATTR
+from caetune.search._attrs import TRIAL_ATTR, WEIGHTS_ONLY_ATTR
 from caetune.search._results import RunFiles, model_path
 from caetune.search._warm import finished_runs
 
-# A study attribute: the trials whose model.pt no longer holds optimizer state.
-WEIGHTS_ONLY_ATTR = "weights_only"
 TUNE_DIR = "tune"  # Ray Tune's experiment folder in the run folder (RunConfig's name)
 
 
