@@ -38,6 +38,7 @@ place so that a reader sees all of it or none.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -398,6 +399,9 @@ def read_trial(run: Path, trial_id: str, *, run_name: str) -> TrialCheckpoint:
         raise InputError(
             where, f"{TRIAL_MODEL} holds epoch {state['epoch']} of n_epochs {config.n_epochs}"
         )
+    if config.precision == "auto" and state.get("precision") in ("fp32", "bf16"):
+        # What the trial trained in: an exported config must retrain the same way.
+        config = dataclasses.replace(config, precision=state["precision"])
     return TrialCheckpoint(trial_id, where, config, state["model"], list(state["history"]))
 
 
