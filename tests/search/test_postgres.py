@@ -69,7 +69,9 @@ def test_a_postgresql_study_refuses_a_second_driver_survives_sigkill_and_hides_i
     )
     search.flags += ["--study-storage", url]
     ray_tmp = tempfile.mkdtemp(prefix="cpg", dir="/tmp")  # short: Ray's socket paths have a limit
-    search.env.update(CAETUNE_HOST="host-a", RAY_TMPDIR=ray_tmp)
+    # A TTL longer than the second driver can take to start, however loaded the machine: frozen,
+    # the first driver renews nothing, and its lease must still be live when the second asks.
+    search.env.update(CAETUNE_HOST="host-a", RAY_TMPDIR=ray_tmp, CAETUNE_LEASE_TTL_S="600")
     log = tmp_path / "first.log"
     try:
         first = search.start(log)
