@@ -24,10 +24,12 @@ from caetune import InputError
 from caetune.search._lease import (
     EXIT_LEASE_LOST,
     LEASE_FILE,
+    TTL_ENV,
     RdbLeaseStore,
     RunLease,
     S3LeaseStore,
     lease_host,
+    lease_ttl,
 )
 from tests._helpers import (
     RUN_TIMEOUT_S,
@@ -165,6 +167,15 @@ def _take(held: RunLease, barrier: threading.Barrier, outcome: dict, index: int)
         outcome[index] = "won"
     except InputError as err:
         outcome[index] = str(err)
+
+
+@pytest.mark.parametrize("raw", ["abc", "0", "-5", "inf", "nan"])
+def test_a_bad_ttl_is_one_line_naming_the_variable(raw, monkeypatch):
+    monkeypatch.setenv(TTL_ENV, raw)
+    with pytest.raises(InputError, match=f"^{TTL_ENV}: a number of seconds > 0, got"):
+        lease_ttl()
+    monkeypatch.setenv(TTL_ENV, "2.5")
+    assert lease_ttl() == 2.5
 
 
 class _Lines:
