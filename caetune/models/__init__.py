@@ -11,6 +11,8 @@ from caetune.models._data import (
     load_data,
     load_dataset,
 )
+from caetune.models._fused import FusedCAE, FusedTrainer
+from caetune.models._precision import PRECISIONS, bf16_native, resolve_precision
 from caetune.models._seed import resolve_device, seed_everything
 from caetune.models._train import (
     ALLOCATOR_TUNABLES,
@@ -32,11 +34,15 @@ __all__ = [
     "DATA_FIELDS",
     "DatasetEntry",
     "EpochMetrics",
+    "FusedCAE",
+    "FusedTrainer",
     "ImageData",
     "MODEL_DEPTHS",
+    "PRECISIONS",
     "TrainConfig",
     "Trainer",
     "TrainingDiverged",
+    "bf16_native",
     "build_model",
     "cae_shape",
     "dataset_names",
@@ -46,6 +52,7 @@ __all__ = [
     "read_checkpoint",
     "read_yaml_mapping",
     "resolve_device",
+    "resolve_precision",
     "seed_everything",
     "to_float_images",
     "tune_allocator",
