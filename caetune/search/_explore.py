@@ -113,9 +113,8 @@ class ExploringSampler(BaseSampler):
             if config_key(other) not in training and not measured(other):
                 self.explored += 1
                 return other
-        return (
-            params  # every point drawn is measured or in training: the space is (nearly) exhausted
-        )
+        # Every point drawn is measured or in training: the space is (nearly) exhausted.
+        return params
 
     def _promotion(
         self, study, ran: dict[tuple, int], training: set[tuple], n_epochs_dist

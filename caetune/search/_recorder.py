@@ -163,9 +163,8 @@ class Recorder(Callback):
             return
         self.epochs[trial.config["trial_id"]] = f"{result['epoch']}/{trial.config['n_epochs']}"
         value = float(result["objective"])
-        if len(self.study.directions) == 1 and math.isfinite(
-            value
-        ):  # Optuna takes none for several objectives
+        # Optuna takes no intermediate values for several objectives.
+        if len(self.study.directions) == 1 and math.isfinite(value):
             with warnings.catch_warnings():
                 # A trial resumed from its final checkpoint reports that epoch again; Optuna keeps
                 # the first.

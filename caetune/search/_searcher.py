@@ -207,9 +207,8 @@ class Resumable:
     params: dict[str, Any]
     checkpoint: Any = None  # a ray.tune.Checkpoint, or None to start over
     warm_start: WarmStart | None = None  # where it started, if it continued another trial
-    recovery: str | None = (
-        None  # what it got past so far (its final checkpoint damaged ...), for its `recovery`
-    )
+    # What it got past so far (its final checkpoint damaged ...), for its `recovery`.
+    recovery: str | None = None
 
 
 class StudySearcher(Searcher):

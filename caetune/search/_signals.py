@@ -68,10 +68,8 @@ class StopSignals(Callback):
         return handler
 
     def __getstate__(self) -> dict:
-        return {
-            "received": self.received,
-            "_found": {},
-        }  # Tuner pickles its RunConfig; handlers stay here
+        # Tuner pickles its RunConfig; the handlers stay here.
+        return {"received": self.received, "_found": {}}
 
 
 def _in_main_thread() -> bool:

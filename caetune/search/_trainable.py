@@ -65,7 +65,7 @@ def data_payload(data) -> dict[str, Any]:
         "name": data.name,
         "train": data.train.numpy(),
         "val": data.val.numpy(),
-    }  # uint8 [N, C, H, W]
+    }  # the images as uint8 [N, C, H, W]
     return payload
 
 
@@ -110,9 +110,8 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], factory) -> Non
     state = {"epoch": 0, "seconds": 0.0, "cpu_seconds": 0.0}
     start = (time.perf_counter(), time.process_time())
     warm = config.get("warm_start") or {}
-    inherited = (
-        int(warm["epochs"]) if warm.get("checkpoint") is not None else 0
-    )  # epochs it did not train
+    # The epochs it did not train (a warm start's).
+    inherited = int(warm["epochs"]) if warm.get("checkpoint") is not None else 0
     recovery = None  # every damaged checkpoint this trial got past, and what it did instead
 
     def fresh():
@@ -200,9 +199,7 @@ def _report_epoch(
     from ray import tune
 
     result = epoch_metrics(trainer, objective, util_images=int(factory.util_images))
-    result["epochs_trained"] = (
-        trainer.epoch - inherited
-    )  # by this trial; a warm start inherited the rest
+    result["epochs_trained"] = trainer.epoch - inherited  # a warm start inherited the rest
     result.update(clocks())  # after U: the epoch's seconds include it
     # With --log the trackers log what Tune is told; the recorder drops a trial's statistics once
     # it ends, so only the running trials' grow with the extra metrics.
@@ -212,9 +209,8 @@ def _report_epoch(
     metrics = {**result, "history": [m.to_dict() for m in trainer.history]}
     with tempfile.TemporaryDirectory(prefix="caetune-ckpt-") as folder:
         model = trainer.save_checkpoint(Path(folder) / CHECKPOINT_MODEL)
-        metrics[MODEL_BYTES] = (
-            model.stat().st_size
-        )  # the recorder never takes a cut-short copy for the model
+        # The recorder never takes a cut-short copy for the model.
+        metrics[MODEL_BYTES] = model.stat().st_size
         (Path(folder) / CHECKPOINT_METRICS).write_text(json.dumps(metrics), encoding="utf-8")
         # Ray copies the folder into the run's storage before report returns.
         tune.report(reported, checkpoint=tune.Checkpoint.from_directory(folder))
