@@ -47,12 +47,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--subset", type=int, default=2000, help="MNIST images, before the split (%(default)s)")
     add("--epochs", type=int, default=20, help="epochs of the parity runs (%(default)s)")
     add("--seeds", type=int, default=3, help="seeds of the parity runs (%(default)s)")
+    add("--first-seed", type=int, default=0, help="the parity runs' first seed (%(default)s)")
     add("--grid-epochs", type=int, default=4, help="epochs of each grid run (%(default)s)")
     add("--weight", type=float, default=0.5, help="utilisation weight of the objective")
     add("--threads", type=int, default=1, help="torch intra-op threads (%(default)s)")
     add("--skip", choices=("parity", "ranking"), action="append", default=[])
     add("--json", metavar="OUT", required=True, help="where the results go")
+    add(
+        "--merge",
+        nargs="+",
+        metavar="IN",
+        help="measure nothing: combine the runs of these result files into OUT",
+    )
     args = parser.parse_args(argv)
+    if args.first_seed < 0:
+        parser.error("--first-seed: expected an integer >= 0")
     for name in ("subset", "epochs", "seeds", "grid_epochs", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1")
@@ -146,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     from caetune.models import load_dataset
 
     args = parse_args(argv)
+    if args.merge:
+        return merge(args)
     torch.set_num_threads(args.threads)
     data = load_dataset("mnist-10k", subset=args.subset, seed=0)
     report: dict = {
@@ -199,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
     if "parity" not in args.skip:
         report["parity_epochs"] = args.epochs
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for precision in PRECISIONS:
                 run(
                     "parity_runs",
@@ -211,6 +222,26 @@ def main(argv: list[str] | None = None) -> int:
                 )
     save()
     print(json.dumps({"ranking": report["ranking"], "parity": report["parity"]}, indent=2))
+    return 0
+
+
+def merge(args: argparse.Namespace) -> int:
+    """One report of the runs in several result files (parallel runs of other seeds)."""
+    reports = []
+    for path in args.merge:
+        with open(path, encoding="utf-8") as handle:
+            reports.append(json.load(handle))
+    merged = {**reports[0], "merged_from": args.merge}
+    for kind in ("ranking_runs", "parity_runs"):
+        merged[kind] = [row for report in reports for row in report.get(kind, [])]
+    merged["load_averages"] = [
+        (r.get("load_average_before"), r.get("load_average_now")) for r in reports
+    ]
+    merged["ranking"] = ranking_summary(merged["ranking_runs"], weight=args.weight)
+    merged["parity"] = parity_summary(merged["parity_runs"])
+    with open(args.json, "w", encoding="utf-8") as handle:
+        json.dump(merged, handle, indent=2)
+    print(json.dumps({"ranking": merged["ranking"], "parity": merged["parity"]}, indent=2))
     return 0
 
 

@@ -2,14 +2,26 @@
 
 Measures, in one run on one machine:
 
-* torch.mm's float32 peak (GFLOP/s), best over a square and the FC shapes of
-  the large model, measured before and after the loops (the faster counts);
+* torch.mm's float32 and bf16 peaks (GFLOP/s), best over a square and the FC
+  shapes of the large model, measured before and after the loops (the faster
+  counts); the CPU, and whether it has bf16 natively (AMX, AVX512-BF16);
 * for Model 1 at (Nm=8, Nn=160) and (Nm=32, Nn=2560): training images/s of
   the tutorial loop (TensorDataset + DataLoader(shuffle=True), plain Adam,
   ``zero_grad()``, ``loss.item()`` per batch) and of :class:`caetune.models.Trainer`
   (training passes only; its validation pass is not timed), at the same batch
   size on the same real MNIST digits; the ratio; achieved GFLOP/s
-  (images/s x 3 x 2 x forward MACs) and its share of the matmul peak.
+  (images/s x 3 x 2 x forward MACs) and its share of the matmul peak of its
+  own precision;
+* the Trainer in bf16 (``precision: bf16``) where the CPU has bf16 natively
+  (elsewhere it is emulated, slower than fp32, and skipped unless
+  ``--emulated-bf16``);
+* K=4 fused trials (:class:`caetune.models._fused.FusedTrainer`, grouped
+  convolutions and batched matmuls) as summed images/s of the 4 models,
+  against the Trainer at one thread: 4 separate single-thread trials on
+  ``--threads`` cores sum to at most ``--threads`` times that
+  ("vs separate");
+* with ``--ablation``, also K=4 fused the other way: ``torch.func`` 's
+  ``stack_module_state`` + ``vmap`` over one CAE (timing only: one Adam, one lr).
 
 Each loop runs in its own worker process, because the Trainer tunes the
 process-wide glibc allocator and that must not leak into the tutorial loop.
@@ -49,6 +61,10 @@ from caetune.models import TrainConfig
 MODELS = {"small": (8, 160), "large": (32, 2560)}  # name -> (n_maps, n_neurons), Model 1
 TARGET_RATIO = 1.5
 TARGET_PEAK_SHARE = 0.60
+TARGET_BF16_SPEEDUP = 2.0  # bf16 vs caetune fp32, on CPUs with native bf16
+TARGET_BF16_PEAK_SHARE = 0.35  # of the bf16 matmul peak, large model
+TARGET_FUSED = 2.5  # K=4 small fused vs 4 separate single-thread trials
+FUSED_K = 4
 
 # Loop variants: the tutorial's, the Trainer, and (--ablation) the steps between them.
 # Each option set is cumulative over the one before it.
@@ -68,7 +84,7 @@ class Variant:
     name: str
     options: dict = field(
         default_factory=dict
-    )  # "trainer" (and "amp"), or the hand-written loop's switches
+    )  # "trainer" (precision, threads), "fused" (k, vmap), or the hand-written loop's switches
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,7 +111,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS), help="which models")
     add("--device", choices=("cpu", "cuda"), default="cpu")
-    add("--amp", action="store_true", help="also time the Trainer with bf16 autocast (CUDA)")
+    add(
+        "--emulated-bf16",
+        action="store_true",
+        help="time bf16 even where the CPU has no native bf16 (slow; marked emulated)",
+    )
     add("--ablation", action="store_true", help="also time each optimisation step on its own")
     add("--json", metavar="OUT", help="write all results here as JSON")
     args = parser.parse_args(argv)
@@ -104,8 +124,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1")
     if args.seconds <= 0:
         parser.error("--seconds: expected a positive number")
-    if args.amp and args.device != "cuda":
-        parser.error("--amp: bf16 autocast is timed on CUDA only (--device cuda)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
     return args
@@ -114,8 +132,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- matmul peak -----------------------------------------------------------
 
 
-def matmul_peak(*, device: str, seconds: float, batch_size: int) -> dict:
-    """Best float32 torch.mm GFLOP/s over a square and the large model's FC shapes."""
+def matmul_peak(
+    *, device: str, seconds: float, batch_size: int, dtype: torch.dtype = torch.float32
+) -> dict:
+    """Best torch.mm GFLOP/s in ``dtype`` over a square and the large model's FC shapes."""
     n_features = MODELS["large"][0] * 13 * 13
     n_neurons = MODELS["large"][1]
     shapes = [
@@ -126,8 +146,9 @@ def matmul_peak(*, device: str, seconds: float, batch_size: int) -> dict:
     ]
     best = {}
     for m, k, n in shapes:
-        a, b = torch.rand(m, k, device=device), torch.rand(k, n, device=device)
-        out = torch.empty(m, n, device=device)
+        a = torch.rand(m, k, device=device, dtype=dtype)
+        b = torch.rand(k, n, device=device, dtype=dtype)
+        out = torch.empty(m, n, device=device, dtype=dtype)
         fastest = float("inf")
         deadline = time.perf_counter() + seconds / len(shapes)
         for i in range(1000):
@@ -148,10 +169,12 @@ def matmul_peak(*, device: str, seconds: float, batch_size: int) -> dict:
 
 def _worker(conn, variant: Variant, model_name: str, args: argparse.Namespace) -> None:
     """Builds one loop, warms it up, then runs one epoch per request and sends its seconds."""
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(variant.options.get("threads", args.threads))
     try:
         if variant.options.get("trainer"):
-            epoch = _trainer_epoch(model_name, args, amp=variant.options.get("amp", False))
+            epoch = _trainer_epoch(model_name, args, precision=variant.options["precision"])
+        elif variant.options.get("fused"):
+            epoch = _fused_epoch(model_name, args, vmap=variant.options.get("vmap", False))
         else:
             epoch = _loop_epoch(model_name, variant.options, args)
         epoch()  # warm-up: allocator, oneDNN kernels, the heap's first growth
@@ -176,7 +199,7 @@ def _digits(args: argparse.Namespace):
     return ImageData(name=data.name, train=data.train[: args.images], val=data.val[:256])
 
 
-def _trainer_epoch(model_name: str, args: argparse.Namespace, *, amp: bool):
+def _trainer_epoch(model_name: str, args: argparse.Namespace, *, precision: str):
     from caetune.models import Trainer
 
     n_maps, n_neurons = MODELS[model_name]
@@ -186,11 +209,79 @@ def _trainer_epoch(model_name: str, args: argparse.Namespace, *, amp: bool):
         n_epochs=10**6,
         batch_size=args.batch_size,
         device=args.device,
+        precision=precision,
     )
-    trainer = Trainer(config, _digits(args), threads=args.threads, amp=amp)
+    trainer = Trainer(config, _digits(args))
 
     def epoch() -> float:
         return trainer.run_epoch().train_seconds  # the validation pass is not counted
+
+    return epoch
+
+
+def _fused_epoch(model_name: str, args: argparse.Namespace, *, vmap: bool):
+    """K same-shape trials as one model; seconds per epoch of all K (each saw every image)."""
+    from caetune.models._fused import FusedTrainer
+
+    n_maps, n_neurons = MODELS[model_name]
+    configs = [
+        TrainConfig(
+            n_maps=n_maps,
+            n_neurons=n_neurons,
+            n_epochs=10**6,
+            batch_size=args.batch_size,
+            device=args.device,
+            precision="fp32",
+            seed=seed,
+        )
+        for seed in range(FUSED_K)
+    ]
+    if vmap:
+        return _vmap_epoch(configs, args)
+    trainer = FusedTrainer(configs, _digits(args))
+
+    def epoch() -> float:
+        return trainer.run_epoch()[0].train_seconds
+
+    return epoch
+
+
+def _vmap_epoch(configs: list, args: argparse.Namespace):
+    """The torch.func way: stacked weights, vmap over one CAE's functional_call."""
+    import copy
+
+    import torch.nn.functional as F
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from caetune.models import build_model, to_float_images
+    from caetune.models._train import tune_allocator
+
+    tune_allocator()
+    device = torch.device(args.device)
+    models = []
+    for config in configs:
+        torch.manual_seed(config.seed)
+        models.append(build_model(config, in_channels=1, image_size=(28, 28)).to(device))
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    optimizer = torch.optim.Adam(params.values(), lr=1e-3, fused=device.type == "cpu")
+    x = to_float_images(_digits(args).train, device)  # [N, 1, 28, 28]
+    generators = [torch.Generator().manual_seed(c.seed) for c in configs]
+
+    def one(p, b, batch):
+        return functional_call(base, (p, b), (batch,))[0]
+
+    def epoch() -> float:
+        start = time.perf_counter()
+        orders = [torch.randperm(x.shape[0], generator=g).to(device) for g in generators]
+        for first in range(0, x.shape[0], args.batch_size):
+            batch = torch.stack([x[o[first : first + args.batch_size]] for o in orders])
+            recon = vmap(one)(params, buffers, batch)  # [K, B, 1, 28, 28]
+            loss = F.mse_loss(recon, batch, reduction="none").mean(dim=(1, 2, 3, 4)).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return time.perf_counter() - start
 
     return epoch
 
@@ -303,42 +394,79 @@ def time_variants(
 # -- the report --------------------------------------------------------------
 
 
+def bf16_native() -> dict:
+    """What torch reports of the CPU's bf16 hardware (what ``precision: auto`` reads)."""
+    from caetune.models._precision import bf16_native as native
+
+    return {
+        "amx_tile": bool(torch.cpu._is_amx_tile_supported()),
+        "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "native": native(torch.device("cpu")),
+    }
+
+
+def loop_variants(args: argparse.Namespace, *, native: bool) -> list[Variant]:
+    variants = [Variant("tutorial")]
+    if args.ablation:
+        variants += [Variant(name, options) for name, options in STEPS.items()]
+    variants.append(Variant("caetune", {"trainer": True, "precision": "fp32"}))
+    if native or args.emulated_bf16 or args.device == "cuda":
+        name = "caetune bf16" if native or args.device == "cuda" else "caetune bf16 (emulated)"
+        variants.append(Variant(name, {"trainer": True, "precision": "bf16"}))
+    if args.device == "cpu":
+        one = {"trainer": True, "precision": "fp32", "threads": 1}
+        variants.append(Variant("caetune, 1 thread", one))
+    variants.append(Variant(f"fused K={FUSED_K}", {"fused": True}))
+    if args.ablation:
+        variants.append(Variant(f"fused K={FUSED_K} (vmap)", {"fused": True, "vmap": True}))
+    return variants
+
+
 def measure(args: argparse.Namespace) -> dict:
     from caetune.models import CAE
 
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     peak_seconds = min(args.seconds, 10.0) / 2
-    peaks = [matmul_peak(device=args.device, seconds=peak_seconds, batch_size=args.batch_size)]
-    variants = [Variant("tutorial")]
-    if args.ablation:
-        variants += [Variant(name, options) for name, options in STEPS.items()]
-    variants.append(Variant("caetune", {"trainer": True}))
-    if args.amp:
-        variants.append(Variant("caetune, bf16 autocast", {"trainer": True, "amp": True}))
+    native = bf16_native() if args.device == "cpu" else {"native": True}
+
+    def peaks_now() -> dict:
+        return {
+            name: matmul_peak(
+                device=args.device, seconds=peak_seconds, batch_size=args.batch_size, dtype=dtype
+            )
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+        }
+
+    peaks = [peaks_now()]
+    variants = loop_variants(args, native=native["native"])
     seconds = {model_name: time_variants(variants, model_name, args) for model_name in args.models}
     # Once more at the end: on a busy machine the faster of the two is nearer the truth.
-    peaks.append(matmul_peak(device=args.device, seconds=peak_seconds, batch_size=args.batch_size))
-    peak = max(peaks, key=lambda p: p["gflops"])
+    peaks.append(peaks_now())
+    peak = {p: max((run[p] for run in peaks), key=lambda r: r["gflops"]) for p in peaks[0]}
 
     results = {}
     for model_name, by_loop in seconds.items():
         n_maps, n_neurons = MODELS[model_name]
         macs = CAE(n_maps=n_maps, n_neurons=n_neurons).shape.forward_macs()
         rows = {}
-        for name, times in by_loop.items():
-            best = args.images / min(times)
-            rows[name] = {
+        for variant in variants:
+            times = by_loop[variant.name]
+            models = FUSED_K if variant.options.get("fused") else 1
+            best = models * args.images / min(times)
+            own_peak = peak["bf16" if variant.options.get("precision") == "bf16" else "fp32"]
+            rows[variant.name] = {
                 "images_per_second": best,
-                "median_images_per_second": args.images / statistics.median(times),
+                "median_images_per_second": models * args.images / statistics.median(times),
                 "epochs": len(times),
                 "gflops": best * 6 * macs / 1e9,
-                "peak_share": best * 6 * macs / 1e9 / peak["gflops"],
-                "vs_tutorial": min(by_loop["tutorial"]) / min(times),
+                "peak_share": best * 6 * macs / 1e9 / own_peak["gflops"],
+                "vs_tutorial": best / (args.images / min(by_loop["tutorial"])),
                 # Each round runs every loop once, back to back: their ratio within a
                 # round shares that round's load, so its median is robust to noise.
                 "vs_tutorial_paired": statistics.median(
-                    t / v for t, v in zip(by_loop["tutorial"], times)
+                    models * t / v for t, v in zip(by_loop["tutorial"], times, strict=True)
                 ),
             }
         results[model_name] = {
@@ -350,6 +478,7 @@ def measure(args: argparse.Namespace) -> dict:
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": _machine(),
+        "bf16_native": native,
         "torch": torch.__version__,
         "device": args.device,
         "threads": args.threads,
@@ -359,32 +488,46 @@ def measure(args: argparse.Namespace) -> dict:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "matmul_peak": peak,
-        "matmul_peak_before_after": [p["gflops"] for p in peaks],
+        "matmul_peak_before_after": {p: [run[p]["gflops"] for run in peaks] for p in peaks[0]},
         "models": results,
-        "targets": targets(results, peak),
+        "targets": targets(results, args),
     }
 
 
-def targets(results: dict, peak: dict) -> list[dict]:
-    """The issue's targets, each with the measured value and whether it is met."""
+def _check(what: str, value: float, shown: str, met: bool) -> dict:
+    return {"what": what, "value": value, "shown": shown, "met": met}
+
+
+def targets(results: dict, args: argparse.Namespace) -> list[dict]:
+    """The issues' targets, each with the measured value and whether it is met."""
     checks = []
     for model_name, result in results.items():
-        ratio = result["loops"]["caetune"]["vs_tutorial"]
+        loops = result["loops"]
+        ratio = loops["caetune"]["vs_tutorial"]
         what = f"{model_name}: caetune vs tutorial >= {TARGET_RATIO}x"
-        checks.append(
-            {"what": what, "value": ratio, "shown": f"{ratio:.2f}x", "met": ratio >= TARGET_RATIO}
-        )
-    if "large" in results:
-        share = results["large"]["loops"]["caetune"]["peak_share"]
-        what = f"large: >= {TARGET_PEAK_SHARE:.0%} of matmul peak"
-        checks.append(
-            {
-                "what": what,
-                "value": share,
-                "shown": f"{share:.0%}",
-                "met": share >= TARGET_PEAK_SHARE,
-            }
-        )
+        checks.append(_check(what, ratio, f"{ratio:.2f}x", ratio >= TARGET_RATIO))
+        share = loops["caetune"]["peak_share"]
+        what = f"{model_name}: caetune fp32 >= {TARGET_PEAK_SHARE:.0%} of the fp32 matmul peak"
+        checks.append(_check(what, share, f"{share:.0%}", share >= TARGET_PEAK_SHARE))
+        bf16 = [name for name in loops if name.startswith("caetune bf16")]
+        if bf16 and "emulated" not in bf16[0]:
+            speedup = loops[bf16[0]]["images_per_second"] / loops["caetune"]["images_per_second"]
+            what = f"{model_name}: bf16 >= {TARGET_BF16_SPEEDUP}x caetune fp32"
+            checks.append(_check(what, speedup, f"{speedup:.2f}x", speedup >= TARGET_BF16_SPEEDUP))
+            if model_name == "large":
+                share = loops[bf16[0]]["peak_share"]
+                what = f"large: bf16 >= {TARGET_BF16_PEAK_SHARE:.0%} of the bf16 matmul peak"
+                checks.append(_check(what, share, f"{share:.0%}", share >= TARGET_BF16_PEAK_SHARE))
+        fused = loops[f"fused K={FUSED_K}"]["images_per_second"]
+        if "caetune, 1 thread" in loops:
+            separate = args.threads * loops["caetune, 1 thread"]["images_per_second"]
+            ratio = fused / separate
+            goal = TARGET_FUSED if model_name == "small" else 1.0
+            what = (
+                f"{model_name}: fused K={FUSED_K} >= {goal}x {FUSED_K} separate 1-thread trials "
+                f"(at most {args.threads} at once)"
+            )
+            checks.append(_check(what, ratio, f"{ratio:.2f}x", ratio >= goal))
     return checks
 
 
@@ -403,16 +546,32 @@ def _machine() -> str:
 
 
 def markdown(report: dict) -> str:
-    peak = report["matmul_peak"]["gflops"]
+    peak = report["matmul_peak"]
+    native = report["bf16_native"]
+    flags = ", ".join(f"{k} {v}" for k, v in native.items())
     lines = [
         f"{report['date']} | {report['machine']} | torch {report['torch']} | {report['device']}, "
         f"{report['threads']} threads, batch {report['batch_size']}, "
         f"{report['images_per_epoch']} MNIST digits per epoch",
-        f"load average before/after: {report['load_average_before'][0]:.1f} / {report['load_average_after'][0]:.1f}",
+        f"bf16 hardware: {flags}",
+        f"load average before/after: {report['load_average_before'][0]:.1f} / "
+        f"{report['load_average_after'][0]:.1f}",
         "",
-        f"torch.mm float32 peak: {peak:.0f} GFLOP/s",
+        f"torch.mm peaks: fp32 {peak['fp32']['gflops']:.0f} GFLOP/s, "
+        f"bf16 {peak['bf16']['gflops']:.0f} GFLOP/s",
+    ]
+    if not native["native"] and report["device"] == "cpu":
+        skipped = not any(
+            name.startswith("caetune bf16")
+            for result in report["models"].values()
+            for name in result["loops"]
+        )
+        if skipped:
+            lines.append("caetune bf16: not native here: skipped (--emulated-bf16 times it)")
+    lines += [
         "",
-        "| model | Nm | Nn | loop | img/s (best) | img/s (median) | vs tutorial | paired | GFLOP/s | % of peak |",
+        "| model | Nm | Nn | loop | img/s (best) | img/s (median) | vs tutorial | paired "
+        "| GFLOP/s | % of own peak |",
         "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for model_name, result in report["models"].items():
@@ -431,6 +590,7 @@ def markdown(report: dict) -> str:
             ]
             lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     lines.append("")
+    lines.append(f"fused rows: summed img/s of {FUSED_K} models, each seeing every image.")
     for check in report["targets"]:
         lines.append(
             f"- target {check['what']}: {'PASS' if check['met'] else 'FAIL'} ({check['shown']})"
