@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned to the newest release the project allows, so pip takes it from a local
 	# wheel cache where there is one instead of resolving a multi-GB build of its own choosing.
 	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,peers]"
+	# DEHB pins numpy < 2 but runs on numpy 2: without its pins (its dependencies are in [peers]).
+	$(PY) -m pip install --quiet --no-deps "dehb==0.1.2"
 	touch $(STAMP)
 
 # The main job: a search on the bundled MNIST digits (12 trials, Ne <= 6, the top 3 re-trained
