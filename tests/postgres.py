@@ -7,7 +7,7 @@ Import the fixtures a test module needs::
     def test_study(pg_database):  # a fresh database, its URL with user and password
         optuna.create_study(storage=pg_database.url, ...)
 
-The cluster is made once per test session (``initdb`` into a temporary
+The cluster is made once per test process (``initdb`` into a temporary
 folder, then ``pg_ctl start`` on a free port, listening on 127.0.0.1 only,
 with scram-sha-256 passwords for every connection) and removed at its end.
 PostgreSQL refuses to run as root, so as root (CI) the server runs as the
@@ -19,6 +19,7 @@ PostgreSQL refuses to run as root, so as root (CI) the server runs as the
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import pwd
@@ -166,12 +167,25 @@ def start_postgres() -> PostgresServer:
     raise RuntimeError(f"PostgreSQL did not start:\n{done.stdout}{done.stderr}\n{log[-3000:]}")
 
 
+_shared: PostgresServer | None = None
+
+
+def shared_postgres() -> PostgresServer:
+    """The one cluster of this test process, started on first use and removed at exit.
+
+    One for all modules that import the fixtures (pytest would make one per module).
+    """
+    global _shared
+    if _shared is None:
+        _shared = start_postgres()
+        atexit.register(_shared.stop)
+    return _shared
+
+
 @pytest.fixture(scope="session")
-def pg_server():
-    """The session's PostgreSQL cluster (started on first use, removed at the end)."""
-    server = start_postgres()
-    yield server
-    server.stop()
+def pg_server() -> PostgresServer:
+    """The session's PostgreSQL cluster (:func:`shared_postgres`)."""
+    return shared_postgres()
 
 
 @pytest.fixture
