@@ -154,7 +154,10 @@ def _scenario(space: str, run_root: str, facts_file: str, hold_dir: str) -> None
     from caetune.search import run_search
 
     Path(hold_dir).mkdir()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    # No dashboard: nothing here reads it, and its fixed port may be taken by another Ray.
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False}
+    )
     try:
         workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
         cluster.wait_for_nodes()
