@@ -49,8 +49,10 @@ DIGITS = 6  # significant digits kept of every float: the table stays a few MB
 
 def space_configs(*, max_configs: int, seed: int) -> list[dict[str, Any]]:
     """The configs of the table: the full product, or a seeded sample of it covering every value."""
-    product = [dict(zip(AXES, values, strict=True)) for values in
-               itertools.product(MODELS, N_NEURONS, N_MAPS, LRS)]  # fmt: skip
+    product = [
+        dict(zip(AXES, values, strict=True))
+        for values in itertools.product(MODELS, N_NEURONS, N_MAPS, LRS)
+    ]
     if len(product) <= max_configs:
         return product
     rng = np.random.default_rng(seed)
@@ -201,11 +203,19 @@ def build(args) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(header) + "\n", encoding="utf-8")
     jobs = [
-        {"index": i, "config": config, "seed": seed, "epochs": args.epochs,
-         "threads": args.threads, "util_images": args.util_images,
-         "data_fields": _data_fields(args)}
-        for seed in header["seeds"] for i, config in enumerate(configs) if (i, seed) not in done
-    ]  # fmt: skip
+        {
+            "index": i,
+            "config": config,
+            "seed": seed,
+            "epochs": args.epochs,
+            "threads": args.threads,
+            "util_images": args.util_images,
+            "data_fields": _data_fields(args),
+        }
+        for seed in header["seeds"]
+        for i, config in enumerate(configs)
+        if (i, seed) not in done
+    ]
     total = len(configs) * len(header["seeds"])
     print(f"{out}: {len(done)}/{total} curves done, {len(jobs)} to build", flush=True)
     start = time.perf_counter()
@@ -237,9 +247,15 @@ def probe(args) -> int:
     cpu = []
     deadline = time.perf_counter() + args.probe
     for i in rng.permutation(len(configs)):
-        job = {"index": int(i), "config": configs[i], "seed": 0, "epochs": 2,
-               "threads": args.threads, "util_images": args.util_images,
-               "data_fields": _data_fields(args)}  # fmt: skip
+        job = {
+            "index": int(i),
+            "config": configs[i],
+            "seed": 0,
+            "epochs": 2,
+            "threads": args.threads,
+            "util_images": args.util_images,
+            "data_fields": _data_fields(args),
+        }
         curve = train_curve(job)  # the first epoch includes warm-up: the second is timed
         cpu.append(curve["cpu_seconds"][-1])
         print(f"{configs[i]}: {curve['seconds'][-1]:.2f} s wall, {cpu[-1]:.2f} s CPU", flush=True)

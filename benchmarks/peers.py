@@ -113,8 +113,12 @@ def plot(results: dict[str, list[np.ndarray]], table: Table, path: Path) -> None
             ax.fill_between(grid, q[0], q[2], color=line.get_color(), alpha=0.12)
         ax.axhline(0.05, color="grey", ls=":", lw=1)
         ax.axhline(0.01, color="grey", ls=":", lw=1)
-        ax.set(xlabel=label, ylabel="best true objective / table's best - 1", yscale="log",
-               title=f"{table.name}: median and quartiles over reps")  # fmt: skip
+        ax.set(
+            xlabel=label,
+            ylabel="best true objective / table's best - 1",
+            yscale="log",
+            title=f"{table.name}: median and quartiles over reps",
+        )
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -134,8 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
-    for flag, bad in (("--reps", args.reps < 1), ("--workers", args.workers < 1),
-                      ("--budget", args.budget < 1)):  # fmt: skip
+    for flag, bad in (
+        ("--reps", args.reps < 1),
+        ("--workers", args.workers < 1),
+        ("--budget", args.budget < 1),
+    ):
         if bad:
             parser.exit(2, f"{flag}: expected an integer >= 1\n")
     if unknown:
@@ -152,13 +159,25 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for name in methods:
         start = time.perf_counter()
-        results[name] = [METHODS[name](table, rep, budget=args.budget, workers=args.workers)
-                         for rep in range(args.reps)]  # fmt: skip
-        rows.append({**summarise(name, results[name], table),
-                     "seconds": round(time.perf_counter() - start, 1)})  # fmt: skip
+        results[name] = [
+            METHODS[name](table, rep, budget=args.budget, workers=args.workers)
+            for rep in range(args.reps)
+        ]
+        rows.append(
+            {
+                **summarise(name, results[name], table),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
-    report = {"table": table.name, "objective": args.objective, "workers": args.workers,
-              "budget": args.budget, "best": table.best, "methods": rows}  # fmt: skip
+    report = {
+        "table": table.name,
+        "objective": args.objective,
+        "workers": args.workers,
+        "budget": args.budget,
+        "best": table.best,
+        "methods": rows,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     plot(results, table, Path(args.png) if args.png else out.with_suffix(".png"))

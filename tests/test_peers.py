@@ -32,17 +32,33 @@ def write_table(path: Path) -> Path:
         for nm in (8, 16)
         for lr in (1e-3, 1e-2)
     ]
-    header = {"format": build_table.FORMAT, "axes": list(build_table.AXES), "configs": configs,
-              "seeds": [0, 1], "n_epochs": EPOCHS, "scale": {"dataset": "made-up"}}  # fmt: skip
+    header = {
+        "format": build_table.FORMAT,
+        "axes": list(build_table.AXES),
+        "configs": configs,
+        "seeds": [0, 1],
+        "n_epochs": EPOCHS,
+        "scale": {"dataset": "made-up"},
+    }
     lines = [json.dumps(header)]
     for i, config in enumerate(configs):
         floor = 0.01 if (config["n_neurons"], config["lr"]) == (160, 1e-2) else 0.03 + 0.001 * i
         for seed in (0, 1):
             mse = [floor + 0.1 / e + 0.001 * seed for e in range(1, EPOCHS + 1)]
             seconds = [1.0 + config["n_neurons"] / 160] * EPOCHS
-            lines.append(json.dumps({"config": i, "seed": seed, "status": "ok", "val_mse": mse,
-                                     "utilisation": [0.5] * EPOCHS, "seconds": seconds,
-                                     "cpu_seconds": seconds}))  # fmt: skip
+            lines.append(
+                json.dumps(
+                    {
+                        "config": i,
+                        "seed": seed,
+                        "status": "ok",
+                        "val_mse": mse,
+                        "utilisation": [0.5] * EPOCHS,
+                        "seconds": seconds,
+                        "cpu_seconds": seconds,
+                    }
+                )
+            )
     path.write_text("\n".join(lines) + '\n{"config": 0, "se')  # a torn last line, as a kill
     return path
 
@@ -104,12 +120,33 @@ def test_summarise_counts_medians_and_the_800_epoch_horizon(table):
 def test_one_run_writes_the_json_and_the_figure(tmp_path, table):
     path = write_table(tmp_path / "tiny.jsonl")
     out = tmp_path / "peers_tiny.json"
-    report = peers.main(["--table", str(path), "--reps", "2", "--budget", "20", "--workers", "2",
-                         "--json", str(out), "--methods", "caetune,random-asha"])  # fmt: skip
+    report = peers.main(
+        [
+            "--table",
+            str(path),
+            "--reps",
+            "2",
+            "--budget",
+            "20",
+            "--workers",
+            "2",
+            "--json",
+            str(out),
+            "--methods",
+            "caetune,random-asha",
+        ]
+    )
     assert json.loads(out.read_text()) == report and report["table"] == "tiny"
     assert [m["method"] for m in report["methods"]] == ["caetune", "random-asha"]
-    keys = {"method", "reps", "median_epochs_to_5pct", "median_epochs_to_1pct",
-            "median_wallclock_to_5pct", "reached_5pct", "reached_1pct"}  # fmt: skip
+    keys = {
+        "method",
+        "reps",
+        "median_epochs_to_5pct",
+        "median_epochs_to_1pct",
+        "median_wallclock_to_5pct",
+        "reached_5pct",
+        "reached_1pct",
+    }
     assert all(keys <= set(m) for m in report["methods"])
     assert out.with_suffix(".png").stat().st_size > 1000
 

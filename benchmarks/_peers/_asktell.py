@@ -34,8 +34,15 @@ class Caetune:
     model (and its seed) up to the new Ne.
     """
 
-    def __init__(self, table, seed: int, *, explore: bool = True, promote: bool = True,
-                 num_samples: int = 200):  # fmt: skip
+    def __init__(
+        self,
+        table,
+        seed: int,
+        *,
+        explore: bool = True,
+        promote: bool = True,
+        num_samples: int = 200,
+    ):
         from caetune.search._asha import AshaSettings
         from caetune.search._defaults import DEFAULTS
         from caetune.search._explore import ExploringSampler
@@ -49,14 +56,19 @@ class Caetune:
             max_t=table.n_epochs,
         )
         sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, constant_liar=True,
+            seed=seed,
+            multivariate=True,
+            constant_liar=True,
             n_startup_trials=default_startup_trials(num_samples),
-        )  # fmt: skip
+        )
         if explore:
             sampler = ExploringSampler(
-                sampler, n_epochs_of=lambda p: p["n_epochs"], seed=seed,
-                rungs=asha.rungs() if promote else (), reduction_factor=asha.reduction_factor,
-            )  # fmt: skip
+                sampler,
+                n_epochs_of=lambda p: p["n_epochs"],
+                seed=seed,
+                rungs=asha.rungs() if promote else (),
+                reduction_factor=asha.reduction_factor,
+            )
         self.study = optuna.create_study(sampler=sampler)
         self.bracket = asha.scheduler(metric="objective")._brackets[0]  # the one Ray's ASHA uses
         self.finished: dict[int, list[tuple[int, int]]] = {}  # config -> (epochs, seed) of its runs
@@ -157,10 +169,16 @@ class Dehb:
         self.folder = tempfile.TemporaryDirectory(prefix="peers-dehb-")  # its state files
         cs = config_space(table, seed)
         self.dehb = DEHB(
-            cs=cs, dimensions=len(list(cs.values())), min_fidelity=1,
-            max_fidelity=table.n_epochs, eta=3, n_workers=1, seed=seed,
-            output_path=self.folder.name, save_freq=None,
-        )  # fmt: skip
+            cs=cs,
+            dimensions=len(list(cs.values())),
+            min_fidelity=1,
+            max_fidelity=table.n_epochs,
+            eta=3,
+            n_workers=1,
+            seed=seed,
+            output_path=self.folder.name,
+            save_freq=None,
+        )
 
     def start(self) -> Run:
         job = self.dehb.ask()

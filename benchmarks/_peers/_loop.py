@@ -46,8 +46,11 @@ def simulate(method: Method, table, *, budget: int, workers: int) -> np.ndarray:
     used, count = 0, 0
 
     def cost(run: Run) -> float:
-        return float(table.seconds[run.config, run.seed, run.epoch]) if run.epoch < run.n_epochs \
-            else 0.0  # fmt: skip
+        return (
+            float(table.seconds[run.config, run.seed, run.epoch])
+            if run.epoch < run.n_epochs
+            else 0.0
+        )
 
     def launch(now: float) -> None:
         nonlocal count

@@ -70,10 +70,13 @@ class Table:
         self.values_of_axis = {
             a: sorted({c[a] for c in header["configs"]}, key=_order) for a in self.axes
         }
-        self._index = {_key(c, self.axes): i for i, c in enumerate(header["configs"])
-                       if complete[i]}  # fmt: skip
-        self._seeds_of = {i: [s for s in range(n_seeds) if not np.isnan(values[i, s, 0])]
-                          for i in self._index.values()}  # fmt: skip
+        self._index = {
+            _key(c, self.axes): i for i, c in enumerate(header["configs"]) if complete[i]
+        }
+        self._seeds_of = {
+            i: [s for s in range(n_seeds) if not np.isnan(values[i, s, 0])]
+            for i in self._index.values()
+        }
 
     def space_product(self) -> list[dict[str, Any]]:
         """Every config of the search space (the axes' product), in a fixed order."""
