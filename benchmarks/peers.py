@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,7 +95,9 @@ def anytime(runs: list[np.ndarray], grid: np.ndarray, column: int) -> np.ndarray
         times, best = events[order, column], np.minimum.accumulate(events[order, 2])
         at = np.searchsorted(times, grid, side="right") - 1
         curves.append(np.where(at >= 0, best[np.maximum(at, 0)], np.nan))
-    return np.nanpercentile(np.array(curves), [25, 50, 75], axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # before any rep's first evaluation
+        return np.nanpercentile(np.array(curves), [25, 50, 75], axis=0)
 
 
 def plot(results: dict[str, list[np.ndarray]], table: Table, path: Path) -> None:
