@@ -148,7 +148,9 @@ class FusedCAE(nn.Module):
         k, batch = self.k, x.shape[0]
         h = x
         for weight, bias in zip(self.convs, self.conv_biases, strict=True):
-            h = F.max_pool2d(act(F.conv2d(h, weight, bias, groups=k)), 2)
+            # Pooling first: every activation is monotone, so max and activation commute and
+            # the activation (and its backward) runs on a quarter of the pixels.
+            h = act(F.max_pool2d(F.conv2d(h, weight, bias, groups=k), 2))
         fh, fw = self.shape.feature_size
         # [B, K*Nm, h, w] -> [K, B, Nm*h*w]: each model flattens its maps as a CAE does.
         flat = h.reshape(batch, k, -1).transpose(0, 1)

@@ -35,9 +35,9 @@ def assert_same_as_separate(fused: FusedTrainer, data: ImageData, *, rel: float)
             torch.testing.assert_close(member[name], weight, rtol=rel, atol=1e-5)
 
 
-@pytest.mark.parametrize("model", ["model1", "model2"])
-def test_fused_trials_equal_separate_runs(digits, model):
-    fused = FusedTrainer(configs(model=model), digits)
+@pytest.mark.parametrize(("model", "activation"), [("model1", "relu"), ("model2", "elu")])
+def test_fused_trials_equal_separate_runs(digits, model, activation):
+    fused = FusedTrainer(configs(model=model, activation=activation), digits)
     fused.fit()
     assert fused.epoch == 3 and all(len(h) == 3 for h in fused.histories)
     assert_same_as_separate(fused, digits, rel=1e-4)
