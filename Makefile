@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PEERS := $(VENV)/.peers
 
 .PHONY: demo test venv clean
 
@@ -18,17 +19,23 @@ $(STAMP): pyproject.toml
 	# torch first, pinned to the newest release the project allows, so pip takes it from a local
 	# wheel cache where there is one instead of resolving a multi-GB build of its own choosing.
 	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+# The peer libraries (Syne Tune, hpbandster, DEHB) only the tests and benchmarks/peers.py run:
+# they take minutes to install, so the main job does without them.
+$(PEERS): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[test,peers]"
 	# DEHB pins numpy < 2 but runs on numpy 2: without its pins (its dependencies are in [peers]).
 	$(PY) -m pip install --quiet --no-deps "dehb==0.1.2"
-	touch $(STAMP)
+	touch $(PEERS)
 
 # The main job: a search on the bundled MNIST digits (12 trials, Ne <= 6, the top 3 re-trained
 # with 2 more seeds), then the report. Running it again resumes (finished trials are kept).
 demo: $(STAMP)
 	$(VENV)/bin/caetune search --name demo
 
-test: $(STAMP)
+test: $(PEERS)
 	$(VENV)/bin/python -m pytest
 
 clean:
