@@ -103,6 +103,7 @@ def parity_summary(runs: list[dict]) -> dict:
     """fp32's seed spread, and whether each bf16 run lies inside it (val MSE and U)."""
     out: dict = {}
     for key in ("val_mse", "utilisation"):
+        by_seed = {p: {r["seed"]: r[key] for r in runs if r["precision"] == p} for p in PRECISIONS}
         fp32 = [r[key] for r in runs if r["precision"] == "fp32"]
         bf16 = [r[key] for r in runs if r["precision"] == "bf16"]
         if len(fp32) < 2 or not bf16:
@@ -115,6 +116,11 @@ def parity_summary(runs: list[dict]) -> dict:
             "bf16_mean": statistics.mean(bf16),
             "bf16_vs_fp32_mean": statistics.mean(bf16) / statistics.mean(fp32) - 1,
             "bf16_inside_fp32_range": [min(fp32) <= v <= max(fp32) for v in bf16],
+            # Same seed, same initial weights and batch order: the precision's own effect.
+            "bf16_vs_fp32_same_seed": {
+                seed: by_seed["bf16"][seed] / by_seed["fp32"][seed] - 1
+                for seed in sorted(set(by_seed["bf16"]) & set(by_seed["fp32"]))
+            },
         }
     return out
 
