@@ -1,19 +1,22 @@
 """Fused trials: K same-shape CAEs trained as one batched model.
 
-A small CAE's step is too small to keep the cores busy: most of its time is
-per-operation overhead, not arithmetic. K configs of one architecture (same
-model, Nm, Nn, activation, batch size, data) can run as one model whose
-layers hold K independent sets of weights:
+A small CAE's step is too small to keep the cores (or a GPU) busy. K configs
+of one architecture (same model, Nm, Nn, activation, batch size, data) can run
+as one model whose layers hold K independent sets of weights:
 
 * convolutions become grouped convolutions (``groups=K``): model k's maps are
   channels ``k*Nm .. (k+1)*Nm`` of one tensor, channels-last as in
-  :class:`~caetune.models.Trainer`;
-* the fully connected layers become one batched matmul (``baddbmm``) over K
-  weight matrices.
+  :class:`~caetune.models.Trainer`; pooling comes before the activation
+  (every activation is monotone, so they commute), so the activation runs on
+  a quarter of the pixels;
+* the fully connected layers keep one weight matrix per model, each applied
+  with ``F.linear`` as in a separate run: a batched matmul over stacked
+  weights made torch copy the transposed weights every step, which cost the
+  large model more than fusing won.
 
 Every model keeps its own weights, seed (initial weights and batch order),
 learning rate and Adam state: each has its own fused ``torch.optim.Adam``
-over *views* of its slice of the stacked weights, so the update is the very
+over *views* of its slices of the stacked weights, so the update is the very
 kernel a separate run uses. Each model's loss is its own per-pixel MSE; their
 sum is back-propagated, and since no weight is shared, each model gets
 exactly its own gradient. Results therefore equal K separate runs up to the
@@ -95,10 +98,14 @@ class FusedCAE(nn.Module):
             self.deconvs.append(nn.Parameter(torch.empty(self.k * self.n_maps, c_out, *kernel)))
             self.deconv_biases.append(nn.Parameter(torch.empty(self.k * c_out)))
         n_features, n_neurons = first.shape.n_features, first.shape.n_neurons
-        self.fc_in = nn.Parameter(torch.empty(self.k, n_neurons, n_features))
-        self.fc_in_bias = nn.Parameter(torch.empty(self.k, 1, n_neurons))
-        self.fc_out = nn.Parameter(torch.empty(self.k, n_features, n_neurons))
-        self.fc_out_bias = nn.Parameter(torch.empty(self.k, 1, n_features))
+
+        # The FC layers stay one matrix per model: F.linear's addmm reads a weight transposed
+        # in place, where a batched matmul over stacked weights copied them every step.
+        def per_model(*shape: int) -> nn.ParameterList:
+            return nn.ParameterList(nn.Parameter(torch.empty(*shape)) for _ in range(self.k))
+
+        self.fc_in, self.fc_in_bias = per_model(n_neurons, n_features), per_model(n_neurons)
+        self.fc_out, self.fc_out_bias = per_model(n_features, n_neurons), per_model(n_features)
         for index, model in enumerate(models):
             self.load_member(index, model.state_dict())
 
@@ -117,10 +124,10 @@ class FusedCAE(nn.Module):
             outs = slice(index * c_out, (index + 1) * c_out)
             views[f"decoder.{3 * position + 1}.weight"] = of(self.deconvs[position])[maps]
             views[f"decoder.{3 * position + 1}.bias"] = of(self.deconv_biases[position])[outs]
-        views["to_bottleneck.1.weight"] = of(self.fc_in)[index]
-        views["to_bottleneck.1.bias"] = of(self.fc_in_bias)[index, 0]
-        views["from_bottleneck.0.weight"] = of(self.fc_out)[index]
-        views["from_bottleneck.0.bias"] = of(self.fc_out_bias)[index, 0]
+        views["to_bottleneck.1.weight"] = of(self.fc_in[index])
+        views["to_bottleneck.1.bias"] = of(self.fc_in_bias[index])
+        views["from_bottleneck.0.weight"] = of(self.fc_out[index])
+        views["from_bottleneck.0.bias"] = of(self.fc_out_bias[index])
         return views
 
     def member_parameters(self, index: int) -> list[nn.Parameter]:
@@ -154,8 +161,14 @@ class FusedCAE(nn.Module):
         fh, fw = self.shape.feature_size
         # [B, K*Nm, h, w] -> [K, B, Nm*h*w]: each model flattens its maps as a CAE does.
         flat = h.reshape(batch, k, -1).transpose(0, 1)
-        layer4 = act(torch.baddbmm(self.fc_in_bias, flat, self.fc_in.transpose(1, 2)))
-        back = act(torch.baddbmm(self.fc_out_bias, layer4, self.fc_out.transpose(1, 2)))
+        layer4 = act(
+            torch.stack([F.linear(flat[i], self.fc_in[i], self.fc_in_bias[i]) for i in range(k)])
+        )
+        back = act(
+            torch.stack(
+                [F.linear(layer4[i], self.fc_out[i], self.fc_out_bias[i]) for i in range(k)]
+            )
+        )
         h = back.transpose(0, 1).reshape(batch, k * self.n_maps, fh, fw)
         h = h.contiguous(memory_format=LAYOUT)
         sizes = list(reversed(self.shape.conv_sizes))
