@@ -9,9 +9,15 @@ early stopping, with seeds ``seed+1 .. seed+K`` (``--confirm-seeds K``). Each
 config's search run counts as one more seed. The configs are ranked by their
 mean objective; the spread is the sample standard deviation over the seeds.
 
-Runs are Ray tasks sharing the dataset already in the object store. Each
-finished run is a row of ``confirm_runs.csv`` at once, so a resumed search
-only trains the runs that are missing; ``confirm.csv`` holds the ranking.
+Runs are Ray tasks sharing the dataset already in the object store. One
+config's missing seeds are one task: its K seeds have the same shape, so
+they train fused, as one batched model (:class:`caetune.models.FusedTrainer`;
+each seed's numbers equal a separate run's to float rounding); if that fails
+(one seed diverged), each seed trains alone, so each gets its own row. The
+runs resolve ``precision: auto`` for the confirmation use (float32 unless
+bf16 is shown safe there). Each finished run is a row of
+``confirm_runs.csv`` at once, so a resumed search only trains the runs that
+are missing; ``confirm.csv`` holds the ranking.
 """
 
 from __future__ import annotations
@@ -27,18 +33,55 @@ from caetune._runs import COMPLETE, CONFIRM_CSV, FAILED, best_first, rank_trials
 CONFIRM_RUNS_CSV = "confirm_runs.csv"
 
 
+def confirm_seeds(trial_id: str, trains: list, factory, data: dict[str, Any]) -> list[dict]:
+    """Trains one config's seeds (TrainConfigs alike but for the seed) fused; a Ray task.
+
+    Returns one row per seed, in order; a fused run that fails trains each
+    seed alone (:func:`confirm_run`), so a failure is the row of its own seed.
+    """
+    import torch
+
+    from caetune.models import FusedTrainer
+    from caetune.models._precision import CONFIRMATION
+    from caetune.search._trainable import epoch_metrics, image_data
+
+    torch.set_num_threads(int(factory.threads))
+    start, cpu = time.perf_counter(), time.process_time()
+    try:
+        fused = FusedTrainer(trains, image_data(data), use=CONFIRMATION)
+        fused.fit()
+        rows = [
+            {
+                "trial_id": trial_id,
+                "seed": member.config.seed,
+                "status": COMPLETE,
+                "error": None,
+                **epoch_metrics(member, factory.objective, util_images=int(factory.util_images)),
+            }
+            for member in fused.members()
+        ]
+    except Exception:  # noqa: BLE001 -- one seed's failure must not take the others' rows
+        return [confirm_run(trial_id, train, factory, data) for train in trains]
+    for row in rows:  # the fused run's clocks, shared out evenly
+        row["seconds"] = (time.perf_counter() - start) / len(rows)
+        row["cpu_seconds"] = (time.process_time() - cpu) / len(rows)
+        row["fused"] = len(rows)
+    return rows
+
+
 def confirm_run(trial_id: str, train, factory, data: dict[str, Any]) -> dict[str, Any]:
-    """Trains one config (a TrainConfig) to its full Ne; a Ray task. A failure is a row."""
+    """Trains one config (a TrainConfig) to its full Ne alone. A failure is a row."""
     import torch
 
     from caetune.models import Trainer
+    from caetune.models._precision import CONFIRMATION
     from caetune.search._trainable import epoch_metrics, failure_reason, image_data
 
     torch.set_num_threads(int(factory.threads))
     start, cpu = time.perf_counter(), time.process_time()
     row: dict[str, Any] = {"trial_id": trial_id, "seed": train.seed}
     try:
-        trainer = Trainer(train, image_data(data))
+        trainer = Trainer(train, image_data(data), use=CONFIRMATION)
         trainer.fit()
         metrics = epoch_metrics(trainer, factory.objective, util_images=int(factory.util_images))
         row.update(status=COMPLETE, error=None, **metrics)
@@ -100,32 +143,31 @@ def run_confirm(
     runs = _load_runs(files)
     done = {(r["trial_id"], int(r["seed"])) for r in runs}
     rows = {r["trial_id"]: r for r in frame.to_dict(orient="records")}
-    task = ray.remote(confirm_run).options(**resources)
-    futures = {}
+    task = ray.remote(confirm_seeds).options(**resources)
+    pending, n_runs = [], 0
     for trial_id in chosen:
         params = {k: rows[trial_id][k] for k in factory.space.params}
-        for seed in seeds:
-            if (trial_id, seed) in done:
-                continue
-            futures[task.remote(trial_id, factory.train(params, seed=seed), factory, data_ref)] = (
-                trial_id,
-                seed,
-            )
-    if futures:
+        trains = [factory.train(params, seed=s) for s in seeds if (trial_id, s) not in done]
+        if trains:  # one task per config: its seeds train fused
+            pending.append(task.remote(trial_id, trains, factory, data_ref))
+            n_runs += len(trains)
+    if pending:
         print(
-            f"  confirm: {len(futures)} runs ({len(chosen)} configs x {len(seeds)} seeds)",
+            f"  confirm: {n_runs} runs ({len(chosen)} configs x {len(seeds)} seeds, "
+            "each config's seeds fused)",
             file=stream,
             flush=True,
         )
-    pending = list(futures)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
-        row = ray.get(ready[0])
-        runs.append(row)
+        for row in ray.get(ready[0]):
+            runs.append(row)
+            value = row.get("objective")
+            shown = f"objective {value:.4g}" if row["status"] == COMPLETE else row["error"]
+            print(
+                f"  confirm {row['trial_id']} seed {row['seed']}: {shown}", file=stream, flush=True
+            )
         _write_csv(files, CONFIRM_RUNS_CSV, pd.DataFrame(runs))
-        value = row.get("objective")
-        shown = f"objective {value:.4g}" if row["status"] == COMPLETE else row["error"]
-        print(f"  confirm {row['trial_id']} seed {row['seed']}: {shown}", file=stream, flush=True)
 
     ranking = rank(frame, runs, chosen, params=list(factory.space.params))
     _write_csv(files, CONFIRM_CSV, ranking)
