@@ -166,10 +166,13 @@ def test_export_top_k_layout_config_weights_and_manifest(tiny_run, tmp_path, cap
         folder = dest / f"{rank}-{trial_id}"
         doc = yaml.safe_load((folder / "config.yaml").read_text())
         meta = doc.pop("export")
-        assert TrainConfig.from_dict(doc) == TrainConfig.from_yaml(
-            tiny_run / "trials" / trial_id / "config.yaml"
-        )
         checkpoint = torch.load(tiny_run / "trials" / trial_id / "model.pt", weights_only=False)
+        # The trial's config, with precision: auto resolved to what it trained in (issue 15).
+        trained = TrainConfig.from_yaml(
+            tiny_run / "trials" / trial_id / "config.yaml", precision=checkpoint["precision"]
+        )
+        assert doc["precision"] == checkpoint["precision"] in ("fp32", "bf16")
+        assert TrainConfig.from_dict(doc) == trained
         assert meta["caetune_version"] == caetune.__version__ and meta["trial_id"] == trial_id
         assert meta["metrics"]["val_mse"] == checkpoint["history"][-1]["val_mse"]
         assert meta["objective"]["objective"] == "mse" and meta["input_shape"] == [1, 28, 28]
