@@ -29,7 +29,6 @@ rounding of the grouped kernels (``tests/models/test_fused.py``).
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from caetune.models._train import (
     build_model,
     checkpoint_precision,
     read_checkpoint,
+    save_atomic,
     to_float_images,
     tune_allocator,
 )
@@ -456,14 +456,7 @@ class FusedTrainer:
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Writes the whole fused state atomically."""
-        path = Path(path)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        try:
-            torch.save(self.state_dict(), tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return save_atomic(self.state_dict(), path)
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restores a checkpoint written by :meth:`save_checkpoint` (read safely)."""

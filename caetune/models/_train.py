@@ -393,20 +393,25 @@ class Trainer:
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Writes the full training state atomically (a crash never leaves half a file)."""
-        path = Path(path)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        try:
-            torch.save(self.state_dict(), tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return save_atomic(self.state_dict(), path)
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restores a checkpoint written by :meth:`save_checkpoint`."""
         # On the CPU first: RNG states must stay CPU tensors, and load_state_dict
         # moves model and optimizer tensors to their parameters' device.
         self.load_state_dict(read_checkpoint(path))
+
+
+def save_atomic(state: dict, path: str | Path) -> Path:
+    """``torch.save`` to a temporary name, then a rename: a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def checkpoint_precision(state: dict, asked: str, resolved: str) -> str:
