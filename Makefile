@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PEERS := $(VENV)/.peers
 
-.PHONY: demo test venv clean
+.PHONY: demo test lint venv clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,12 @@ demo: $(STAMP)
 
 test: $(PEERS)
 	$(VENV)/bin/python -m pytest
+
+# Lint, format and types (configured in pyproject.toml); .ci/run runs it before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy caetune
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
