@@ -1,4 +1,5 @@
-"""The search driver's memory over many short trials: fits of ``TRIALS_PER_FIT`` against one ``Tuner.fit``.
+"""The search driver's memory over many short trials: fits of ``TRIALS_PER_FIT`` against one
+``Tuner.fit``.
 
 Each variant runs in its own process (its own Ray, imports and heap): a real
 ``run_search`` on mnist-10k (100 images, Nn 4-16, Nm 1-4, one epoch, two
@@ -12,7 +13,8 @@ fitted ones.
 
 Usage::
 
-    .venv/bin/python benchmarks/driver_memory.py                  # 1200 trials each, ~6 min on 2 cores
+    # 1200 trials each, ~6 min on 2 cores
+    .venv/bin/python benchmarks/driver_memory.py
     .venv/bin/python benchmarks/driver_memory.py --trials 300 --json memory.json
 """
 
@@ -96,9 +98,16 @@ def run_one(trials: int, per_fit: int, seed: int) -> dict:
     sampler = Sampler(_sample)
     with tempfile.TemporaryDirectory(prefix="caetune-memory-") as folder:
         settings = SearchSettings(
-            space=str(SPACE), run_root=str(Path(folder) / "runs"), name="memory", num_samples=trials,
-            max_concurrent=2, grace_period=10, seed=seed, confirm_seeds=0, report=False,
-        )  # fmt: skip
+            space=str(SPACE),
+            run_root=str(Path(folder) / "runs"),
+            name="memory",
+            num_samples=trials,
+            max_concurrent=2,
+            grace_period=10,
+            seed=seed,
+            confirm_seeds=0,
+            report=False,
+        )
         started = time.monotonic()
         run_search(settings, stream=io.StringIO(), out=io.StringIO(), callbacks=[sampler])
         wall = time.monotonic() - started
@@ -158,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     summary = [summarise(run, warm_up=args.warm_up) for run in runs]
     print(
-        f"driver memory over {args.trials} one-epoch trials, KiB per trial (py_blocks: blocks per trial)"
+        f"driver memory over {args.trials} one-epoch trials, KiB per trial (py_blocks: blocks per "
+        "trial)"
     )
     print(
         f"{'trials per fit':>16} {'wall s':>7} "
@@ -176,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
         if fitted[k] > 0
     }
     print(
-        f"one fit / fits of {per_fit}: RSS slope x{ratio.get('rss_after_warm_up')}, second half x{ratio.get('rss_second_half')}; "
+        f"one fit / fits of {per_fit}: RSS slope x{ratio.get('rss_after_warm_up')}, second half "
+        f"x{ratio.get('rss_second_half')}; "
         f"wall x{whole['wall_s'] / fitted['wall_s']:.2f}"
     )
     result = {

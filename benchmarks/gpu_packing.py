@@ -1,4 +1,5 @@
-"""Trials per hour with 1 vs 4 trials per GPU (``--gpus-per-trial 1`` vs ``0.25``), measured in one run.
+"""Trials per hour with 1 vs 4 trials per GPU (``--gpus-per-trial 1`` vs ``0.25``), measured in one
+run.
 
 The same search runs once per packing on the same machine: ``--trials``
 trials of one small Model 1 config (Nn, Nm and Ne fixed; only the learning
@@ -113,11 +114,21 @@ def packed_search(space: Path, storage: Path, per_gpu: int, gpus: int, cpus: int
 
     cpus_per_trial = args.cpus_per_trial or cpus / (per_gpu * gpus)
     settings = SearchSettings(
-        space=str(space), subset=args.subset, util_images=args.util_images, max_epochs=args.n_epochs,
-        grace_period=args.n_epochs, start_point=False, confirm_seeds=0, report=False, num_samples=args.trials,
-        cpus_per_trial=cpus_per_trial, gpus_per_trial=1 / per_gpu, device=args.device,
-        run_root=str(storage), name=f"packed-{per_gpu}",
-    )  # fmt: skip
+        space=str(space),
+        subset=args.subset,
+        util_images=args.util_images,
+        max_epochs=args.n_epochs,
+        grace_period=args.n_epochs,
+        start_point=False,
+        confirm_seeds=0,
+        report=False,
+        num_samples=args.trials,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=1 / per_gpu,
+        device=args.device,
+        run_root=str(storage),
+        name=f"packed-{per_gpu}",
+    )
     counter, log = in_flight_counter(), io.StringIO()
     start = time.perf_counter()
     outcome = run_search(settings, stream=log, out=log, callbacks=[counter])
@@ -160,14 +171,20 @@ def measure(args, workdir: Path) -> dict:
 
     import ray
 
-    ray.init(address="local", num_cpus=args.num_cpus, num_gpus=args.declared_gpus or None,
-             include_dashboard=False, log_to_driver=False)  # fmt: skip
+    ray.init(
+        address="local",
+        num_cpus=args.num_cpus,
+        num_gpus=args.declared_gpus or None,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     try:
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
         if gpus < 1:
             sys.exit(
-                "no GPU in the Ray cluster (on a machine without one: --device cpu --declared-gpus 1)"
+                "no GPU in the Ray cluster (on a machine without one: --device cpu --declared-gpus "
+                "1)"
             )
         runs = []
         for per_gpu in args.per_gpu:
@@ -181,11 +198,20 @@ def measure(args, workdir: Path) -> dict:
         run["vs_first"] = run["trials_per_hour"] / base if base else None
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "gpus": gpus, "device": args.device,
-                    "declared_gpus": args.declared_gpus, "gpu_name": _gpu_name() if args.device == "cuda" else None},
-        "scale": {k: getattr(args, k) for k in ("trials", "n_neurons", "n_maps", "n_epochs", "subset", "util_images")},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "gpus": gpus,
+            "device": args.device,
+            "declared_gpus": args.declared_gpus,
+            "gpu_name": _gpu_name() if args.device == "cuda" else None,
+        },
+        "scale": {
+            k: getattr(args, k)
+            for k in ("trials", "n_neurons", "n_maps", "n_epochs", "subset", "util_images")
+        },
         "runs": runs,
-    }  # fmt: skip
+    }
     print(markdown(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -202,16 +228,19 @@ def markdown(result: dict) -> str:
     machine, scale = result["machine"], result["scale"]
     where = machine["gpu_name"] or f"{machine['declared_gpus']} declared GPU(s), trained on the CPU"
     lines = [
-        f"{scale['trials']} trials per packing of Model 1 Nn={scale['n_neurons']} Nm={scale['n_maps']} Ne={scale['n_epochs']} "
+        f"{scale['trials']} trials per packing of Model 1 Nn={scale['n_neurons']} "
+        f"Nm={scale['n_maps']} Ne={scale['n_epochs']} "
         f"on mnist-10k subset {scale['subset']}; {where}",
         "",
-        "| trials per GPU | GPUs per trial | peak in flight | mean in flight | median trial (s) | wall (s) | trials per hour | vs 1 per GPU |",
+        "| trials per GPU | GPUs per trial | peak in flight | mean in flight | median trial (s) | "
+        "wall (s) | trials per hour | vs 1 per GPU |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for run in result["runs"]:
         median = "-" if run["median_trial_s"] is None else f"{run['median_trial_s']:.1f}"
         lines.append(
-            f"| {run['per_gpu']} | {run['gpus_per_trial']:g} | {run['peak_in_flight']} | {run['mean_in_flight']:.2f} | {median} | "
+            f"| {run['per_gpu']} | {run['gpus_per_trial']:g} | {run['peak_in_flight']} | "
+            f"{run['mean_in_flight']:.2f} | {median} | "
             f"{run['wall_s']:.1f} | {run['trials_per_hour']:.0f} | {run['vs_first']:.2f}x |"
         )
     return "\n".join(lines)

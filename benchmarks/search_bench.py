@@ -94,8 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--grids-from",
         default=None,
         metavar="JSON",
-        help="reuse the grids of an earlier run's --json (same scale and seeds; training is deterministic, "
-        "and grid_consistency checks it)",
+        help="reuse the grids of an earlier run's --json (same scale and seeds; training is "
+        "deterministic, and grid_consistency checks it)",
     )
     parser.add_argument(
         "--grids-only",
@@ -152,7 +152,8 @@ def train_grid(space_path: Path, args, grid_seed: int) -> dict:
                 }
             )
             print(
-                f"  grid Nn={n_neurons:5d} Nm={n_maps:3d}: objective by Ne {[round(v, 4) for v in per_epoch]}",
+                f"  grid Nn={n_neurons:5d} Nm={n_maps:3d}: objective by Ne "
+                f"{[round(v, 4) for v in per_epoch]}",
                 file=sys.stderr,
             )
     best = min(
@@ -236,7 +237,9 @@ def search(
     stop_below: float | None = None,
     **overrides,
 ):
-    """One ``run_search`` (ended at its first trial below ``stop_below`` if given), its wall time and its results frame."""
+    """One ``run_search`` (ended at its first trial below ``stop_below`` if given), its wall time
+    and its results frame.
+    """
     from caetune.search import SearchSettings, run_search
 
     settings = SearchSettings(
@@ -262,7 +265,9 @@ def search(
 
 
 def efficiency(frame, grid: dict) -> dict:
-    """Trial-epochs until the first complete trial within 5% of the grid's best, against the grid's total."""
+    """Trial-epochs until the first complete trial within 5% of the grid's best, against the grid's
+    total.
+    """
     threshold = grid["best"]["objective"] * (1 + WITHIN)
     epochs = frame["epochs_run"].fillna(0).astype(int)
     if "epochs_trained" in frame:
@@ -285,7 +290,9 @@ def efficiency(frame, grid: dict) -> dict:
 
 
 def grid_consistency(frame, grid: dict) -> float | None:
-    """Largest relative gap between a same-seed trial's objective and the grid's at its (Nn, Nm, epochs_run)."""
+    """Largest relative gap between a same-seed trial's objective and the grid's at its (Nn, Nm,
+    epochs_run).
+    """
     table = {(r["n_neurons"], r["n_maps"]): r["objective"] for r in grid["configs"]}
     gaps = []
     for row in frame[frame["status"].isin(["complete", "pruned"])].to_dict(orient="records"):
@@ -321,16 +328,20 @@ def main(argv: list[str] | None = None) -> dict:
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
         return measure(args, Path(args.workdir))
-    # The searches' trials leave 8-20 GB of models and checkpoints: a temporary folder goes when the run ends.
+    # The searches' trials leave 8-20 GB of models and checkpoints: a temporary folder goes when the
+    # run ends.
     with tempfile.TemporaryDirectory(prefix="caetune-search-bench-") as folder:
         return measure(args, Path(folder))
 
 
 def measure(args, workdir: Path) -> dict:
-    """Trains (or reuses) the grids, runs the searches in ``workdir``, prints and returns every number."""
+    """Trains (or reuses) the grids, runs the searches in ``workdir``, prints and returns every
+    number.
+    """
     load_before = os.getloadavg()
 
-    # More optimizer steps per epoch (a smaller batch) bring the reduced-scale curves closer to converged.
+    # More optimizer steps per epoch (a smaller batch) bring the reduced-scale curves closer to
+    # converged.
     fixed = {"batch_size": args.batch_size} if args.batch_size else {}
     grid_space = write_space(
         workdir,
@@ -380,7 +391,8 @@ def measure(args, workdir: Path) -> dict:
             }
             print(f"  {runs[seed]}", file=sys.stderr)
 
-        # Overhead: the smallest configs and 1-2 epochs, so the search's own work dominates the wall time.
+        # Overhead: the smallest configs and 1-2 epochs, so the search's own work dominates the wall
+        # time.
         tiny = write_space(
             workdir,
             "tiny",
@@ -451,13 +463,19 @@ def markdown(result: dict) -> str:
     )
     some = next(iter(grids.values()))
     lines = [
-        f"Scale: mnist-10k subset {scale['subset']} ({some['train']} train / {some['val']} val), Model 1, batch {scale['batch_size']}, "
-        f"Ne <= {scale['max_epochs']}, U on {scale['util_images']} images, {scale['num_samples']} trials per search, "
-        f"ASHA (grace {scale['grace_period']}, reduction factor {scale['reduction_factor']:g}), start point off.",
-        f"Grid: 20 configs x Ne {scale['max_epochs']} = {some['trial_epochs']} trial-epochs per seed.",
+        f"Scale: mnist-10k subset {scale['subset']} ({some['train']} train / {some['val']} val), "
+        f"Model 1, batch {scale['batch_size']}, "
+        f"Ne <= {scale['max_epochs']}, U on {scale['util_images']} images, {scale['num_samples']} "
+        "trials per search, "
+        f"ASHA (grace {scale['grace_period']}, reduction factor {scale['reduction_factor']:g}), "
+        "start point off.",
+        f"Grid: 20 configs x Ne {scale['max_epochs']} = {some['trial_epochs']} trial-epochs per "
+        "seed.",
         "",
-        "| seed | grid best (Nn, Nm, Ne) | points within 5% | reached | first trial within 5% | trial-epochs used "
-        "| / grid | search best | trials (status; warm-started; trained nothing) | search vs grid |",
+        "| seed | grid best (Nn, Nm, Ne) | points within 5% | reached | first trial within 5% | "
+        "trial-epochs used "
+        "| / grid | search best | trials (status; warm-started; trained nothing) | search vs grid "
+        "|",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for seed, r in eff["runs"].items():
@@ -467,20 +485,27 @@ def markdown(result: dict) -> str:
         best_txt = f"{r['best_objective']:.4g}" if r["best_objective"] is not None else "-"
         gap = r.get("grid_consistency")
         lines.append(
-            f"| {seed} | {best['objective']:.4g} ({best['n_neurons']}, {best['n_maps']}, {best['n_epochs']}) | "
-            f"{grid['points_within']} | {'yes' if r['reached'] else 'NOT REACHED'} | {r['hit_trial'] or '-'} | "
-            f"{r['trial_epochs_used']} of {r['trial_epochs_total']} | {r['ratio']:.1%} | {best_txt} | "
-            f"{statuses}; {r['warm_started']}; {r['trained_nothing']} | {'-' if gap is None else f'{gap:.1e}'} |"
+            f"| {seed} | {best['objective']:.4g} ({best['n_neurons']}, {best['n_maps']}, "
+            f"{best['n_epochs']}) | "
+            f"{grid['points_within']} | {'yes' if r['reached'] else 'NOT REACHED'} | "
+            f"{r['hit_trial'] or '-'} | "
+            f"{r['trial_epochs_used']} of {r['trial_epochs_total']} | {r['ratio']:.1%} | "
+            f"{best_txt} | "
+            f"{statuses}; {r['warm_started']}; {r['trained_nothing']} | "
+            f"{'-' if gap is None else f'{gap:.1e}'} |"
         )
     lines += [
         "",
         "| benchmark | measured | target | pass |",
         "|---|---|---|---|",
-        f"| search efficiency (mean over seeds {', '.join(map(str, eff['runs']))}) | {eff['mean_ratio']:.1%} of the grid's trial-epochs"
+        f"| search efficiency (mean over seeds {', '.join(map(str, eff['runs']))}) | "
+        f"{eff['mean_ratio']:.1%} of the grid's trial-epochs"
         f"{'' if eff['all_reached'] else ' (a seed NOT REACHED: charged all its trial-epochs)'} "
         f"| <= {eff['target']:.0%} and every seed reached | {'yes' if eff['pass'] else 'no'} |",
-        f"| search overhead ({ovh['trials']} sequential trials; wall {ovh['wall_s']:.1f} s, training {ovh['training_s']:.1f} s) "
-        f"| {ovh['per_trial_s']:.2f} s per trial (+ Ray start-up {ovh['ray_startup_s']:.1f} s once) | < {ovh['target_s']:g} s | "
+        f"| search overhead ({ovh['trials']} sequential trials; wall {ovh['wall_s']:.1f} s, "
+        f"training {ovh['training_s']:.1f} s) "
+        f"| {ovh['per_trial_s']:.2f} s per trial (+ Ray start-up {ovh['ray_startup_s']:.1f} s "
+        f"once) | < {ovh['target_s']:g} s | "
         f"{'yes' if ovh['pass'] else 'no'} |",
     ]
     return "\n".join(lines)

@@ -7,14 +7,14 @@ grid *is* the search's ground truth: every trial of a real run matched its
 grid point exactly) with the search's real parts: Optuna's TPE sampler with
 caetune's settings (seeded, multivariate, constant liar, 10 start-up
 trials), caetune's :class:`~caetune.search._explore.ExploringSampler` around
-it (``--no-explore`` leaves it out, ``--no-promote`` its promotions), Ray's own ASHA bracket (grace period,
-reduction factor) deciding on each epoch's objective, and warm starts (a
-proposal continues the same config's longest finished trial up to its Ne,
-and trains only the epochs after). Time is counted in epochs: every epoch
-takes one unit, ``--concurrency`` trials run at once. The cost of a run is
-the same as the benchmark's: epochs trained, in trial order, up to the first
-complete trial within 5% of the grid's best; a run that never gets there
-counts as 100%.
+it (``--no-explore`` leaves it out, ``--no-promote`` its promotions), Ray's
+own ASHA bracket (grace period, reduction factor) deciding on each epoch's
+objective, and warm starts (a proposal continues the same config's longest
+finished trial up to its Ne, and trains only the epochs after). Time is
+counted in epochs: every epoch takes one unit, ``--concurrency`` trials run
+at once. The cost of a run is the same as the benchmark's: epochs trained,
+in trial order, up to the first complete trial within 5% of the grid's best;
+a run that never gets there counts as 100%.
 
 Usage::
 
@@ -57,7 +57,9 @@ def simulate(
     rf: float,
     concurrency: int,
 ) -> dict:
-    """One search on one grid: whether it came within 5%, and at what share of the grid's trial-epochs."""
+    """One search on one grid: whether it came within 5%, and at what share of the grid's
+    trial-epochs.
+    """
     table = {(c["n_neurons"], c["n_maps"]): c["objective"] for c in grid["configs"]}
     max_t = len(next(iter(table.values())))
     threshold = grid["best"]["objective"] * (1 + WITHIN)
@@ -155,20 +157,30 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {}
     for name, grid in sorted(grids.items()):
         runs = [
-            simulate(grid, seed, num_samples=args.num_samples, explore=args.explore, promote=args.promote, grace=args.grace_period,
-                     rf=args.reduction_factor, concurrency=args.concurrency)
+            simulate(
+                grid,
+                seed,
+                num_samples=args.num_samples,
+                explore=args.explore,
+                promote=args.promote,
+                grace=args.grace_period,
+                rf=args.reduction_factor,
+                concurrency=args.concurrency,
+            )
             for seed in range(args.runs)
-        ]  # fmt: skip
+        ]
         summary[name] = {
             "reached": sum(r["reached"] for r in runs),
             "mean_ratio": float(np.mean([r["ratio"] for r in runs])),
         }
         print(
-            f"grid {name}: within 5% in {summary[name]['reached']}/{args.runs} runs, mean cost {summary[name]['mean_ratio']:.1%}"
+            f"grid {name}: within 5% in {summary[name]['reached']}/{args.runs} runs, mean cost "
+            f"{summary[name]['mean_ratio']:.1%}"
         )
     mean = float(np.mean([s["mean_ratio"] for s in summary.values()]))
     print(
-        f"all grids: within 5% in {sum(s['reached'] for s in summary.values())}/{args.runs * len(summary)} runs, "
+        "all grids: within 5% in "
+        f"{sum(s['reached'] for s in summary.values())}/{args.runs * len(summary)} runs, "
         f"mean cost {mean:.1%} (an unreached run counts 100%)"
     )
     return {"grids": summary, "mean_ratio": mean}

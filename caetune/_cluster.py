@@ -137,7 +137,9 @@ def resolve_token(*, environ: Mapping[str, str] = os.environ) -> tuple[str | Non
 
 
 def project_checkout() -> Path | None:
-    """The caetune source checkout this package runs from, or ``None`` when installed from a wheel."""
+    """The caetune source checkout this package runs from, or ``None`` when installed
+    from a wheel.
+    """
     root = Path(__file__).resolve().parent.parent
     pyproject = root / "pyproject.toml"
     if pyproject.is_file() and re.search(
@@ -182,7 +184,9 @@ def build_runtime_env(
 
 
 def exit_code(details: JobDetails) -> int:
-    """A shell exit code for a finished job: 0 succeeded, the driver's own code (else 1) failed, 130 stopped."""
+    """A shell exit code for a finished job: 0 succeeded, the driver's own code (else 1) failed, 130
+    stopped.
+    """
     status = str(details.status.value if hasattr(details.status, "value") else details.status)
     if status == "SUCCEEDED":
         return 0
@@ -263,7 +267,8 @@ def connect(
     environ: Mapping[str, str] = os.environ,
     timeout: float = CONNECT_TIMEOUT_S,
 ) -> JobClient:
-    """A :class:`JobClient` for the cluster at ``address``, after checking it answers and takes the token.
+    """A :class:`JobClient` for the cluster at ``address``, after checking it answers and takes the
+    token.
 
     Raises:
         InputError: No Ray dashboard answers there within ``timeout`` seconds,
@@ -281,7 +286,8 @@ def connect(
         logging.getLogger(__name__).warning(
             "the cluster runs Ray %s, this machine Ray %s", server_ray, ray.__version__
         )
-    # Ray's SDK logs each packaging step and closed log stream at INFO; the CLI says what matters itself.
+    # Ray's SDK logs each packaging step and closed log stream at INFO; the CLI says what matters
+    # itself.
     for name in ("job.sdk", "dashboard_sdk"):
         logging.getLogger(f"ray.dashboard.modules.{name}").setLevel(logging.WARNING)
     logging.getLogger("ray._private.runtime_env.packaging").setLevel(logging.WARNING)
@@ -291,7 +297,9 @@ def connect(
 def _check_dashboard(
     url: str, field: str, headers: dict, token_source: str, *, timeout: float
 ) -> str:
-    """The cluster's Ray version, from ``/api/version``; raises InputError for each way this fails."""
+    """The cluster's Ray version, from ``/api/version``; raises InputError for each way
+    this fails.
+    """
     import requests
 
     try:
@@ -306,12 +314,14 @@ def _check_dashboard(
     if response.status_code == 401:
         raise InputError(
             "token",
-            f"the cluster at {url} requires a Ray auth token and none was found in {_TOKEN_SOURCES}",
+            f"the cluster at {url} requires a Ray auth token and none was found in "
+            f"{_TOKEN_SOURCES}",
         )
     if response.status_code == 403:
         raise InputError(
             "token",
-            f"the cluster at {url} refused the token from {token_source}: use the one it was started with",
+            f"the cluster at {url} refused the token from {token_source}: use the one it was "
+            "started with",
         )
     try:
         response.raise_for_status()

@@ -1,4 +1,6 @@
-"""``caetune submit``, ``status``, ``logs`` and ``stop``: caetune commands as jobs on a Ray cluster."""
+"""``caetune submit``, ``status``, ``logs`` and ``stop``: caetune commands as jobs on a Ray
+cluster.
+"""
 
 from __future__ import annotations
 
@@ -23,10 +25,11 @@ def register(subparsers) -> None:
         parents=[common],
         help="run a caetune command (a search) as a job on a Ray cluster",
         description=(
-            "Send a caetune command to a running Ray cluster through the Ray Jobs API, print the job id, then "
-            "stream its logs until it ends (exit code: 0 succeeded, 130 stopped, else the job's own). The "
-            "checkout caetune runs from is uploaded with it; CAETUNE_* and AWS_REGION are passed on, AWS keys "
-            "never. Example: caetune submit -- search --space paper-mnist --gpus-per-trial 1 --run-root s3://BUCKET/runs"
+            "Send a caetune command to a running Ray cluster through the Ray Jobs API, print the "
+            "job id, then stream its logs until it ends (exit code: 0 succeeded, 130 stopped, "
+            "else the job's own). The checkout caetune runs from is uploaded with it; CAETUNE_* "
+            "and AWS_REGION are passed on, AWS keys never. Example: caetune submit -- search "
+            "--space paper-mnist --gpus-per-trial 1 --run-root s3://BUCKET/runs"
         ),
     )
     submit.add_argument(
@@ -202,7 +205,8 @@ def _follow(client, job_id: str, command: str) -> int:
         details = client.follow(job_id, write)
     except KeyboardInterrupt:
         print(
-            f"caetune {command}: stopped following; job {job_id} goes on (`caetune stop {job_id}` ends it)",
+            f"caetune {command}: stopped following; job {job_id} goes on (`caetune stop {job_id}` "
+            "ends it)",
             file=sys.stderr,
         )
         return 130

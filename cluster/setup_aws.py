@@ -40,7 +40,8 @@ ROLE_POLICIES = {
     },
     WORKER_ROLE: {"caetune-s3": "iam-policy-s3.json"},
 }
-# AWS's public pointer to the newest Deep Learning Base AMI with the NVIDIA driver (Ubuntu 22.04, Python 3.10).
+# AWS's public pointer to the newest Deep Learning Base AMI with the NVIDIA driver (Ubuntu 22.04,
+# Python 3.10).
 AMI_PARAMETER = (
     "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
 )
@@ -201,7 +202,9 @@ def ensure_security_group(ec2, *, vpc: str, cidr) -> str:
 
 
 def ensure_role(iam, name: str, policies: dict[str, str]) -> str:
-    """Role and instance profile ``name`` with exactly these inline policies; returns the profile ARN."""
+    """Role and instance profile ``name`` with exactly these inline policies; returns the profile
+    ARN.
+    """
     trust = (HERE / "trust-policy.json").read_text(encoding="utf-8")
     try:
         iam.get_role(RoleName=name)
@@ -268,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(tmp, out)
     print(f"security group {group_id} in {found['vpc']}: SSH from {checked['cidr']} only")
     print(
-        f"instance profiles {HEAD_ROLE} and {WORKER_ROLE}: s3://{args.bucket} only (+ autoscaler EC2 on the head)"
+        f"instance profiles {HEAD_ROLE} and {WORKER_ROLE}: s3://{args.bucket} only (+ autoscaler "
+        "EC2 on the head)"
     )
     print(f"wrote {out}; next: ray get-auth-token --generate && ray up {os.path.relpath(out)}")
     return 0

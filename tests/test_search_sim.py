@@ -40,7 +40,8 @@ def test_a_simulated_search_counts_the_epochs_to_its_first_hit(sim, explore, pro
     run = sim.simulate(
         grid(), 0, num_samples=60, explore=explore, promote=promote, grace=1, rf=3.0, concurrency=2
     )
-    # Within 5% of the best (0.0225) needs (160, 16) at Ne = 8: at least 8 of the grid's 32 epochs (a search
+    # Within 5% of the best (0.0225) needs (160, 16) at Ne = 8: at least 8 of the grid's 32 epochs
+    # (a search
     # may spend more than the grid: a proposal below a finished trial's epochs trains from scratch).
     assert run["reached"] and run["ratio"] >= 8 / 32, run
 

@@ -29,7 +29,9 @@ WEIGHT = 0.5
 
 
 def make_run(folder: Path, *, objective: str = "combined") -> Path:
-    """Trains the trials of :data:`TRIALS` and writes a run into ``folder`` (its name is the run's)."""
+    """Trains the trials of :data:`TRIALS` and writes a run into ``folder`` (its name is the
+    run's).
+    """
     from caetune.analysis import combined_objective, model_utilisation
     from caetune.models import TrainConfig, Trainer, load_data
 
@@ -81,7 +83,9 @@ def make_run(folder: Path, *, objective: str = "combined") -> Path:
 
 
 def write_tables(folder: Path, rows: list[dict], *, objective: str) -> Path:
-    """results.csv/.parquet, experiment.yaml and a real Optuna study.db for ``rows``, as the search writes them."""
+    """results.csv/.parquet, experiment.yaml and a real Optuna study.db for ``rows``, as the search
+    writes them.
+    """
     import optuna
     import pandas as pd
 

@@ -17,7 +17,8 @@ N_EPOCHS = 20
 def _curves(
     finals: dict[tuple, float], *, sd: float, shape, seeds: int = 2, sds: dict | None = None
 ) -> pd.DataFrame:
-    """Synthetic per-epoch curves: ``finals[config] + shape(epoch) - shape(last)``, seeds spread by ``sd``
+    """Synthetic per-epoch curves: ``finals[config] + shape(epoch) - shape(last)``, seeds spread by
+    ``sd``
     (or ``sds[config]``)."""
     rows = []
     epochs = np.arange(1, N_EPOCHS + 1)
@@ -27,7 +28,7 @@ def _curves(
             offset = (sds or {}).get((model, n_neurons, n_maps), sd) * (
                 1 if seed % 2 else -1
             )  # sample sd of the finals: sd * sqrt(2) for two seeds
-            for epoch, extra in zip(epochs, tail):
+            for epoch, extra in zip(epochs, tail, strict=True):
                 rows.append(
                     {
                         "model": model,
@@ -44,11 +45,13 @@ def _curves(
 
 def _verdicts(curves: pd.DataFrame) -> dict[str, str]:
     findings = analyse(curves).findings
-    return dict(zip(findings["finding"], findings["verdict"]))
+    return dict(zip(findings["finding"], findings["verdict"], strict=True))
 
 
 def _grid(nn: dict[int, float], nm: dict[int, float], model2: float) -> dict[tuple, float]:
-    """Model 1 along Nn at Nm=32 and along Nm at Nn=640, Model 2 at (2560, 32): the small grid's shape."""
+    """Model 1 along Nn at Nm=32 and along Nm at Nn=640, Model 2 at (2560, 32): the small grid's
+    shape.
+    """
     finals = {("model1", n, 32): v for n, v in nn.items()}
     finals.update({("model1", 640, m): v for m, v in nm.items() if m != 32})
     finals[("model2", 2560, 32)] = model2
@@ -118,12 +121,15 @@ def test_a_slow_shallow_curve_matches_the_papers_fit():
     finals = _grid(
         {40: 0.030, 160: 0.020, 640: 0.012, 2560: 0.010}, {8: 0.0125, 16: 0.0122}, model2=0.020
     )
-    # k = 0.02, a = 0.05; every asymptote c = final - 0.02 * exp(-1) stays positive, as a fit requires.
+    # k = 0.02, a = 0.05; every asymptote c = final - 0.02 * exp(-1) stays positive, as a fit
+    # requires.
     result = analyse(
         _curves(finals, sd=0.0003, shape=lambda e: 0.02 * np.exp(-0.05 * np.asarray(e, float)))
     )
     assert (
-        dict(zip(result.findings["finding"], result.findings["verdict"]))["exponential_fit"]
+        dict(zip(result.findings["finding"], result.findings["verdict"], strict=True))[
+            "exponential_fit"
+        ]
         == "agree"
     )
     assert np.allclose(result.fits["a"], 0.05, rtol=0.05) and np.allclose(

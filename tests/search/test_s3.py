@@ -1,4 +1,5 @@
-"""``caetune search --run-root s3://bucket/prefix`` against a real S3 API (moto's server on 127.0.0.1).
+"""``caetune search --run-root s3://bucket/prefix`` against a real S3 API (moto's server on
+127.0.0.1).
 
 A search writes the whole run layout to the bucket and nothing beside it;
 ``--resume`` on another machine (a fresh cache folder) continues from what

@@ -76,7 +76,9 @@ def load_study(run):
 
 
 def snapshot(run):
-    """What a second session must leave alone: each trial file's content and time, Tune's trial folders."""
+    """What a second session must leave alone: each trial file's content and time, Tune's trial
+    folders.
+    """
     files = {
         p: (p.stat().st_mtime_ns, p.read_bytes())
         for p in sorted((run / TRIALS_DIR).rglob("*"))
@@ -87,11 +89,14 @@ def snapshot(run):
 
 
 class CountFits(Callback):
-    """Counts the Tuner.fit calls of a session (each calls its callbacks' setup once), and what Tune kept."""
+    """Counts the Tuner.fit calls of a session (each calls its callbacks' setup once), and what Tune
+    kept.
+    """
 
     def __init__(self):
         self.fits = 0
-        self.kept = []  # per fit, at its end: (trials Tune held, of them still holding result statistics)
+        # per fit, at its end: (trials Tune held, of them still holding result statistics)
+        self.kept = []
 
     def setup(self, **info):
         self.fits += 1
@@ -110,9 +115,14 @@ def finished(ray_local, tmp_path_factory):
         patch.setattr(_run, "TRIALS_PER_FIT", 2)
         outcome = run_search(chosen, stream=err, out=out, callbacks=[fits])
     return {
-        "settings": chosen, "outcome": outcome, "run": folder / "runs" / "tiny", "out": out.getvalue(),
-        "err": err.getvalue(), "fits": fits.fits, "kept": fits.kept,
-    }  # fmt: skip
+        "settings": chosen,
+        "outcome": outcome,
+        "run": folder / "runs" / "tiny",
+        "out": out.getvalue(),
+        "err": err.getvalue(),
+        "fits": fits.fits,
+        "kept": fits.kept,
+    }
 
 
 def test_the_trials_run_in_fits_of_trials_per_fit_each_once(finished):
@@ -296,7 +306,9 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_loc
 
 
 class InterruptAtFirstFitEnd(Callback):
-    """SIGUSR1 as the first fit ends, its trials all recorded: the session must not start the next fit."""
+    """SIGUSR1 as the first fit ends, its trials all recorded: the session must not start the next
+    fit.
+    """
 
     def __init__(self):
         self.sent = False
@@ -323,7 +335,9 @@ def test_a_stop_signal_as_a_fit_ends_starts_no_further_fit(ray_local, tmp_path, 
 
 
 class InterruptAtLastEpoch(Callback):
-    """SIGUSR1 once a trial's last checkpoint is in: the driver stops before recording the trial's end."""
+    """SIGUSR1 once a trial's last checkpoint is in: the driver stops before recording the trial's
+    end.
+    """
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         if trial.last_result.get("epoch") == trial.config["n_epochs"]:

@@ -1,4 +1,5 @@
-"""The Ray that ``caetune search`` starts gives its workers glibc's allocator tuning from their start.
+"""The Ray that ``caetune search`` starts gives its workers glibc's allocator tuning from their
+start.
 
 The first case starts a local Ray in a subprocess, as ``caetune search`` does,
 and asks a Ray worker for its ``GLIBC_TUNABLES``.
