@@ -56,41 +56,38 @@ def register(subparsers) -> None:
     )
     submit.set_defaults(func=run_submit)
 
-    status = subparsers.add_parser(
-        "status",
-        parents=[common],
-        help="show one job, or all jobs, of a Ray cluster",
-        description="Print JOB's status and message, or one line per job when JOB is left out.",
-    )
-    status.add_argument("job", nargs="?", metavar="JOB", help="a job id printed by caetune submit")
-    status.set_defaults(func=run_status)
-
-    logs = subparsers.add_parser(
-        "logs",
-        parents=[common],
-        help="print a job's logs",
-        description="Print the logs of JOB so far.",
-    )
-    logs.add_argument("job", metavar="JOB", help="a job id printed by caetune submit")
-    logs.add_argument(
+    # status, logs and stop each act on one JOB: (help, description, function to run).
+    job_commands = {
+        "status": (
+            "show one job, or all jobs, of a Ray cluster",
+            "Print JOB's status and message, or one line per job when JOB is left out.",
+            run_status,
+        ),
+        "logs": ("print a job's logs", "Print the logs of JOB so far.", run_logs),
+        "stop": ("stop a job", "Stop JOB and wait until it has ended.", run_stop),
+    }
+    parsers = {}
+    for name, (help_text, description, func) in job_commands.items():
+        parser = subparsers.add_parser(
+            name, parents=[common], help=help_text, description=description
+        )
+        parser.add_argument(
+            "job",
+            nargs="?" if name == "status" else None,
+            metavar="JOB",
+            help="a job id printed by caetune submit",
+        )
+        parser.set_defaults(func=func)
+        parsers[name] = parser
+    parsers["logs"].add_argument(
         "--follow",
         "-f",
         action="store_true",
         help="stream until the job ends; exit code as for caetune submit",
     )
-    logs.set_defaults(func=run_logs)
-
-    stop = subparsers.add_parser(
-        "stop",
-        parents=[common],
-        help="stop a job",
-        description="Stop JOB and wait until it has ended.",
-    )
-    stop.add_argument("job", metavar="JOB", help="a job id printed by caetune submit")
-    stop.add_argument(
+    parsers["stop"].add_argument(
         "--timeout", type=float, default=60.0, metavar="S", help="seconds to wait (default 60)"
     )
-    stop.set_defaults(func=run_stop)
 
 
 def check_remote_command(args: list[str]) -> argparse.Namespace | None:

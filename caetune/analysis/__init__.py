@@ -29,36 +29,7 @@ from caetune.analysis._metrics import (
 )
 from caetune.analysis._report import write_report
 
-__all__ = [
-    "Activations",
-    "CurveFit",
-    "LAYERS",
-    "STUDY_KINDS",
-    "activation_entropy",
-    "activation_histogram",
-    "collect_activations",
-    "combined_objective",
-    "dead_fraction",
-    "fit_mse_curve",
-    "layer_summary",
-    "local_entropy",
-    "model_utilisation",
-    "objective_formula",
-    "plot_histogram",
-    "plot_local_entropy",
-    "plot_mse_curve",
-    "plot_reconstructions",
-    "plot_stacked_map",
-    "plot_study",
-    "plot_trials_summary",
-    "quantize8",
-    "sample_indices",
-    "save_figure",
-    "stacked_map",
-    "utilisation",
-    "write_report",
-]
-
+# Loaded from caetune.analysis._figures on first use (see __getattr__).
 _FIGURES = (
     "STUDY_KINDS",
     "plot_histogram",
@@ -70,6 +41,28 @@ _FIGURES = (
     "plot_trials_summary",
     "save_figure",
 )
+
+__all__ = [
+    "Activations",
+    "CurveFit",
+    "LAYERS",
+    "activation_entropy",
+    "activation_histogram",
+    "collect_activations",
+    "combined_objective",
+    "dead_fraction",
+    "fit_mse_curve",
+    "layer_summary",
+    "local_entropy",
+    "model_utilisation",
+    "objective_formula",
+    "quantize8",
+    "sample_indices",
+    "stacked_map",
+    "utilisation",
+    "write_report",
+    *_FIGURES,
+]
 
 
 def __getattr__(name: str):
