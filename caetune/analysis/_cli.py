@@ -6,6 +6,8 @@ import argparse
 
 from caetune._renamed_flags import add_renamed, spelled
 
+_REPRODUCE_FLAGS = ("out", "seeds", "n_epochs", "subset", "grid", "batch_size", "device")
+
 
 def register(subparsers) -> None:
     """Adds both sub-commands (this module is listed once per command in ``caetune.cli``)."""
@@ -73,15 +75,8 @@ def run_report(args: argparse.Namespace) -> int:
 def run_reproduce(args: argparse.Namespace) -> int:
     from caetune.analysis._reproduce import reproduce
 
-    result = reproduce(
-        out=args.out,
-        seeds=args.seeds,
-        n_epochs=args.n_epochs,
-        subset=args.subset,
-        grid=args.grid,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
+    # The flags' names are reproduce()'s parameters.
+    result = reproduce(**{name: getattr(args, name) for name in _REPRODUCE_FLAGS})
     for row in result.findings.itertuples():
         print(f"{row.verdict:12s} {row.finding}: {row._3}")
     print(f"{result.out}/findings.md")

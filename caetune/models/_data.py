@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from caetune._errors import InputError
+from caetune.models._config import DATA_FIELDS
 from caetune.models._formats import (
     idx_loader,
     load_caltech101,
@@ -185,17 +186,9 @@ def load_dataset(
 
 
 def load_data(config: TrainConfig) -> ImageData:
-    """:func:`load_dataset` with a :class:`TrainConfig`'s data fields."""
-    return load_dataset(
-        config.dataset,
-        data_dir=config.data_dir,
-        download=config.download,
-        image_size=config.image_size,
-        grayscale=config.grayscale,
-        val_fraction=config.val_fraction,
-        subset=config.subset,
-        seed=config.split_seed,
-    )
+    """:func:`load_dataset` with a :class:`TrainConfig`'s data fields (:data:`DATA_FIELDS`)."""
+    fields = {name: getattr(config, name) for name in DATA_FIELDS}
+    return load_dataset(fields.pop("dataset"), seed=fields.pop("split_seed"), **fields)
 
 
 # --- options and split -------------------------------------------------------
