@@ -28,7 +28,6 @@ rounding of the grouped kernels (``tests/models/test_fused.py``).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,9 +48,9 @@ from caetune.models._seed import resolve_device, seed_everything
 from caetune.models._train import (
     EVAL_BATCH,
     EpochMetrics,
-    TrainingDiverged,
     adam,
     build_model,
+    check_converging,
     checkpoint_precision,
     read_checkpoint,
     save_atomic,
@@ -319,11 +318,7 @@ class FusedTrainer:
         train_mse = self._train_one_epoch()
         mid = time.perf_counter()
         for config, value in zip(self.configs, train_mse, strict=True):
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"training loss became {value} in epoch {self.epoch + 1} "
-                    f"(seed={config.seed}, lr={config.lr}, batch_size={config.batch_size})"
-                )
+            check_converging(value, epoch=self.epoch + 1, config=config, name_seed=True)
         val_mse = self.evaluate()
         n_images = self.x_train.shape[0]
         seconds = mid - start

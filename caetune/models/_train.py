@@ -68,6 +68,25 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run cannot go on."""
 
 
+def check_converging(
+    train_mse: float, *, epoch: int, config: TrainConfig, name_seed: bool = False
+) -> None:
+    """Raises :class:`TrainingDiverged` when an epoch's training loss is NaN or infinite.
+
+    Args:
+        train_mse: The epoch's training loss.
+        epoch: The epoch's 1-based number.
+        config: The run's config (its lr and batch size go in the message).
+        name_seed: Name the seed too (a fused run trains several seeds at once).
+    """
+    if not math.isfinite(train_mse):
+        seed = f"seed={config.seed}, " if name_seed else ""
+        raise TrainingDiverged(
+            f"training loss became {train_mse} in epoch {epoch} "
+            f"({seed}lr={config.lr}, batch_size={config.batch_size})"
+        )
+
+
 @dataclass
 class EpochMetrics:
     """What one epoch reports to callbacks, the CLI and the search.
@@ -278,11 +297,7 @@ class Trainer:
         start = time.perf_counter()
         train_mse = self._train_one_epoch()  # syncs with the device
         mid = time.perf_counter()
-        if not math.isfinite(train_mse):
-            raise TrainingDiverged(
-                f"training loss became {train_mse} in epoch {self.epoch + 1} "
-                f"(lr={self.config.lr}, batch_size={self.config.batch_size})"
-            )
+        check_converging(train_mse, epoch=self.epoch + 1, config=self.config)
         val_mse = self.evaluate()
         n_images = self.x_train.shape[0]
         metrics = EpochMetrics(
