@@ -17,7 +17,10 @@ TRAIN_BYTES_PER_PARAMETER = 16
 
 # One help line per TrainConfig field; flags are the field names with dashes.
 FIELD_HELP = {
-    "dataset": "mnist-10k (default, offline), mnist, fashion-mnist, svhn, cifar10, caltech101, npz:PATH or folder:PATH",
+    "dataset": (
+        "mnist-10k (default, offline), mnist, fashion-mnist, svhn, cifar10, caltech101, "
+        "npz:PATH or folder:PATH"
+    ),
     "data_dir": "torchvision dataset root (DATA_DIR/MNIST/raw/...)",
     "download": "let torchvision download a missing dataset",
     "image_size": "resize images to this square size",
@@ -99,9 +102,9 @@ def check_model_fits(config, data) -> None:
         where = "the GPU has" if device.type == "cuda" else "this machine has"
         raise InputError(
             "n_neurons, n_maps",
-            f"{config.n_neurons} and {config.n_maps} on {data.image_size[0]}x{data.image_size[1]} images make a "
-            f"model of {shape.parameter_count():.3g} parameters, which needs {format_bytes(needed)} to train; "
-            f"{where} {format_bytes(have)} of memory",
+            f"{config.n_neurons} and {config.n_maps} on {data.image_size[0]}x{data.image_size[1]} "
+            f"images make a model of {shape.parameter_count():.3g} parameters, which needs "
+            f"{format_bytes(needed)} to train; {where} {format_bytes(have)} of memory",
         )
 
 
@@ -144,9 +147,9 @@ def run(args: argparse.Namespace) -> int:
     resolved = dataclasses.replace(config, precision=trainer.precision)
     (out / "config.yaml").write_text(resolved.to_yaml(), encoding="utf-8")
     print(
-        f"training {config.model} n_neurons={config.n_neurons} n_maps={config.n_maps} n_epochs={config.n_epochs} "
-        f"on {data.name} ({len(data.train)} train / {len(data.val)} val, {trainer.device}, "
-        f"{trainer.precision})",
+        f"training {config.model} n_neurons={config.n_neurons} n_maps={config.n_maps} "
+        f"n_epochs={config.n_epochs} on {data.name} ({len(data.train)} train / "
+        f"{len(data.val)} val, {trainer.device}, {trainer.precision})",
         file=sys.stderr,
     )
 
