@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from caetune import cli
-from caetune.analysis._reproduce import FINDINGS, GRIDS, VERDICTS, analyse, reproduce
+from caetune.analysis._findings import FINDINGS, VERDICTS, analyse
+from caetune.analysis._reproduce import GRIDS, reproduce
 
 N_EPOCHS = 20
 
