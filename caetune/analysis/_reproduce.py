@@ -140,8 +140,8 @@ def reproduce(
         InputError: A bad argument or an unwritable ``out``, before anything
             is written or trained.
     """
+    from caetune._storage import check_writable_dir
     from caetune.models import TrainConfig, Trainer, load_data, resolve_device
-    from caetune.models._cli import check_writable_dir
 
     points = _check_grid(grid)
     seeds = _int_at_least("seeds", seeds, 2)

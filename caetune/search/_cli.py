@@ -59,7 +59,9 @@ def register(subparsers) -> None:
         "--utilisation-weight",
         type=float,
         metavar="W",
-        help=f"combined objective = val_mse * (1 + W * (1 - U)); 0 is pure MSE {_default('utilisation_weight')}",
+        # In words: the formula's text (caetune.analysis.objective_formula) would import torch here.
+        help="how much a low U raises the combined objective (the run's experiment.yaml and report "
+        f"show its formula); 0 is pure MSE {_default('utilisation_weight')}",
     )
     what.add_argument(
         "--seed", type=int, help=f"seeds the sampler and the trials {_default('seed')}"
@@ -115,6 +117,12 @@ def register(subparsers) -> None:
     )
     where.add_argument(
         "--resume", metavar="NAME", help="continue the run NAME (settings not given are kept)"
+    )
+    where.add_argument(
+        "--break-lease",
+        action="store_true",
+        help="take the run over from a driver that holds its lease on S3 or in the study's "
+        "database (only when that driver is dead)",
     )
     where.add_argument(
         "--report",

@@ -54,6 +54,8 @@ class SearchSettings:
             (default ``runs``); the run is ``RUN_ROOT/NAME``.
         address: A Ray cluster to join (default: ``RAY_ADDRESS`` or a local one).
         resume: The run must exist (``--resume NAME``).
+        break_lease: Take the run's lease on shared storage even from a live
+            owner (``--break-lease``; :mod:`caetune.search._lease`).
         report: Write the analysis report at the end.
         keep_all_state: Keep every trial's optimizer state (``--keep-all-state``); by
             default a finished search keeps it only where a later trial may continue it
@@ -89,6 +91,7 @@ class SearchSettings:
     run_root: str | None = None
     address: str | None = None
     resume: bool = False
+    break_lease: bool = False
     report: bool = True
     keep_all_state: bool = False
     log: tuple[str, ...] = ()
