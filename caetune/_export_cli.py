@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from caetune._renamed_flags import add_renamed, spelled
+from caetune._run_cli import add_run_command, top_k_of
 
 # Imported by `caetune export --help`: keep module-level imports light (no torch, ray, pandas).
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = add_run_command(
+        subparsers,
         "export",
         help="export the best K trials of a run: configs, weights, manifest",
         description=(
@@ -21,14 +22,9 @@ def register(subparsers) -> None:
             "DEST/1-<trial_id>/config.yaml` retrains a trial; from Python, "
             "caetune.search.load_exported(DEST) returns the best trained CAE."
         ),
+        run_help="the run folder RUN_ROOT/NAME, local or s3://bucket/prefix/NAME",
+        top_k=1,
     )
-    parser.add_argument(
-        "run", metavar="RUN", help="the run folder RUN_ROOT/NAME, local or s3://bucket/prefix/NAME"
-    )
-    top_k = parser.add_argument(
-        "--top-k", type=int, default=1, metavar="K", help="how many of the best trials (default 1)"
-    )
-    add_renamed(parser, "--top", top_k)
     parser.add_argument(
         "--to",
         required=True,
@@ -40,11 +36,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from caetune._export import EXPORT_CONFIG, export_run
-    from caetune._runs import check_top_k
 
-    result = export_run(
-        args.run, top=check_top_k(args.top_k, field=spelled(args, "--top-k")), to=args.to
-    )
+    result = export_run(args.run, top=top_k_of(args), to=args.to)
     for trial in result.trials:
         objective = "-" if trial.objective is None else f"{trial.objective:.6g}"
         print(

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from caetune._renamed_flags import add_renamed, spelled
+from caetune._run_cli import add_run_command, top_k_of
 
 _REPRODUCE_FLAGS = ("out", "seeds", "n_epochs", "subset", "grid", "batch_size", "device")
 
 
 def register(subparsers) -> None:
     """Adds both sub-commands (this module is listed once per command in ``caetune.cli``)."""
-    report = subparsers.add_parser(
+    report = add_run_command(
+        subparsers,
         "report",
         help="write the figures and index.html of a search run",
         description=(
@@ -20,12 +21,9 @@ def register(subparsers) -> None:
             "The top: the trials the search confirmed with extra seeds first, then the others "
             "by objective."
         ),
+        run_help="the run: RUN_ROOT/NAME, a folder or s3:// URL",
+        top_k=3,
     )
-    report.add_argument("run", metavar="RUN", help="the run: RUN_ROOT/NAME, a folder or s3:// URL")
-    top_k = report.add_argument(
-        "--top-k", type=int, default=3, metavar="K", help="how many of the best trials (default 3)"
-    )
-    add_renamed(report, "--top", top_k)
     report.add_argument(
         "--out", metavar="DIR", help="report folder or s3:// URL (default RUN/report)"
     )
@@ -63,11 +61,9 @@ def register(subparsers) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from caetune._runs import check_top_k
     from caetune.analysis._report import write_report
 
-    top = check_top_k(args.top_k, field=spelled(args, "--top-k"))
-    where = write_report(args.run, top=top, out=args.out)
+    where = write_report(args.run, top=top_k_of(args), out=args.out)
     print(f"{where}/index.html")
     return 0
 

@@ -24,20 +24,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from caetune import _runs
 from caetune._errors import InputError
 from caetune._publish import publish
-from caetune._runs import (
-    EXPERIMENT_FILE,
-    REPORT_DIR,
-    RESULTS_CSV,
-    STUDY_FILE,
-    check_top_k,
-    first_line,
-    load_trials,
-    rank_trials,
-    read_experiment,
-    read_run,
-)
+from caetune._runs import EXPERIMENT_FILE, REPORT_DIR, RESULTS_CSV, STUDY_FILE
 from caetune.analysis._page import MARKER, N_IMAGES, ReportedTrial
 from caetune.analysis._page import page as render_page
 
@@ -71,14 +61,14 @@ def write_report(
     """
     from caetune._storage import parse_storage
 
-    top = check_top_k(top)
+    top = _runs.check_top_k(top)
     storage = parse_storage(run, field="RUN")
     target = parse_storage(out, field="--out") if out is not None else storage.child(REPORT_DIR)
     with tempfile.TemporaryDirectory(prefix="caetune-report-") as tmp:
         work = Path(tmp)
-        local_run, results, confirm = read_run(storage, work / "run", extra=(STUDY_FILE,))
+        local_run, results, confirm = _runs.read_run(storage, work / "run", extra=(STUDY_FILE,))
         chosen = top_trials(results, top, confirm=confirm).to_dict("records")
-        checkpoints = load_trials(local_run, storage, [row["trial_id"] for row in chosen])
+        checkpoints = _runs.load_trials(local_run, storage, [row["trial_id"] for row in chosen])
         trials = [
             ReportedTrial(checkpoint.trial_id, rank, row, checkpoint)
             for rank, (row, checkpoint) in enumerate(zip(chosen, checkpoints, strict=True), 1)
@@ -114,7 +104,7 @@ def top_trials(results, top: int, *, confirm=()):
     """
     import pandas as pd
 
-    ranked = rank_trials(results, confirm=confirm)[:top]
+    ranked = _runs.rank_trials(results, confirm=confirm)[:top]
     if not ranked:
         raise InputError("RUN", "the run has no completed trial yet (nothing to report)")
     return pd.DataFrame([r.row for r in ranked])
@@ -246,7 +236,7 @@ def _build(
                 ),
             ]
 
-    experiment = read_experiment(run)
+    experiment = _runs.read_experiment(run)
     page = render_page(
         run_name=run_name,
         results=results,
@@ -287,7 +277,7 @@ def _load_study(run: Path, *, work: Path, name: str):
         url = f"sqlite:///{copy}"
         names = optuna.get_all_study_names(url)
     except Exception as err:  # a corrupt or foreign file: report it on the page, not as a crash
-        return None, f"study.db could not be opened: {first_line(err)}"
+        return None, f"study.db could not be opened: {_runs.first_line(err)}"
     if not names:
         return None, "study.db holds no study."
     optuna.logging.set_verbosity(optuna.logging.WARNING)
