@@ -9,6 +9,7 @@ tests/faults/test_security.py.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -92,12 +93,24 @@ def _trial_env_vars(monkeypatch) -> dict:
     return dict(seen["runtime_env"]["env_vars"])
 
 
+def _pristine_propagation() -> set[str]:
+    """Ray Tune's ENV_VARS_TO_PROPAGATE in a process that caetune has not patched."""
+    code = (
+        "import json; from ray.tune.execution import class_cache; "
+        "print(json.dumps(sorted(class_cache.ENV_VARS_TO_PROPAGATE)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 def test_aws_keys_stay_out_of_a_trials_runtime_env(monkeypatch):
     from ray.tune.execution import class_cache
 
-    monkeypatch.setattr(  # restored after the test: the patch changes a module global
-        class_cache, "ENV_VARS_TO_PROPAGATE", set(class_cache.ENV_VARS_TO_PROPAGATE)
-    )
+    # Ray's own set, as a fresh process has it: an in-process search earlier in the session has
+    # already patched this module global. Restored after the test.
+    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE", _pristine_propagation())
     for key, value in AWS_KEYS.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("TUNE_ORIG_WORKING_DIR", "kept")  # propagated by Ray, and still
