@@ -35,7 +35,7 @@ import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from caetune.search._attrs import TRIAL_ATTR, WEIGHTS_ONLY_ATTR
 from caetune.search._results import RunFiles, model_path
@@ -63,6 +63,22 @@ class LeanOutcome:
     bytes_before: int
     bytes_after: int
     checkpoints_deleted: int
+
+    def lines(self) -> list[str]:
+        """What the search prints about it: what was dropped, and each file left whole."""
+        lines = []
+        if self.stripped:
+            saved = (self.bytes_before - self.bytes_after) / 1e6
+            lines.append(
+                f"  lean run folder: dropped the optimizer state of {len(self.stripped)} trials "
+                f"({saved:.0f} MB); kept where a later trial may continue: "
+                f"{', '.join(self.kept) or 'none'} (--keep-all-state keeps all)"
+            )
+        lines += [
+            f"  lean run folder: {model_path(trial_id)} left whole: {why}"
+            for trial_id, why in self.skipped
+        ]
+        return lines
 
 
 def continuable_trials(study: Any, *, max_epochs: int) -> set[str]:
@@ -95,7 +111,6 @@ def make_lean(
     *,
     max_epochs: int,
     on_study_change=None,
-    stream: TextIO | None = None,
 ) -> LeanOutcome:
     """Drops optimizer state no later trial will use, and Ray's leftover checkpoints.
 
@@ -108,7 +123,6 @@ def make_lean(
         files: The run folder.
         max_epochs: The space's largest Ne.
         on_study_change: Called after the study is written (uploads it on S3).
-        stream: Where the one-line summary goes (none when ``None``).
     """
     keep = continuable_trials(study, max_epochs=max_epochs)
     done = weights_only_trials(study)
@@ -140,8 +154,6 @@ def make_lean(
         bytes_after=after,
         checkpoints_deleted=_delete_ray_checkpoints(files),
     )
-    if stream is not None:
-        _say(outcome, stream)
     return outcome
 
 
@@ -182,16 +194,3 @@ def _delete_ray_checkpoints(files: RunFiles) -> int:
                 fs.delete_dir(item.path)
                 deleted += 1
     return deleted
-
-
-def _say(outcome: LeanOutcome, stream: TextIO) -> None:
-    if outcome.stripped:
-        saved = (outcome.bytes_before - outcome.bytes_after) / 1e6
-        print(
-            f"  lean run folder: dropped the optimizer state of {len(outcome.stripped)} trials "
-            f"({saved:.0f} MB); kept where a later trial may continue: "
-            f"{', '.join(outcome.kept) or 'none'} (--keep-all-state keeps all)",
-            file=stream,
-        )
-    for trial_id, why in outcome.skipped:
-        print(f"  lean run folder: {model_path(trial_id)} left whole: {why}", file=stream)

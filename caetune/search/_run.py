@@ -248,13 +248,11 @@ class _Session:
             )
             return SearchOutcome(files.url, self.name, table.frame(), interrupted=True)
         if not self.settings.keep_all_state:
-            make_lean(
-                study,
-                files,
-                max_epochs=self.space.max_epochs(),
-                on_study_change=self.sync.push,
-                stream=self.stream,
+            lean = make_lean(
+                study, files, max_epochs=self.space.max_epochs(), on_study_change=self.sync.push
             )
+            for line in lean.lines():
+                print(line, file=self.stream)
 
         ranking = None
         if values["confirm_seeds"] > 0:
