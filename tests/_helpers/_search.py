@@ -149,14 +149,20 @@ def finished_files(run: Storage, table) -> dict[str, bytes]:
     return {tid: trial_metrics(run, tid) for tid in done}
 
 
-def study_trials(db: Path) -> list[dict]:
+def study_trials(db: Path, *, writer_dead: bool = False) -> list[dict]:
     """Every trial of an Optuna SQLite file: number, state, checkpoint, epochs done, n_epochs.
 
     Plain SQL on Optuna's long-stable schema, read-only: safe while the search
     writes, with no Optuna storage (and its schema checks) per poll. ``epochs``
     counts the intermediate values (one per epoch).
+
+    Args:
+        db: The study file.
+        writer_dead: The search was killed: open it read-write, as the next
+            driver does, so SQLite rolls back a transaction the kill cut short
+            (a hot journal, which a read-only connection refuses to read).
     """
-    uri = db.resolve().as_uri() + "?mode=ro"
+    uri = db.resolve().as_uri() + ("" if writer_dead else "?mode=ro")
     with sqlite3.connect(uri, uri=True, timeout=10) as conn:
         rows = conn.execute(
             "select t.number, t.state, "

@@ -43,6 +43,7 @@ from tests._helpers import (
     results,
     safe_study,
     started_ids,
+    study_trials,
     wait_until,
 )
 
@@ -112,7 +113,7 @@ def test_driver_sigkill_then_resume_runs_each_trial_once(moment, tmp_path):
     run, db = search.run, search.db
     caught = search.kill_at(lambda proc, log: MOMENTS[moment](proc, log, db, run))
 
-    study = safe_study(db)
+    study = study_trials(db, writer_dead=True)
     done_in_study = {f"t{t['number']:04d}" for t in study if t["state"] in DONE_STATES}
     table = results(run) if (run.local_path / "results.csv").exists() else None
     before = finished_files(run, table) if table is not None else {}

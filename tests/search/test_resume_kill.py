@@ -54,7 +54,9 @@ def test_sigkill_then_resume_runs_each_trial_once(storage_url, tmp_path):
     before = finished_files(run, table)
     assert before, table
     # The cut-off trial's last checkpoint (a path relative to the run folder), what it had trained.
-    [cut] = [t for t in study_trials(db) if t["state"] == "RUNNING" and t["checkpoint"]]
+    [cut] = [
+        t for t in study_trials(db, writer_dead=True) if t["state"] == "RUNNING" and t["checkpoint"]
+    ]
     number, checkpoint = cut["number"], cut["checkpoint"]
     trained = json.loads(read_bytes(run, f"{checkpoint}/metrics.json"))["history"]
     assert trained, "a checkpoint holds at least one epoch"
