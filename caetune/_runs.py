@@ -13,7 +13,8 @@ folder or ``s3://bucket/prefix``::
       trials/<trial_id>/
         config.yaml          the trial's full TrainConfig (caetune.models.TrainConfig)
         metrics.json         {"history": [EpochMetrics...], "val_mse": ..., "utilisation": {...}}
-        model.pt             the final Trainer checkpoint (Trainer.load_checkpoint)
+        model.pt             the final Trainer checkpoint (Trainer.load_checkpoint), or
+        model-dropped.txt    ... in its place: the lean run folder dropped it (caetune.search._lean)
       report/                written by ``caetune report`` (index.html + figures)
 
 Columns of results.csv that every reader may rely on: ``trial_id``, ``status``
@@ -64,6 +65,12 @@ TRIALS_DIR = "trials"
 TRIAL_CONFIG = "config.yaml"
 TRIAL_METRICS = "metrics.json"
 TRIAL_MODEL = "model.pt"
+# Left in a trial's folder when a lean run folder deleted its model.pt: readers say so.
+TRIAL_MODEL_DROPPED = "model-dropped.txt"
+MODEL_DROPPED = (
+    f"its {TRIAL_MODEL} was dropped by the lean run folder (only the best trials keep theirs); "
+    "caetune search --keep-all-state keeps every model"
+)
 REPORT_DIR = "report"
 
 # A trial's ``status`` in results.csv (and what every reader filters on).
@@ -370,6 +377,8 @@ def read_trial(run: Path, trial_id: str, *, run_name: str) -> TrialCheckpoint:
 
     folder = run / TRIALS_DIR / trial_id
     where = f"{run_name}/{TRIALS_DIR}/{trial_id}"
+    if not (folder / TRIAL_MODEL).is_file() and (folder / TRIAL_MODEL_DROPPED).is_file():
+        raise InputError(where, MODEL_DROPPED)
     for name in (TRIAL_CONFIG, TRIAL_MODEL):
         if not (folder / name).is_file():
             raise InputError(where, f"{name} is missing; the trial cannot be read")

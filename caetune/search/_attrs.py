@@ -14,7 +14,8 @@ it from this one (which imports nothing). A trial's attributes:
 * :data:`RECOVERY` and :data:`RERUNS_ATTR` once it got past a damaged
   checkpoint; :data:`START_POINT_ATTR` on a preset's enqueued start point.
 
-The study's own: :data:`WEIGHTS_ONLY_ATTR` (:mod:`caetune.search._lean`).
+The study's own: :data:`WEIGHTS_ONLY_ATTR` and :data:`DROPPED_ATTR`
+(:mod:`caetune.search._lean`).
 """
 
 TRIAL_ATTR = "trial_id"  # caetune's stable trial id, t0007 (the Optuna trial number)
@@ -36,3 +37,5 @@ START_POINT_ATTR = "start_point"  # enqueued from the space's start points (the 
 
 # Of the study: the trials whose model.pt no longer holds optimizer state (never continued).
 WEIGHTS_ONLY_ATTR = "weights_only"
+# ... and those whose model.pt is gone (never continued; config.yaml and metrics.json stay).
+DROPPED_ATTR = "models_dropped"

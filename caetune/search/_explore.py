@@ -96,7 +96,7 @@ class ExploringSampler(BaseSampler):
         key = config_key(params)
         if key not in training and not measured(params):
             return params
-        promotion = self._promotion(study, ran, training, search_space.get("n_epochs"))
+        promotion = self._promotion(study, training, search_space.get("n_epochs"))
         if promotion is not None:
             self.explored += 1
             self.promoted += 1
@@ -116,25 +116,16 @@ class ExploringSampler(BaseSampler):
         # Every point drawn is measured or in training: the space is (nearly) exhausted.
         return params
 
-    def _promotion(
-        self, study, ran: dict[tuple, int], training: set[tuple], n_epochs_dist
-    ) -> dict[str, Any] | None:
-        """ASHA's promotion of configs: top rung first, a best one not past the next rung."""
-        if n_epochs_dist is None or len(self._rungs) < 2 or len(study.directions) != 1:
-            return None
-        curves = objective_curves(study)
-        sign = 1.0 if study.direction == StudyDirection.MINIMIZE else -1.0
-        for rung, above in reversed(list(zip(self._rungs, self._rungs[1:], strict=False))):
-            n_epochs = _more_epochs(n_epochs_dist, above - 1)
-            if n_epochs is None:
-                continue  # the distribution allows no Ne at or past the next rung
-            at_rung = {key: sign * curve[rung] for key, curve in curves.items() if rung in curve}
-            best = sorted(at_rung, key=at_rung.__getitem__)[
-                : int(len(at_rung) / self._reduction_factor)
-            ]
-            for key in best:
-                if key not in training and ran.get(key, 0) < above:
-                    return {**dict(key), "n_epochs": n_epochs}
+    def _promotion(self, study, training: set[tuple], n_epochs_dist) -> dict[str, Any] | None:
+        """ASHA's promotion of configs: top rung first, a best one not in training."""
+        for key, n_epochs in promotions(
+            study,
+            rungs=self._rungs,
+            reduction_factor=self._reduction_factor,
+            n_epochs_dist=n_epochs_dist,
+        ):
+            if key not in training:
+                return {**dict(key), "n_epochs": n_epochs}
         return None
 
     def sample_independent(self, study, trial, param_name: str, param_distribution) -> Any:
@@ -149,6 +140,38 @@ class ExploringSampler(BaseSampler):
     def reseed_rng(self) -> None:
         self._inner.reseed_rng()
         self._random.reseed_rng()
+
+
+def promotions(
+    study, *, rungs: Sequence[int], reduction_factor: float, n_epochs_dist
+) -> list[tuple[tuple, int]]:
+    """ASHA's promotions of whole configs, top rung first: ``(config_key, Ne to run)``.
+
+    At each rung, from the highest down, the best ``1 / reduction_factor`` of
+    the configs measured there whose trials all stopped before the next rung
+    go on to the next rung (the smallest Ne the distribution allows at or past
+    it). A config is promoted at most once: from its highest rung.
+
+    Args:
+        study: The search's study (single-objective; with several, none).
+        rungs: ASHA's rungs in epochs, ascending, ending with the largest Ne.
+        reduction_factor: ASHA's.
+        n_epochs_dist: Ne's distribution (``None``: Ne is not searched, no promotion).
+    """
+    if n_epochs_dist is None or len(rungs) < 2 or len(study.directions) != 1:
+        return []
+    ran = epochs_measured(study)
+    curves = objective_curves(study)
+    sign = 1.0 if study.direction == StudyDirection.MINIMIZE else -1.0
+    found = []
+    for rung, above in reversed(list(zip(rungs, rungs[1:], strict=False))):
+        n_epochs = _more_epochs(n_epochs_dist, above - 1)
+        if n_epochs is None:
+            continue  # the distribution allows no Ne at or past the next rung
+        at_rung = {key: sign * curve[rung] for key, curve in curves.items() if rung in curve}
+        best = sorted(at_rung, key=at_rung.__getitem__)[: int(len(at_rung) / reduction_factor)]
+        found += [(key, n_epochs) for key in best if ran.get(key, 0) < above]
+    return found
 
 
 def _more_epochs(dist, ran: int) -> int | None:

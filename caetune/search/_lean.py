@@ -1,31 +1,42 @@
-"""A lean run folder: after a search, optimizer state stays where a later trial may continue it.
+"""A lean run folder: after a search, the best trials keep their models, the promotable their state.
 
 Each trial's ``model.pt`` is a whole Trainer checkpoint, and Adam keeps two
 moment estimates per weight: two thirds of the file are optimizer state.
-Readers need less:
+Readers need less, and of few trials:
 
-* ``caetune report`` and ``caetune export`` read a complete trial's weights,
-  config, epoch and history (:func:`caetune._runs.read_trial`);
+* ``caetune report`` and ``caetune export`` read the weights, config, epoch
+  and history (:func:`caetune._runs.read_trial`) of the best complete trials
+  by the run's one ranking (:func:`caetune._runs.rank_trials`: the confirmed
+  trials first); the seed confirmation reads only ``results.csv``;
 * a warm start (:mod:`caetune.search._warm`) continues the optimizer too, of
   the trial :func:`~caetune.search._warm.find_warm_start` picks.
 
-Which trial can a later trial continue? The explorer never runs a measured
-point again (:mod:`caetune.search._explore`: a config's Ne at or below the
-epochs a trial of it ran), so a new trial of a config has a larger Ne than
-every earlier run of it and continues the config's longest-trained trial
-(the oldest among equals). A trial that ran the space's largest Ne is
-continued by none: a resumed run keeps its ``max_epochs``, so no trial asks
-for more. Those longest trials below the largest Ne are the ones a
-``--resume`` with a larger ``--num-samples`` may continue.
+Which trials may a later trial continue? A ``--resume`` with a larger
+``--num-samples`` spends its trials first on ASHA's promotions
+(:func:`caetune.search._explore.promotions`): a config among the best
+``1 / reduction_factor`` at its highest rung, whose trials all stopped
+before the next rung, runs again to the next rung and continues its
+longest-trained trial. Those trials keep their whole ``model.pt``.
 
-After a search that finished, :func:`make_lean` drops the optimizer's
-per-weight state from every other trial's ``model.pt`` (what is left is
-still a checkpoint ``Trainer.load_checkpoint`` reads, to evaluate or export;
-training it further would restart Adam's moments), and deletes Ray's
-``checkpoint_*`` folders that remain under ``tune/``. The study records
-those trials first (:data:`WEIGHTS_ONLY_ATTR`), so that no warm start picks
-one of them, even for a point run again (a start point, or a space whose
-every point is measured): such a trial trains from scratch.
+After a search that finished, :func:`make_lean` keeps
+
+1. the whole ``model.pt`` of each trial a promotion would continue;
+2. the weights alone (optimizer state emptied; ``Trainer.load_checkpoint``
+   still reads it, to evaluate or export; training it further would restart
+   Adam's moments) of the best ``max(top_k, 3)`` complete trials: those the
+   search's report and confirmation take, ``caetune report``'s default 3
+   and ``caetune export``'s 1, also under the ranking an earlier
+   ``confirm.csv`` gives;
+3. no ``model.pt`` of any other finished trial (its ``config.yaml`` and
+   ``metrics.json`` stay, so results, report tables and the study are
+   unchanged): :data:`~caetune._runs.TRIAL_MODEL_DROPPED` takes its place,
+   so that a reader asking for it says why it is gone.
+
+It deletes Ray's ``checkpoint_*`` folders that remain under ``tune/`` too.
+The study records the stripped and the dropped trials first
+(:data:`WEIGHTS_ONLY_ATTR`, :data:`DROPPED_ATTR`), so that no warm start
+picks one of them, even for a point run again (a start point, or a space
+whose every point is measured): such a trial trains from scratch.
 ``--keep-all-state`` (``SearchSettings.keep_all_state``) keeps everything.
 """
 
@@ -33,15 +44,20 @@ from __future__ import annotations
 
 import io
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from caetune.search._attrs import TRIAL_ATTR, WEIGHTS_ONLY_ATTR
-from caetune.search._results import RunFiles, model_path
-from caetune.search._warm import finished_runs
+from caetune._runs import CONFIRM_CSV, MODEL_DROPPED, TRIAL_MODEL_DROPPED, rank_trials
+from caetune.search._attrs import DROPPED_ATTR, TRIAL_ATTR, WEIGHTS_ONLY_ATTR
+from caetune.search._confirm import candidates
+from caetune.search._explore import promotions
+from caetune.search._results import RunFiles, model_path, trial_dir
+from caetune.search._warm import finished_runs, never_continued
 
 TUNE_DIR = "tune"  # Ray Tune's experiment folder in the run folder (RunConfig's name)
+READERS_TOP_K = 3  # caetune report's default K (export's is 1): their models stay
 
 
 @dataclass(frozen=True)
@@ -49,16 +65,20 @@ class LeanOutcome:
     """What :func:`make_lean` did.
 
     Attributes:
-        kept: Trials whose optimizer state stays (a later trial may continue them).
+        whole: Trials whose whole ``model.pt`` stays (a promotion would continue them).
+        weights: Trials whose weights stay, without optimizer state (the best ones).
         stripped: Trials whose ``model.pt`` lost its optimizer state now.
+        dropped: Trials whose ``model.pt`` was deleted now.
         skipped: ``(trial_id, why)`` of the files it could not rewrite (left whole).
-        bytes_before: The rewritten files' size before.
+        bytes_before: The rewritten and deleted files' size before.
         bytes_after: ... and after.
         checkpoints_deleted: Ray ``checkpoint_*`` folders deleted.
     """
 
-    kept: tuple[str, ...]
+    whole: tuple[str, ...]
+    weights: tuple[str, ...]
     stripped: tuple[str, ...]
+    dropped: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...]
     bytes_before: int
     bytes_after: int
@@ -67,12 +87,13 @@ class LeanOutcome:
     def lines(self) -> list[str]:
         """What the search prints about it: what was dropped, and each file left whole."""
         lines = []
-        if self.stripped:
+        if self.stripped or self.dropped:
             saved = (self.bytes_before - self.bytes_after) / 1e6
             lines.append(
-                f"  lean run folder: dropped the optimizer state of {len(self.stripped)} trials "
-                f"({saved:.0f} MB); kept where a later trial may continue: "
-                f"{', '.join(self.kept) or 'none'} (--keep-all-state keeps all)"
+                f"  lean run folder: dropped {len(self.dropped)} models and the optimizer state "
+                f"of {len(self.stripped)} ({saved:.0f} MB); models kept: "
+                f"{', '.join(self.weights) or 'none'}; with optimizer state, for a later "
+                f"promotion: {', '.join(self.whole) or 'none'} (--keep-all-state keeps all)"
             )
         lines += [
             f"  lean run folder: {model_path(trial_id)} left whole: {why}"
@@ -81,80 +102,148 @@ class LeanOutcome:
         return lines
 
 
-def continuable_trials(study: Any, *, max_epochs: int) -> set[str]:
-    """The trials a later trial may continue: per config, the longest-trained below max_epochs.
+def continuable_trials(study: Any, *, rungs: Sequence[int], reduction_factor: float) -> set[str]:
+    """The trials ASHA's promotions would continue: each promoted config's longest-trained trial.
 
     Args:
         study: The search's study (finished trials carry ``trial_id`` and ``epochs_run``).
-        max_epochs: The space's largest Ne.
+        rungs: ASHA's rungs in epochs, ending with the largest Ne.
+        reduction_factor: ASHA's.
     """
+    promoted = promotions(
+        study, rungs=rungs, reduction_factor=reduction_factor, n_epochs_dist=_n_epochs_dist(study)
+    )
+    keys = {key for key, _ in promoted}
     longest: dict[tuple, tuple[int, int, str]] = {}
     for trial, key, epochs in finished_runs(study):
         trial_id = trial.user_attrs.get(TRIAL_ATTR)
-        if trial_id is None or epochs <= 0:
+        if key not in keys or trial_id is None or epochs <= 0:
             continue
         # find_warm_start's order: most epochs first, then the oldest trial.
         rank = (-epochs, trial.number, str(trial_id))
         if key not in longest or rank < longest[key]:
             longest[key] = rank
-    return {trial_id for negative, _, trial_id in longest.values() if -negative < max_epochs}
+    return {trial_id for _, _, trial_id in longest.values()}
 
 
-def weights_only_trials(study: Any) -> frozenset[str]:
-    """The trials whose ``model.pt`` lost its optimizer state: never continued."""
-    return frozenset(study.user_attrs.get(WEIGHTS_ONLY_ATTR) or ())
+def needed_trials(files: RunFiles, results: Any, *, top_k: int, pareto: bool) -> set[str]:
+    """The trials whose models the report, export and confirmation read: the best complete ones.
+
+    The ranking puts the trials the confirmation is about to run first
+    (:func:`~caetune.search._confirm.candidates`); those and the best
+    ``K = max(top_k, 3)`` by the plain ranking hold the first K of the
+    ranking it gives. An earlier ``confirm.csv`` (a resumed run that
+    confirms nothing now) ranks its trials first: its top K stay too.
+
+    Args:
+        files: The run folder.
+        results: ``results.csv`` as a DataFrame.
+        top_k: The search's ``top_k``.
+        pareto: Whether the search confirms the Pareto front.
+    """
+    k = max(top_k, READERS_TOP_K)
+    keep = set(candidates(results, top_k=top_k, pareto=pareto))
+    keep |= {r.trial_id for r in rank_trials(results)[:k]}
+    if files.exists(CONFIRM_CSV):
+        import pandas as pd
+
+        confirm = pd.read_csv(io.BytesIO(files.read_bytes(CONFIRM_CSV)), dtype={"trial_id": str})
+        if {"rank", "trial_id"} <= set(confirm.columns):
+            rows = confirm.sort_values("rank").to_dict("records")
+            keep |= {r.trial_id for r in rank_trials(results, confirm=rows)[:k]}
+    return keep
 
 
 def make_lean(
     study: Any,
     files: RunFiles,
     *,
-    max_epochs: int,
+    results: Any,
+    top_k: int,
+    pareto: bool = False,
+    rungs: Sequence[int] = (),
+    reduction_factor: float = 2.0,
     on_study_change=None,
 ) -> LeanOutcome:
-    """Drops optimizer state no later trial will use, and Ray's leftover checkpoints.
+    """Drops the models and optimizer state no reader or later trial will use.
 
     Call it once the search has finished (no trial running). Each file is
-    rewritten atomically (:meth:`RunFiles.write_bytes`: local or S3); one
-    that cannot be read is left as it is.
+    rewritten atomically or deleted (:class:`RunFiles`: local or S3); one that
+    cannot be read is left as it is.
 
     Args:
         study: The search's study.
         files: The run folder.
-        max_epochs: The space's largest Ne.
+        results: ``results.csv`` as a DataFrame (the ranking).
+        top_k: The search's ``top_k``.
+        pareto: Whether the search confirms the Pareto front.
+        rungs: ASHA's rungs in epochs, ending with the largest Ne (empty: no promotion).
+        reduction_factor: ASHA's.
         on_study_change: Called after the study is written (uploads it on S3).
     """
-    keep = continuable_trials(study, max_epochs=max_epochs)
-    done = weights_only_trials(study)
-    todo = [
+    # A file stripped or dropped before is never continued, whatever a promotion would want.
+    whole = continuable_trials(study, rungs=rungs, reduction_factor=reduction_factor)
+    whole -= never_continued(study)
+    weights = needed_trials(files, results, top_k=top_k, pareto=pareto) - whole
+    stripped_before = set(study.user_attrs.get(WEIGHTS_ONLY_ATTR) or ())
+    dropped_before = set(study.user_attrs.get(DROPPED_ATTR) or ())
+    present = [
         str(trial.user_attrs[TRIAL_ATTR])
         for trial in study.get_trials(deepcopy=False)
         if trial.state.is_finished() and TRIAL_ATTR in trial.user_attrs
     ]
-    todo = [t for t in todo if t not in keep and t not in done and files.exists(model_path(t))]
-    if todo:
+    present = [t for t in present if t not in whole and files.exists(model_path(t))]
+    strip = [t for t in present if t in weights and t not in stripped_before]
+    drop = [t for t in present if t not in weights]
+    if strip or set(drop) - dropped_before:
         # Recorded first: a file half-way through is never a warm start's.
-        study.set_user_attr(WEIGHTS_ONLY_ATTR, sorted(done | set(todo)))
+        study.set_user_attr(WEIGHTS_ONLY_ATTR, sorted(stripped_before | set(strip)))
+        study.set_user_attr(DROPPED_ATTR, sorted(dropped_before | set(drop)))
         if on_study_change is not None:
             on_study_change()
-    stripped, skipped, before, after = [], [], 0, 0
-    for trial_id in todo:
+    stripped: list[str] = []
+    dropped: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    before = after = 0
+    for trial_id in strip + drop:
         try:
-            sizes = _strip_optimizer(files, model_path(trial_id))
+            if trial_id in weights:
+                sizes = _strip_optimizer(files, model_path(trial_id))
+            else:
+                sizes = _drop_model(files, trial_id)
         except Exception as err:  # noqa: BLE001 -- a damaged file stays as it is; the search is done
             skipped.append((trial_id, f"{type(err).__name__}: {err}"))
             continue
-        stripped.append(trial_id)
+        (stripped if trial_id in weights else dropped).append(trial_id)
         before, after = before + sizes[0], after + sizes[1]
-    outcome = LeanOutcome(
-        kept=tuple(sorted(keep)),
+    return LeanOutcome(
+        whole=tuple(sorted(whole)),
+        weights=tuple(sorted(weights)),
         stripped=tuple(stripped),
+        dropped=tuple(dropped),
         skipped=tuple(skipped),
         bytes_before=before,
         bytes_after=after,
         checkpoints_deleted=_delete_ray_checkpoints(files),
     )
-    return outcome
+
+
+def _n_epochs_dist(study: Any) -> Any:
+    """Ne's distribution in the study's trials (``None`` when Ne is not searched)."""
+    for trial in reversed(study.get_trials(deepcopy=False)):
+        if "n_epochs" in trial.distributions:
+            return trial.distributions["n_epochs"]
+    return None
+
+
+def _drop_model(files: RunFiles, trial_id: str) -> tuple[int, int]:
+    """Deletes a trial's ``model.pt``, leaving the note readers explain it with; its sizes."""
+    rel = model_path(trial_id)
+    fs = files.fs()
+    size = fs.get_file_info(files.path(rel)).size or 0
+    files.write_text(f"{trial_dir(trial_id)}/{TRIAL_MODEL_DROPPED}", MODEL_DROPPED + "\n")
+    fs.delete_file(files.path(rel))
+    return size, 0
 
 
 def _strip_optimizer(files: RunFiles, rel: str) -> tuple[int, int]:

@@ -189,7 +189,7 @@ class _Session:
         import ray
 
         from caetune.search._confirm import run_confirm
-        from caetune.search._lean import make_lean, weights_only_trials
+        from caetune.search._lean import make_lean
         from caetune.search._results import ResultsTable, trial_dir
         from caetune.search._searcher import StudySearcher, TrialFactory, resumable_trials
         from caetune.search._trainable import data_payload
@@ -207,11 +207,7 @@ class _Session:
         )
         fs = files.fs()
 
-        weights_only = weights_only_trials(study)  # a lean run folder's: never continued
-
         def saved_model_of(trial_id: str):
-            if trial_id in weights_only:
-                return None
             return _checkpoint_if_exists(fs, files.path(trial_dir(trial_id)), holding=TRIAL_MODEL)
 
         resumable = resumable_trials(
@@ -249,7 +245,14 @@ class _Session:
             return SearchOutcome(files.url, self.name, table.frame(), interrupted=True)
         if not self.settings.keep_all_state:
             lean = make_lean(
-                study, files, max_epochs=self.space.max_epochs(), on_study_change=self.sync.push
+                study,
+                files,
+                results=table.frame(),
+                top_k=values["top_k"],
+                pareto=self.objective.multi,
+                rungs=self.asha.rungs(),
+                reduction_factor=values["reduction_factor"],
+                on_study_change=self.sync.push,
             )
             for line in lean.lines():
                 print(line, file=self.stream)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from caetune.search._attrs import EPOCHS_RUN_ATTR, TRIAL_ATTR
+from caetune.search._attrs import DROPPED_ATTR, EPOCHS_RUN_ATTR, TRIAL_ATTR, WEIGHTS_ONLY_ATTR
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,19 @@ def finished_runs(study):
         yield trial, config_key(trial.params), int(trial.user_attrs.get(EPOCHS_RUN_ATTR) or 0)
 
 
+def never_continued(study) -> frozenset[str]:
+    """The trials a lean run folder left without optimizer state or model (:mod:`._lean`)."""
+    attrs = study.user_attrs
+    return frozenset(attrs.get(WEIGHTS_ONLY_ATTR) or ()) | frozenset(attrs.get(DROPPED_ATTR) or ())
+
+
 def find_warm_start(
     study, params: dict[str, Any], n_epochs: int, *, saved_model_of: Callable[[str], Any]
 ) -> WarmStart | None:
     """The finished trial of the config that ran the most epochs, at most ``n_epochs``, model kept.
+
+    A trial the lean run folder stripped or dropped (:func:`never_continued`)
+    is never picked: its optimizer state is gone, even while its file is not.
 
     Args:
         study: The search's Optuna study (its finished trials carry ``trial_id``, ``epochs_run``).
@@ -80,11 +89,14 @@ def find_warm_start(
         n_epochs: The proposal's Ne.
         saved_model_of: ``trial_id -> Checkpoint | None`` (``None``: no model saved).
     """
-    key = config_key(params)
+    key, gone = config_key(params), never_continued(study)
     candidates = [
         (-epochs, trial.number, trial.user_attrs[TRIAL_ATTR])
         for trial, trial_key, epochs in finished_runs(study)
-        if 0 < epochs <= n_epochs and TRIAL_ATTR in trial.user_attrs and trial_key == key
+        if 0 < epochs <= n_epochs
+        and trial_key == key
+        and TRIAL_ATTR in trial.user_attrs
+        and trial.user_attrs[TRIAL_ATTR] not in gone
     ]
     # Most epochs first, then the oldest trial.
     for negative_epochs, _, trial_id in sorted(candidates):

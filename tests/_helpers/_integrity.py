@@ -2,7 +2,8 @@
 
 Every finished trial's result row (its ``layer3_*``/``layer4_*`` metrics
 included), files and Optuna record are intact and agree, and no trial
-finished before the fault ran again after it.
+finished before the fault ran again after it. A trial whose ``model.pt`` the
+lean run folder dropped (the study records it) has a note in its place.
 """
 
 from __future__ import annotations
@@ -12,9 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from caetune._runs import TRIAL_CONFIG, TRIAL_METRICS, TRIAL_MODEL, TRIALS_DIR
-from caetune._storage import Storage, read_bytes
-from tests._helpers._search import FINISHED, STUDY_STATE, results, study_trials, trial_metrics
+from caetune._runs import (
+    TRIAL_CONFIG,
+    TRIAL_METRICS,
+    TRIAL_MODEL,
+    TRIAL_MODEL_DROPPED,
+    TRIALS_DIR,
+)
+from caetune._storage import Storage, exists, read_bytes
+from tests._helpers._search import (
+    FINISHED,
+    STUDY_STATE,
+    dropped_models,
+    results,
+    study_trials,
+    trial_metrics,
+)
 
 
 def check_integrity(
@@ -49,6 +63,7 @@ def check_integrity(
             f"finished trial {trial['number']} still points at a checkpoint"
         )
 
+    dropped = dropped_models(db)
     data = None
     util_images = int(_yaml(read_bytes(run, "experiment.yaml"))["settings"]["util_images"])
     layer_columns = sorted(c for c in rows.columns if c.startswith(("layer3_", "layer4_")))
@@ -61,6 +76,10 @@ def check_integrity(
             continue
         assert len(metrics["history"]) == metrics["epochs_run"] == row["epochs_run"]
         config = TrainConfig.from_dict(_yaml(read_bytes(run, f"{folder}/{TRIAL_CONFIG}")))
+        if tid in dropped:
+            assert not exists(run, f"{folder}/{TRIAL_MODEL}"), f"{tid}'s dropped model is there"
+            assert exists(run, f"{folder}/{TRIAL_MODEL_DROPPED}"), tid
+            continue
         data = data or load_data(config)  # every trial of a search trains on the same images
         trainer = Trainer(config, data)
         model = (

@@ -185,6 +185,17 @@ def study_trials(db: Path, *, writer_dead: bool = False) -> list[dict]:
     ]
 
 
+def dropped_models(db: Path) -> set[str]:
+    """The trials whose ``model.pt`` the lean run folder deleted, as the study records them."""
+    from caetune.search._attrs import DROPPED_ATTR
+
+    with sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True, timeout=10) as conn:
+        rows = conn.execute(
+            "select value_json from study_user_attributes where key = ?", (DROPPED_ATTR,)
+        ).fetchall()
+    return {trial_id for (value,) in rows for trial_id in json.loads(value)}
+
+
 def safe_study(db: Path) -> list[dict]:
     """:func:`study_trials`, or ``[]`` while the file is missing or mid-write."""
     try:

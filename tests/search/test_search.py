@@ -15,6 +15,7 @@ import signal
 import optuna
 import pandas as pd
 import pytest
+import torch
 import yaml
 from ray.tune import Callback
 
@@ -28,9 +29,13 @@ from caetune._runs import (
     TRIAL_CONFIG,
     TRIAL_METRICS,
     TRIAL_MODEL,
+    TRIAL_MODEL_DROPPED,
     TRIALS_DIR,
+    rank_trials,
 )
+from caetune.models import read_checkpoint
 from caetune.search import SearchSettings, _run, run_search
+from tests._helpers import dropped_models
 
 STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}
 SPACE = {
@@ -168,7 +173,10 @@ def test_search_writes_the_run_layout(finished):
         }
         metrics = (folder / TRIAL_METRICS).read_text()
         assert row["status"] in metrics
-        assert (folder / TRIAL_MODEL).is_file() == (row["status"] != "failed")
+        # Each finished trial's model stays, unless the study records it as dropped (lean).
+        dropped = row["trial_id"] in dropped_models(run / STUDY_FILE)
+        assert (folder / TRIAL_MODEL).is_file() == (row["status"] != "failed" and not dropped)
+        assert (folder / TRIAL_MODEL_DROPPED).is_file() == dropped
     # Tune's checkpoints of finished trials are gone (trials/<id>/model.pt is the record).
     assert not list((run / "tune").glob("*/checkpoint_*"))
     experiment = yaml.safe_load((run / EXPERIMENT_FILE).read_text())
@@ -228,11 +236,12 @@ def test_the_trial_model_reloads(finished):
 
     run = finished["run"]
     results = pd.read_csv(run / RESULTS_CSV).set_index("trial_id")
-    config = TrainConfig.from_yaml(run / TRIALS_DIR / "t0000" / TRIAL_CONFIG)
+    best = rank_trials(results.reset_index())[0].trial_id  # its model stays in a lean run folder
+    config = TrainConfig.from_yaml(run / TRIALS_DIR / best / TRIAL_CONFIG)
     trainer = Trainer(config, load_data(config))
-    trainer.load_checkpoint(run / TRIALS_DIR / "t0000" / TRIAL_MODEL)
-    assert trainer.epoch == results.loc["t0000", "epochs_run"]
-    assert trainer.evaluate() == pytest.approx(results.loc["t0000", "val_mse"], rel=1e-5)
+    trainer.load_checkpoint(run / TRIALS_DIR / best / TRIAL_MODEL)
+    assert trainer.epoch == results.loc[best, "epochs_run"]
+    assert trainer.evaluate() == pytest.approx(results.loc[best, "val_mse"], rel=1e-5)
 
 
 def test_the_best_config_is_confirmed_with_another_seed(finished):
@@ -285,13 +294,25 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_loc
     study = load_study(run)
     finished = {t.user_attrs["trial_id"] for t in study.trials if t.state.is_finished()}
     assert finished and len(finished) < 4
-    kept = {p: p.stat().st_mtime_ns for t in finished for p in (run / TRIALS_DIR / t).iterdir()}
+    files = [p for t in finished for p in (run / TRIALS_DIR / t).iterdir()]
+    kept = {p: p.stat().st_mtime_ns for p in files if p.name != TRIAL_MODEL}
+    # The lean run folder may rewrite a model.pt without its optimizer state, never its weights,
+    # or drop it, as the study records.
+    weights = {p: read_checkpoint(p) for p in files if p.name == TRIAL_MODEL}
 
     second = run_search(chosen, stream=io.StringIO(), out=io.StringIO())
     assert not second.interrupted
     study = load_study(run)
     assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    dropped = dropped_models(run / STUDY_FILE)
+    for path, before in weights.items():
+        if path.parent.name in dropped:
+            assert not path.exists() and (path.parent / TRIAL_MODEL_DROPPED).is_file()
+            continue
+        after = read_checkpoint(path)
+        assert after["epoch"] == before["epoch"]
+        assert all(torch.equal(after["model"][k], v) for k, v in before["model"].items())
     tune_dirs = [p.name.split("-")[0] for p in (run / "tune").iterdir() if p.is_dir()]
     for trial_id in finished:  # each ran in one Tune trial only
         assert tune_dirs.count(trial_id) == 1
