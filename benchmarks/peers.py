@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -130,6 +131,24 @@ def plot(results: dict[str, list[np.ndarray]], table: Table, path: Path) -> None
     plt.close(fig)
 
 
+def _run(name: str, table: Table, rep: int, args) -> np.ndarray:
+    """One rep's events, read from ``--cache`` when an earlier run kept them."""
+    if not args.cache:
+        return METHODS[name](table, rep, budget=args.budget, workers=args.workers)
+    digest = hashlib.sha256(Path(args.table).read_bytes()).hexdigest()[:12]  # a rebuilt table
+    setting = f"{args.objective}_w{args.workers}_b{args.budget}"
+    folder = Path(args.cache) / f"{table.name}-{digest}_{setting}"
+    path = folder / f"{name}_{rep}.npy"
+    if path.exists():
+        return np.load(path)
+    events = METHODS[name](table, rep, budget=args.budget, workers=args.workers)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp.npy")
+    np.save(partial, events)
+    partial.replace(path)  # a kill never leaves half a rep
+    return events
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--table", required=True, help="a build_table.py table (JSON lines)")
@@ -140,6 +159,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget", type=int, default=1000, help="trial-epochs per search")
     parser.add_argument("--objective", choices=("mse", "combined"), default="mse")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
+    parser.add_argument(
+        "--reps-for",
+        action="append",
+        default=[],
+        metavar="METHOD=N",
+        help="another number of reps for one method (the JSON says each method's reps)",
+    )
+    parser.add_argument(
+        "--cache",
+        help="a folder keeping each (method, rep)'s events: a run continues where a killed one "
+        "stopped, and several runs with other --methods share the work",
+    )
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
@@ -152,6 +183,12 @@ def main(argv: list[str] | None = None) -> dict:
             parser.exit(2, f"{flag}: expected an integer >= 1\n")
     if unknown:
         parser.exit(2, f"--methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}\n")
+    reps = dict.fromkeys(methods, args.reps)
+    for item in args.reps_for:
+        name, _, count = item.partition("=")
+        if name not in reps or not count.isdigit() or int(count) < 1:
+            parser.exit(2, f"--reps-for: expected METHOD=N, N >= 1, of a chosen method: {item}\n")
+        reps[name] = int(count)
     try:
         table = Table(args.table, objective=args.objective)
     except (OSError, ValueError, KeyError) as err:
@@ -164,10 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for name in methods:
         start = time.perf_counter()
-        results[name] = [
-            METHODS[name](table, rep, budget=args.budget, workers=args.workers)
-            for rep in range(args.reps)
-        ]
+        results[name] = [_run(name, table, rep, args) for rep in range(reps[name])]
         rows.append(
             {
                 **summarise(name, results[name], table),

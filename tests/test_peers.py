@@ -151,6 +151,24 @@ def test_one_run_writes_the_json_and_the_figure(tmp_path, table):
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
+def test_the_cache_keeps_each_rep_and_a_rerun_reads_it(tmp_path):
+    path = write_table(tmp_path / "tiny.jsonl")
+    argv = ["--table", str(path), "--reps", "2", "--budget", "20", "--workers", "2"]
+    argv += ["--methods", "caetune,random-asha", "--reps-for", "random-asha=1"]
+    argv += ["--cache", str(tmp_path / "cache"), "--json", str(tmp_path / "out.json")]
+    first = peers.main(argv)
+    assert [m["reps"] for m in first["methods"]] == [2, 1]
+    kept = sorted(p.name for p in (tmp_path / "cache").rglob("*.npy"))
+    assert kept == ["caetune_0.npy", "caetune_1.npy", "random-asha_0.npy"]
+    np.save(next((tmp_path / "cache").rglob("random-asha_0.npy")), np.zeros((1, 3)))
+    second = peers.main(argv)  # read back, not recomputed: the doctored rep shows
+    assert (
+        second["methods"][0]["median_epochs_to_5pct"]
+        == first["methods"][0]["median_epochs_to_5pct"]
+    )
+    assert second["methods"][1]["median_epochs_to_5pct"] == 0.0
+
+
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         peers.main(["--table", str(tmp_path / "none.jsonl")])
@@ -158,6 +176,10 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         peers.main(["--table", "x", "--methods", "nope"])
     assert exit_.value.code == 2 and "--methods" in capsys.readouterr().err
+    path = write_table(tmp_path / "tiny.jsonl")
+    with pytest.raises(SystemExit) as exit_:
+        peers.main(["--table", str(path), "--methods", "dehb", "--reps-for", "caetune=2"])
+    assert exit_.value.code == 2 and "--reps-for" in capsys.readouterr().err
 
 
 def test_the_space_sample_covers_every_value():
