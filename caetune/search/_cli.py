@@ -133,8 +133,8 @@ def register(subparsers) -> None:
     where.add_argument(
         "--keep-all-state",
         action="store_true",
-        help="keep every trial's optimizer state in its model.pt (by default a finished search "
-        "keeps it only in the trials a later --resume may continue)",
+        help="keep every trial's whole model.pt (by default a finished search keeps the best "
+        "trials' weights and optimizer state only where a later --resume may continue)",
     )
     track = parser.add_argument_group("experiment tracking")
     track.add_argument(

@@ -57,9 +57,9 @@ class SearchSettings:
         break_lease: Take the run's lease on shared storage even from a live
             owner (``--break-lease``; :mod:`caetune.search._lease`).
         report: Write the analysis report at the end.
-        keep_all_state: Keep every trial's optimizer state (``--keep-all-state``); by
-            default a finished search keeps it only where a later trial may continue it
-            (:mod:`caetune.search._lean`).
+        keep_all_state: Keep every trial's whole ``model.pt`` (``--keep-all-state``); by
+            default a finished search keeps the best trials' weights, and optimizer state
+            only where a later trial may continue it (:mod:`caetune.search._lean`).
         log: Experiment trackers, from ``tensorboard`` and ``mlflow`` (``--log``, repeatable;
             :mod:`caetune.search._tracking`); none by default.
         mlflow_uri: MLflow's tracking URI (default ``sqlite:///RUN/logs/mlflow.db``).
