@@ -13,9 +13,11 @@ import uuid
 
 import pytest
 
+from caetune._runs import TRIAL_MODEL, TRIAL_MODEL_DROPPED
 from caetune._storage import parse_storage, read_bytes
 from tests._helpers import (
     FINISHED,
+    dropped_models,
     results,
     run_search_cli,
     search_env,
@@ -26,7 +28,7 @@ from tests._helpers import (
 from tests.s3server import s3_bucket, s3_env, s3_server  # noqa: F401  (fixtures)
 
 LAYOUT = ("experiment.yaml", "results.csv", "results.parquet", "study.db")
-TRIAL_FILES = ("config.yaml", "metrics.json", "model.pt")
+TRIAL_FILES = ("config.yaml", "metrics.json")  # and model.pt, unless the lean folder dropped it
 
 
 @pytest.mark.slow
@@ -57,8 +59,15 @@ def test_search_on_s3_then_resume_elsewhere(s3_bucket, s3_env, tmp_path):
 
     keys = s3_env.keys(s3_bucket)
     files = {k for k in keys if not k.endswith("/")}
+    first_study = tmp_path / "first-from-s3.db"
+    first_study.write_bytes(read_bytes(run, "study.db"))
+    dropped = dropped_models(first_study)
     expected = {f"team/runs/exp/{name}" for name in LAYOUT} | {
         f"team/runs/exp/trials/t{i:04d}/{name}" for i in range(3) for name in TRIAL_FILES
+    }
+    expected |= {
+        f"team/runs/exp/trials/{tid}/{TRIAL_MODEL_DROPPED if tid in dropped else TRIAL_MODEL}"
+        for tid in (f"t{i:04d}" for i in range(3))
     }
     assert expected <= files, sorted(expected - files)
     assert all(k.startswith("team/runs/exp/") for k in files), files  # beside folder markers
