@@ -176,14 +176,29 @@ def read_confirm(run: Path) -> list[dict[str, Any]]:
     Raises:
         InputError: The file is there but unreadable, or lacks ``rank``/``trial_id``.
     """
-    import pandas as pd
-
     path = run / CONFIRM_CSV
     if not path.is_file():
         return []
     try:
-        confirm = pd.read_csv(path, dtype={"trial_id": str, "seeds": str})
-    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise InputError("RUN", f"cannot read {CONFIRM_CSV}: {first_line(err)}") from None
+    return confirm_rows(raw)
+
+
+def confirm_rows(raw: bytes) -> list[dict[str, Any]]:
+    """The rows of a ``confirm.csv`` given as bytes (local or on S3), by rank.
+
+    Raises:
+        InputError: It is not a CSV, or lacks ``rank``/``trial_id``.
+    """
+    import io
+
+    import pandas as pd
+
+    try:
+        confirm = pd.read_csv(io.BytesIO(raw), dtype={"trial_id": str, "seeds": str})
+    except (ValueError, pd.errors.ParserError) as err:
         raise InputError("RUN", f"cannot read {CONFIRM_CSV}: {first_line(err)}") from None
     if not {"rank", "trial_id"} <= set(confirm.columns):
         raise InputError("RUN", f"{CONFIRM_CSV} lacks the columns rank and trial_id")

@@ -49,12 +49,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from caetune._runs import CONFIRM_CSV, MODEL_DROPPED, TRIAL_MODEL_DROPPED, rank_trials
+from caetune._errors import InputError
+from caetune._runs import CONFIRM_CSV, MODEL_DROPPED, TRIAL_MODEL_DROPPED, confirm_rows, rank_trials
 from caetune.search._attrs import DROPPED_ATTR, TRIAL_ATTR, WEIGHTS_ONLY_ATTR
 from caetune.search._confirm import candidates
 from caetune.search._explore import promotions
 from caetune.search._results import RunFiles, model_path, trial_dir
-from caetune.search._warm import finished_runs, never_continued
+from caetune.search._warm import continuation_order, never_continued
 
 TUNE_DIR = "tune"  # Ray Tune's experiment folder in the run folder (RunConfig's name)
 READERS_TOP_K = 3  # caetune report's default K (export's is 1): their models stay
@@ -102,28 +103,22 @@ class LeanOutcome:
         return lines
 
 
-def continuable_trials(study: Any, *, rungs: Sequence[int], reduction_factor: float) -> set[str]:
+def continuable_trials(
+    study: Any, *, rungs: Sequence[int], reduction_factor: float, n_epochs_dist: Any
+) -> set[str]:
     """The trials ASHA's promotions would continue: each promoted config's longest-trained trial.
 
     Args:
         study: The search's study (finished trials carry ``trial_id`` and ``epochs_run``).
         rungs: ASHA's rungs in epochs, ending with the largest Ne.
         reduction_factor: ASHA's.
+        n_epochs_dist: Ne's distribution in the space (``None``: Ne is fixed, no promotion).
     """
     promoted = promotions(
-        study, rungs=rungs, reduction_factor=reduction_factor, n_epochs_dist=_n_epochs_dist(study)
+        study, rungs=rungs, reduction_factor=reduction_factor, n_epochs_dist=n_epochs_dist
     )
-    keys = {key for key, _ in promoted}
-    longest: dict[tuple, tuple[int, int, str]] = {}
-    for trial, key, epochs in finished_runs(study):
-        trial_id = trial.user_attrs.get(TRIAL_ATTR)
-        if key not in keys or trial_id is None or epochs <= 0:
-            continue
-        # find_warm_start's order: most epochs first, then the oldest trial.
-        rank = (-epochs, trial.number, str(trial_id))
-        if key not in longest or rank < longest[key]:
-            longest[key] = rank
-    return {trial_id for _, _, trial_id in longest.values()}
+    order = continuation_order(study)  # find_warm_start's: the first is the one continued
+    return {order[key][0][1] for key, _ in promoted if key in order}
 
 
 def needed_trials(files: RunFiles, results: Any, *, top_k: int, pareto: bool) -> set[str]:
@@ -145,12 +140,11 @@ def needed_trials(files: RunFiles, results: Any, *, top_k: int, pareto: bool) ->
     keep = set(candidates(results, top_k=top_k, pareto=pareto))
     keep |= {r.trial_id for r in rank_trials(results)[:k]}
     if files.exists(CONFIRM_CSV):
-        import pandas as pd
-
-        confirm = pd.read_csv(io.BytesIO(files.read_bytes(CONFIRM_CSV)), dtype={"trial_id": str})
-        if {"rank", "trial_id"} <= set(confirm.columns):
-            rows = confirm.sort_values("rank").to_dict("records")
-            keep |= {r.trial_id for r in rank_trials(results, confirm=rows)[:k]}
+        try:
+            rows = confirm_rows(files.read_bytes(CONFIRM_CSV))
+        except InputError:
+            rows = []  # a damaged confirm.csv ranks nothing; the readers refuse it themselves
+        keep |= {r.trial_id for r in rank_trials(results, confirm=rows)[:k]}
     return keep
 
 
@@ -163,6 +157,7 @@ def make_lean(
     pareto: bool = False,
     rungs: Sequence[int] = (),
     reduction_factor: float = 2.0,
+    n_epochs_dist: Any = None,
     on_study_change=None,
 ) -> LeanOutcome:
     """Drops the models and optimizer state no reader or later trial will use.
@@ -179,10 +174,13 @@ def make_lean(
         pareto: Whether the search confirms the Pareto front.
         rungs: ASHA's rungs in epochs, ending with the largest Ne (empty: no promotion).
         reduction_factor: ASHA's.
+        n_epochs_dist: Ne's distribution in the space (``None``: Ne is fixed, no promotion).
         on_study_change: Called after the study is written (uploads it on S3).
     """
     # A file stripped or dropped before is never continued, whatever a promotion would want.
-    whole = continuable_trials(study, rungs=rungs, reduction_factor=reduction_factor)
+    whole = continuable_trials(
+        study, rungs=rungs, reduction_factor=reduction_factor, n_epochs_dist=n_epochs_dist
+    )
     whole -= never_continued(study)
     weights = needed_trials(files, results, top_k=top_k, pareto=pareto) - whole
     stripped_before = set(study.user_attrs.get(WEIGHTS_ONLY_ATTR) or ())
@@ -226,14 +224,6 @@ def make_lean(
         bytes_after=after,
         checkpoints_deleted=_delete_ray_checkpoints(files),
     )
-
-
-def _n_epochs_dist(study: Any) -> Any:
-    """Ne's distribution in the study's trials (``None`` when Ne is not searched)."""
-    for trial in reversed(study.get_trials(deepcopy=False)):
-        if "n_epochs" in trial.distributions:
-            return trial.distributions["n_epochs"]
-    return None
 
 
 def _drop_model(files: RunFiles, trial_id: str) -> tuple[int, int]:

@@ -252,6 +252,7 @@ class _Session:
                 pareto=self.objective.multi,
                 rungs=self.asha.rungs(),
                 reduction_factor=values["reduction_factor"],
+                n_epochs_dist=self.space.distributions().get("n_epochs"),
                 on_study_change=self.sync.push,
             )
             for line in lean.lines():

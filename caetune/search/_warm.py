@@ -75,6 +75,23 @@ def never_continued(study) -> frozenset[str]:
     return frozenset(attrs.get(WEIGHTS_ONLY_ATTR) or ()) | frozenset(attrs.get(DROPPED_ATTR) or ())
 
 
+def continuation_order(study) -> dict[tuple, list[tuple[int, str]]]:
+    """Each config's finished trials with a model, in the order a continuation prefers them.
+
+    ``config_key -> [(epochs_run, trial_id), ...]``: most epochs first, then
+    the oldest trial (the one the study numbered first).
+    """
+    ranked = sorted(
+        (-epochs, trial.number, key, str(trial.user_attrs[TRIAL_ATTR]))
+        for trial, key, epochs in finished_runs(study)
+        if epochs > 0 and TRIAL_ATTR in trial.user_attrs
+    )
+    order: dict[tuple, list[tuple[int, str]]] = {}
+    for negative_epochs, _, key, trial_id in ranked:
+        order.setdefault(key, []).append((-negative_epochs, trial_id))
+    return order
+
+
 def find_warm_start(
     study, params: dict[str, Any], n_epochs: int, *, saved_model_of: Callable[[str], Any]
 ) -> WarmStart | None:
@@ -89,18 +106,11 @@ def find_warm_start(
         n_epochs: The proposal's Ne.
         saved_model_of: ``trial_id -> Checkpoint | None`` (``None``: no model saved).
     """
-    key, gone = config_key(params), never_continued(study)
-    candidates = [
-        (-epochs, trial.number, trial.user_attrs[TRIAL_ATTR])
-        for trial, trial_key, epochs in finished_runs(study)
-        if 0 < epochs <= n_epochs
-        and trial_key == key
-        and TRIAL_ATTR in trial.user_attrs
-        and trial.user_attrs[TRIAL_ATTR] not in gone
-    ]
-    # Most epochs first, then the oldest trial.
-    for negative_epochs, _, trial_id in sorted(candidates):
+    gone = never_continued(study)
+    for epochs, trial_id in continuation_order(study).get(config_key(params), []):
+        if epochs > n_epochs or trial_id in gone:
+            continue
         checkpoint = saved_model_of(trial_id)
         if checkpoint is not None:
-            return WarmStart(trial_id, -negative_epochs, checkpoint)
+            return WarmStart(trial_id, epochs, checkpoint)
     return None

@@ -306,6 +306,7 @@ def test_make_lean_keeps_what_is_read_and_records_it_first(where, tmp_path, requ
             top_k=1,
             rungs=(1, 3),
             reduction_factor=3,
+            n_epochs_dist=optuna.distributions.IntDistribution(1, 3),
             on_study_change=lambda: pushed.append(1),
         )
 
