@@ -121,6 +121,7 @@ def train_grid(space_path: Path, args, grid_seed: int) -> dict:
     import torch
 
     from caetune.models import Trainer
+    from caetune.models._precision import SCREENING
     from caetune.search._objective import Objective
     from caetune.search._run import _load_data
     from caetune.search._space import load_space
@@ -134,7 +135,9 @@ def train_grid(space_path: Path, args, grid_seed: int) -> dict:
     for n_neurons in N_NEURONS:
         for n_maps in N_MAPS:
             params = {"n_neurons": n_neurons, "n_maps": n_maps, "n_epochs": args.max_epochs}
-            trainer = Trainer(space.train_config(params, seed=grid_seed, device="cpu"), data)
+            config = space.train_config(params, seed=grid_seed, device="cpu")
+            # As a search trial: `precision: auto` is bf16 for screening where the CPU has it.
+            trainer = Trainer(config, data, use=SCREENING)
             per_epoch, t0 = [], time.perf_counter()
             while trainer.epoch < args.max_epochs:
                 trainer.run_epoch()

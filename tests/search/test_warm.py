@@ -16,6 +16,7 @@ import yaml
 
 from caetune._runs import RESULTS_CSV, STUDY_FILE, TRIAL_MODEL, TRIALS_DIR
 from caetune.models import Trainer, load_data, read_checkpoint
+from caetune.models._precision import SCREENING
 from caetune.search import SearchSettings, run_search
 from caetune.search._attrs import WARM_ATTR, WARM_EPOCHS_ATTR
 from caetune.search._objective import Objective
@@ -66,7 +67,8 @@ def scratch(n_epochs: int) -> dict:
     space = space_from_dict(SPACE, name="warm", source="test")
     config = space.train_config({"n_epochs": n_epochs}, seed=0, device="cpu")
     torch.set_num_threads(1)  # as a trial with one CPU
-    trainer = Trainer(config, load_data(config))
+    # As a search trial: `precision: auto` is bf16 for screening where the CPU has it natively.
+    trainer = Trainer(config, load_data(config), use=SCREENING)
     trainer.fit()
     metrics = epoch_metrics(trainer, Objective("combined"), util_images=UTIL_IMAGES)
     return {"objective": metrics["objective"], "state": trainer.model.state_dict()}
