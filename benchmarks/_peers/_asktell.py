@@ -31,7 +31,8 @@ class Caetune:
 
     As :mod:`caetune.search` runs it: Ne is searched (1..the table's epochs);
     a proposal of a config a finished trial trained continues that trial's
-    model (and its seed) up to the new Ne.
+    model (and its seed) up to the new Ne. ``ne_budget``: Ne is not searched
+    but fixed at the table's epochs, ASHA's budget (a space with a fixed Ne).
     """
 
     def __init__(
@@ -41,41 +42,39 @@ class Caetune:
         *,
         explore: bool = True,
         promote: bool = True,
+        ne_budget: bool = False,
+        neighbours: bool = False,
         num_samples: int = 200,
     ):
         from caetune.search._asha import AshaSettings
         from caetune.search._defaults import DEFAULTS
-        from caetune.search._explore import ExploringSampler
-        from caetune.search._searcher import default_startup_trials
+        from caetune.search._searcher import default_startup_trials, search_sampler
 
         self.table, self.rng = table, np.random.default_rng(seed)
-        self.space = {**_space(table), "n_epochs": IntDistribution(1, table.n_epochs)}
+        self.space = _space(table)
+        if not ne_budget:
+            self.space["n_epochs"] = IntDistribution(1, table.n_epochs)
         asha = AshaSettings(
             grace_period=DEFAULTS["grace_period"],
             reduction_factor=DEFAULTS["reduction_factor"],
             max_t=table.n_epochs,
         )
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
+        sampler = search_sampler(
             seed=seed,
-            multivariate=True,
-            constant_liar=True,
             n_startup_trials=default_startup_trials(num_samples),
+            n_epochs_of=(lambda p: p.get("n_epochs", table.n_epochs)) if explore else None,
+            rungs=asha.rungs() if promote else (),
+            reduction_factor=asha.reduction_factor,
+            neighbours=neighbours,
         )
-        if explore:
-            sampler = ExploringSampler(
-                sampler,
-                n_epochs_of=lambda p: p["n_epochs"],
-                seed=seed,
-                rungs=asha.rungs() if promote else (),
-                reduction_factor=asha.reduction_factor,
-            )
         self.study = optuna.create_study(sampler=sampler)
         self.bracket = asha.scheduler(metric="objective")._brackets[0]  # the one Ray's ASHA uses
         self.finished: dict[int, list[tuple[int, int]]] = {}  # config -> (epochs, seed) of its runs
 
     def start(self) -> Run:
         ask = self.study.ask(self.space)
-        config, n_epochs = self.table.index(ask.params), ask.params["n_epochs"]
+        config = self.table.index(ask.params)
+        n_epochs = ask.params.get("n_epochs", self.table.n_epochs)
         warm = max((r for r in self.finished.get(config, []) if r[0] <= n_epochs), default=None)
         if warm is None:
             return Run(config, self.table.draw_seed(config, self.rng), n_epochs, 0, ask)

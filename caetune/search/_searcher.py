@@ -76,6 +76,39 @@ def default_startup_trials(num_samples: int) -> int:
     return max(3, min(10, num_samples // 3))
 
 
+def search_sampler(
+    *,
+    seed: int,
+    n_startup_trials: int,
+    n_epochs_of: Callable[[dict[str, Any]], int] | None = None,
+    rungs: tuple[int, ...] = (),
+    reduction_factor: float = 2.0,
+    neighbours: bool = False,
+):
+    """The search's sampler: seeded multivariate TPE with the constant liar, maybe explored.
+
+    Given ``n_epochs_of``, it is wrapped in an
+    :class:`~caetune.search._explore.ExploringSampler` (see :func:`open_study`;
+    ``neighbours`` is its option). ``benchmarks/peers.py`` builds caetune's
+    search from this same function.
+    """
+    import optuna
+
+    sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, constant_liar=True, n_startup_trials=n_startup_trials
+    )
+    if n_epochs_of is None:
+        return sampler
+    return ExploringSampler(
+        sampler,
+        n_epochs_of=n_epochs_of,
+        seed=seed,
+        rungs=rungs,
+        reduction_factor=reduction_factor,
+        neighbours=neighbours,
+    )
+
+
 def open_study(
     url: str,
     *,
@@ -104,17 +137,13 @@ def open_study(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, constant_liar=True, n_startup_trials=n_startup_trials
+    sampler = search_sampler(
+        seed=seed,
+        n_startup_trials=n_startup_trials,
+        n_epochs_of=n_epochs_of,
+        rungs=rungs,
+        reduction_factor=reduction_factor,
     )
-    if n_epochs_of is not None:
-        sampler = ExploringSampler(
-            sampler,
-            n_epochs_of=n_epochs_of,
-            seed=seed,
-            rungs=rungs,
-            reduction_factor=reduction_factor,
-        )
     try:
         storage = optuna.storages.RDBStorage(url)
     except Exception as err:  # noqa: BLE001 -- SQLAlchemy raises many kinds

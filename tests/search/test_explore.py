@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import TrialState, create_trial
 
-from caetune.search._explore import ExploringSampler, _more_epochs, epochs_measured
+from caetune.search._explore import ExploringSampler, _more_epochs, _neighbours, epochs_measured
 
 SPACE = {"n_maps": CategoricalDistribution([8, 16]), "n_epochs": IntDistribution(1, 4)}
 
@@ -240,3 +240,59 @@ def test_without_rungs_or_with_several_objectives_nothing_is_promoted():
 def test_a_reduction_factor_of_one_is_refused():
     with pytest.raises(ValueError, match="reduction_factor"):
         ExploringSampler(Proposes({}), n_epochs_of=lambda p: 1, seed=0, reduction_factor=1.0)
+
+
+NEAR = {
+    "n_maps": CategoricalDistribution([8, 16, 24]),
+    "lr": CategoricalDistribution([1e-4, 1e-3, 1e-2]),
+}
+
+
+def measured_study(sampler, *points: dict, space: dict = NEAR):
+    study = optuna.create_study(sampler=sampler)
+    for params in points:
+        study.add_trial(
+            create_trial(
+                params=params,
+                distributions=space,
+                value=0.1,
+                intermediate_values={1: 0.1},
+                user_attrs={"epochs_run": 1},
+            )
+        )
+    return study
+
+
+def test_a_measured_proposal_goes_to_an_unmeasured_neighbour():
+    # Nm=16, lr=1e-3 is measured; of its four neighbours, three are measured too.
+    sampler = ExploringSampler(
+        Proposes({"n_maps": 16, "lr": 1e-3}, NEAR), n_epochs_of=lambda p: 1, seed=0, neighbours=True
+    )
+    study = measured_study(
+        sampler,
+        {"n_maps": 16, "lr": 1e-3},
+        {"n_maps": 8, "lr": 1e-3},
+        {"n_maps": 24, "lr": 1e-3},
+        {"n_maps": 16, "lr": 1e-4},
+    )
+    assert study.ask(NEAR).params == {"n_maps": 16, "lr": 1e-2}
+    assert sampler.explored == 1
+
+
+def test_neighbours_step_along_one_param_and_never_along_ne():
+    space = {
+        "n_neurons": IntDistribution(40, 4096, log=True),
+        "lr": FloatDistribution(1e-4, 1e-2, log=True),
+        "n_maps": IntDistribution(8, 64, step=8),
+        "model": CategoricalDistribution(["model1", "model2"]),
+        "n_epochs": IntDistribution(1, 20),
+    }
+    params = {"n_neurons": 40, "lr": 1e-3, "n_maps": 32, "model": "model1", "n_epochs": 5}
+    near = _neighbours(params, space)
+    assert all(p["n_epochs"] == 5 for p in near)
+    assert all(sum(p[k] != params[k] for k in params) == 1 for p in near)
+    changed = {k: sorted(p[k] for p in near if p[k] != params[k]) for k in params}
+    assert changed["n_neurons"] == [71]  # 40 * (4096 / 40) ** (1 / 8); none below the low end
+    assert changed["lr"] == pytest.approx([1e-3 / 10**0.25, 1e-3 * 10**0.25])
+    assert changed["n_maps"] == [24, 40]  # 32 -+ 7, on the step of 8
+    assert changed["model"] == ["model2"] and changed["n_epochs"] == []
