@@ -44,8 +44,10 @@ def storage_url(request, tmp_path):
 @pytest.mark.timeout(600)
 def test_sigkill_then_resume_runs_each_trial_once(storage_url, tmp_path):
     num_samples = 4
+    # 600 images, as the trial fault tests wait for the same moment (a checkpointed trial with two
+    # epochs to go): two epochs leave the kill time enough.
     search = fault_search(
-        tmp_path, storage_url, seed=3, num_samples=num_samples, subset=1500, epochs=(4, 5)
+        tmp_path, storage_url, seed=3, num_samples=num_samples, subset=600, epochs=(4, 5)
     )
     run, db = search.run, search.db
     search.kill_at(lambda proc, log: _wait_for_finished_and_checkpointed(proc, db, log))
