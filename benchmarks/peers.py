@@ -49,15 +49,10 @@ def _loop(make) -> Runner:
 
 METHODS: dict[str, Runner] = {
     "caetune": _loop(Caetune),
+    "caetune-no-neighbours": _loop(lambda t, s: Caetune(t, s, neighbours=False)),
+    "caetune-no-promote": _loop(lambda t, s: Caetune(t, s, promote=False)),
     "caetune-no-explore": _loop(lambda t, s: Caetune(t, s, explore=False)),
     "caetune-ne-budget": _loop(lambda t, s: Caetune(t, s, ne_budget=True)),
-    "caetune-neighbours": _loop(lambda t, s: Caetune(t, s, neighbours=True)),
-    "caetune-neighbours-no-promote": _loop(
-        lambda t, s: Caetune(t, s, neighbours=True, promote=False)
-    ),
-    "caetune-ne-budget-neighbours": _loop(
-        lambda t, s: Caetune(t, s, ne_budget=True, neighbours=True)
-    ),
     "optuna-tpe-hyperband": _loop(lambda t, s: OptunaPruned(t, s, pruner="hyperband")),
     "optuna-tpe-sha": _loop(lambda t, s: OptunaPruned(t, s, pruner="sha")),
     "random-asha": _loop(RandomAsha),

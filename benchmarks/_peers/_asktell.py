@@ -43,7 +43,7 @@ class Caetune:
         explore: bool = True,
         promote: bool = True,
         ne_budget: bool = False,
-        neighbours: bool = False,
+        neighbours: bool = True,
         num_samples: int = 200,
     ):
         from caetune.search._asha import AshaSettings

@@ -24,12 +24,14 @@ proposes such a point, the trial goes instead, in this order, to
    happens to propose it;
 2. **the proposed config's next epoch** (one more than the most any of its
    trials ran; ASHA judges it at its rung), unless a trial is training it;
-3. with ``neighbours``, **a neighbour** of the proposal: one step along one
-   param (the adjacent choice, or an eighth of a numeric range), neither
-   measured nor in training, drawn with the study's seed. TPE keeps
+3. **a neighbour** of the proposal (``neighbours``, on by default): one step
+   along one param (the adjacent choice, or an eighth of a numeric range),
+   neither measured nor in training, drawn with the study's seed. TPE keeps
    proposing the good configs it has measured; the better ones are usually
    next to them (on the mnist10k table of ``benchmarks/peers.py`` the best
-   config is one step from the next three);
+   config is one step from the next three, and this step took the search
+   from 60% to 90% of repetitions finding it, README *caetune against its
+   peers*);
 4. **a random point** that is neither measured nor in training, drawn with
    the study's seed.
 
@@ -70,7 +72,8 @@ class ExploringSampler(BaseSampler):
             (:meth:`~caetune.search._asha.AshaSettings.rungs`); empty: no promotions.
         reduction_factor: ASHA's: the best ``1 / reduction_factor`` of a
             rung's configs are promoted.
-        neighbours: Before the random point, a neighbour of the proposal (step 3).
+        neighbours: Before the random point, a neighbour of the proposal (step 3);
+            ``False`` skips that step.
     """
 
     def __init__(
@@ -81,7 +84,7 @@ class ExploringSampler(BaseSampler):
         seed: int | None,
         rungs: Sequence[int] = (),
         reduction_factor: float = 2.0,
-        neighbours: bool = False,
+        neighbours: bool = True,
     ):
         if reduction_factor <= 1:
             raise ValueError(f"reduction_factor must be > 1, got {reduction_factor}")

@@ -83,7 +83,7 @@ def search_sampler(
     n_epochs_of: Callable[[dict[str, Any]], int] | None = None,
     rungs: tuple[int, ...] = (),
     reduction_factor: float = 2.0,
-    neighbours: bool = False,
+    neighbours: bool = True,
 ):
     """The search's sampler: seeded multivariate TPE with the constant liar, maybe explored.
 
