@@ -36,7 +36,15 @@ def test_during_a_fit_the_signal_is_noted_and_reaches_tunes_handler():
         assert caught == [signal.SIGUSR1]
 
 
-def test_a_second_ctrl_c_raises_keyboard_interrupt():
+@pytest.fixture
+def python_sigint():
+    """Python's own Ctrl-C handler for the test: an earlier test's Tuner may have left Tune's."""
+    found = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, found)
+
+
+def test_a_second_ctrl_c_raises_keyboard_interrupt(python_sigint):
     with StopSignals() as signals:
         send(signal.SIGINT)
         assert signals.received
