@@ -127,8 +127,8 @@ def open_study(
     Given ``n_epochs_of`` (``params -> Ne``), a proposal the search has already
     measured, or of a config a running trial is training, becomes an ASHA
     promotion (``rungs``, ``reduction_factor``: ASHA's, see
-    :meth:`~caetune.search._asha.AshaSettings.rungs`), that config's next epoch, or
-    an unmeasured point (:mod:`caetune.search._explore`).
+    :meth:`~caetune.search._asha.AshaSettings.rungs`), that config's next epoch, an
+    unmeasured neighbour, or an unmeasured point (:mod:`caetune.search._explore`).
 
     Raises:
         InputError: The storage cannot be opened, or holds a study of that
