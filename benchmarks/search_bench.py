@@ -369,7 +369,7 @@ def measure(args, workdir: Path) -> dict:
     import ray
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     ray_startup = time.perf_counter() - t0
     try:
         runs = {}

@@ -66,7 +66,7 @@ def run_ray(table, seed: int, *, method: str, budget: int, workers: int) -> np.n
     from benchmarks._peers._asktell import config_space
 
     if not ray.is_initialized():
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     results: list[tuple[str, int, int, int]] = []  # (trial, config, seed, epoch), as they came
 
     class Record(tune.Callback):

@@ -56,8 +56,10 @@ def connect_ray(address: str | None) -> bool:
         bind_local_ray_to_loopback()  # a local Ray listens on 127.0.0.1 only
     try:
         # Ray's console warnings would interleave with the progress lines; its logs keep them.
+        # "local", not None: a bare ray.init() joins the cluster that `ray start` (or
+        # ray.cluster_utils) last recorded on this machine, even a gone one, and hangs on it.
         ray.init(
-            address=target,
+            address=target or "local",
             include_dashboard=False,
             logging_level=logging.ERROR,
             log_to_driver=False,

@@ -8,9 +8,11 @@ S3 cases run in a subprocess, where no Ray is up yet and the environment
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -153,6 +155,26 @@ def test_more_gpus_than_the_local_ray_has(tmp_path):
         "caetune search: error: --gpus-per-trial: a trial needs 64 GPU, the Ray cluster has 0"
     ]
     assert not storage.exists()
+
+
+def test_a_cluster_left_on_the_machine_is_not_joined(tmp_path):
+    # `ray start` and ray.cluster_utils.Cluster record their cluster in RAY_TMPDIR/ray; a bare
+    # ray.init() joins it, even once it is gone. A search given no cluster starts its own: here it
+    # reaches the GPU check of its own local Ray instead of failing to join a closed port.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="cts", dir="/tmp"))  # Ray's socket paths stay short
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{closed_port()}")
+    space = write(tmp_path / "tiny.yaml", TINY)
+    try:
+        done = subprocess_search(
+            ["--space", space, "--run-root", str(tmp_path / "runs"), "--gpus-per-trial", "64"],
+            {"CUDA_VISIBLE_DEVICES": "", "RAY_TMPDIR": str(ray_tmp)},
+            tmp_path,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 2, done.stderr
+    assert "a trial needs 64 GPU, the Ray cluster has 0" in done.stderr, done.stderr
 
 
 def test_unreachable_s3_storage(tmp_path):
