@@ -35,8 +35,11 @@ $(PEERS): $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/caetune search --name demo
 
+# Two pytest-xdist workers: most tests wait on subprocesses (a search's Ray starting and stopping),
+# so two at once use the two cores. Each takes whole files (module fixtures set up once), in
+# collection order (tests/conftest.py puts the slow ones first).
 test: $(PEERS)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # Lint, format and types (configured in pyproject.toml); .ci/run runs it before the tests.
 lint: $(STAMP)

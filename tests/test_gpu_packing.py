@@ -23,7 +23,7 @@ def test_a_quarter_gpu_per_trial_runs_four_trials_on_one_gpu(tmp_path):
     command = [
         sys.executable, str(SCRIPT), "--device", "cpu", "--declared-gpus", "1", "--num-cpus", "2",
         # Trials long enough (about 10 s, four on 2 CPUs) for all four to start before one ends.
-        "--trials", "5", "--per-gpu", "1", "4", "--cpus-per-trial", "0.5",
+        "--trials", "4", "--per-gpu", "1", "4", "--cpus-per-trial", "0.5",
         "--n-neurons", "640", "--n-maps", "16", "--n-epochs", "4", "--subset", "2000",
         "--util-images", "32", "--workdir", str(tmp_path / "work"), "--json", str(out),
     ]  # fmt: skip
@@ -32,7 +32,7 @@ def test_a_quarter_gpu_per_trial_runs_four_trials_on_one_gpu(tmp_path):
     one, four = json.loads(out.read_text())["runs"]
     assert (one["per_gpu"], one["gpus_per_trial"]) == (1, 1.0)
     assert (four["per_gpu"], four["gpus_per_trial"]) == (4, 0.25)
-    assert one["complete"] == four["complete"] == 5
+    assert one["complete"] == four["complete"] == 4
     # The CPUs (0.5 per trial) allow four at once in both: the GPU one whole, or four quarters.
     assert one["peak_in_flight"] == 1
     assert four["peak_in_flight"] == 4
