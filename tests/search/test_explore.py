@@ -38,10 +38,11 @@ def study_with(
     n_epochs_of=lambda p: p["n_epochs"],
     space=SPACE,
     curve=lambda params, epoch: 0.1,
+    seed=0,
     **options,
 ):
     sampler = ExploringSampler(
-        Proposes(proposes, space), n_epochs_of=n_epochs_of, seed=0, **options
+        Proposes(proposes, space), n_epochs_of=n_epochs_of, seed=seed, **options
     )
     study = optuna.create_study(sampler=sampler)
     for params, state, ran in finished:
@@ -296,3 +297,39 @@ def test_neighbours_step_along_one_param_and_never_along_ne():
     assert changed["lr"] == pytest.approx([1e-3 / 10**0.25, 1e-3 * 10**0.25])
     assert changed["n_maps"] == [24, 40]  # 32 -+ 7, on the step of 8
     assert changed["model"] == ["model2"] and changed["n_epochs"] == []
+
+
+NEAR_NE = {**NEAR, "n_epochs": IntDistribution(1, 4)}
+PROPOSAL = {"n_maps": 16, "lr": 1e-3, "n_epochs": 4}
+STOPPED = [{"n_maps": 8, "lr": 1e-3}, {"n_maps": 24, "lr": 1e-3}, {"n_maps": 16, "lr": 1e-4}]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_neighbour_step_passes_over_configs_asha_stopped(seed):
+    # Three of the proposal's four neighbours ran one epoch and were stopped: not measured at
+    # Ne=4, but trained. Only the fourth, never trained, is a step to take.
+    study, _ = study_with(
+        (PROPOSAL, TrialState.COMPLETE, 4),
+        *[({**p, "n_epochs": 4}, TrialState.PRUNED, 1) for p in STOPPED],
+        proposes=PROPOSAL,
+        space=NEAR_NE,
+        seed=seed,
+    )
+    assert study.ask(NEAR_NE).params == {"n_maps": 16, "lr": 1e-2, "n_epochs": 4}
+
+
+def test_once_every_config_was_trained_a_stopped_one_is_taken():
+    others = [{"n_maps": m, "lr": lr} for m in (8, 16, 24) for lr in (1e-4, 1e-3, 1e-2)]
+    study, sampler = study_with(
+        (PROPOSAL, TrialState.COMPLETE, 4),
+        *[
+            ({**p, "n_epochs": 4}, TrialState.PRUNED, 1)
+            for p in others
+            if p["n_maps"] != 16 or p["lr"] != 1e-3
+        ],
+        proposes=PROPOSAL,
+        space=NEAR_NE,
+    )
+    params = study.ask(NEAR_NE).params
+    assert params["n_epochs"] == 4 and (params["n_maps"], params["lr"]) != (16, 1e-3)
+    assert sampler.explored == 1
