@@ -128,15 +128,15 @@ class ExploringSampler(BaseSampler):
         if key not in training and more is not None:
             self.explored += 1
             return {**params, "n_epochs": more}
-        trained = lambda p: config_key(p) in ran  # noqa: E731
-        for passed_over in (trained, measured):
-            point = self._new_point(
-                study,
-                trial,
-                params,
-                search_space,
-                usable=lambda p, skip=passed_over: config_key(p) not in training and not skip(p),
-            )
+
+        def untrained(p: dict[str, Any]) -> bool:
+            return config_key(p) not in training and config_key(p) not in ran
+
+        def unmeasured(p: dict[str, Any]) -> bool:
+            return config_key(p) not in training and not measured(p)
+
+        for usable in (untrained, unmeasured):  # the second once every config was trained
+            point = self._new_point(study, trial, params, search_space, usable=usable)
             if point is not None:
                 self.explored += 1
                 return point
