@@ -169,6 +169,23 @@ def test_the_cache_keeps_each_rep_and_a_rerun_reads_it(tmp_path):
     assert second["methods"][1]["median_epochs_to_5pct"] == 0.0
 
 
+def test_equal_epochs_cost_one_second_each_and_are_cached_apart(tmp_path):
+    path = write_table(tmp_path / "tiny.jsonl")
+    equal = Table(path, equal_epochs=True)
+    assert np.all(equal.seconds == 1.0) and not np.all(Table(path).seconds == 1.0)
+    events = peers.METHODS["caetune"](equal, 0, budget=20, workers=2)
+    epochs, wall, _ = events.T
+    assert np.all(wall == np.round(wall))  # every epoch ends on a whole second
+    assert wall.max() >= epochs[-1] / 2  # two workers, one epoch a second each
+    argv = ["--table", str(path), "--reps", "1", "--budget", "20", "--workers", "2"]
+    argv += ["--methods", "caetune", "--cache", str(tmp_path / "cache")]
+    argv += ["--json", str(tmp_path / "out.json")]
+    assert peers.main(argv)["epoch_seconds"] == "table"
+    assert peers.main([*argv, "--equal-epochs"])["epoch_seconds"] == "equal"
+    folders = sorted(p.parent.name for p in (tmp_path / "cache").rglob("caetune_0.npy"))
+    assert len(folders) == 2 and folders[1] == folders[0] + "_equal"
+
+
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         peers.main(["--table", str(tmp_path / "none.jsonl")])

@@ -3,8 +3,10 @@
 Ray Tune: a function trainable reads the table instead of training (a seed
 drawn per trial, as a real run would), reports every epoch and sleeps 0;
 a Stopper ends the search at the budget. Its trials run in real time, so
-their simulated wall-clock is their list schedule on W workers in the order
-Ray started them (:func:`~._loop.wallclock`). Syne Tune simulates time
+every epoch costs its loop the same (the ``--equal-epochs`` time model,
+whatever the table's seconds), and their simulated wall-clock is their list
+schedule on W workers in the order Ray started them
+(:func:`~._loop.wallclock`). Syne Tune simulates time
 itself: its SimulatorBackend over a user blackbox, each epoch costing its
 table seconds.
 """

@@ -28,9 +28,19 @@ class Table:
         path: A ``build_table.py`` table (JSON lines).
         objective: ``mse`` or ``combined`` (the search's objective, evaluated per epoch).
         weight: The combined objective's ``utilisation_weight``.
+        equal_epochs: Every epoch costs one second instead of its table seconds: the time
+            model of a library whose own loop runs the trials in real time (Ray Tune's, where a
+            lookup takes no time, so every epoch costs its loop the same).
     """
 
-    def __init__(self, path: str | Path, *, objective: str = "mse", weight: float = 0.5):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        objective: str = "mse",
+        weight: float = 0.5,
+        equal_epochs: bool = False,
+    ):
         from caetune.search._objective import Objective
 
         header, curves = read_table(path)
@@ -63,6 +73,8 @@ class Table:
             per_epoch = np.nanmean(seconds, axis=2, keepdims=True)
         self.values = values
         self.seconds = np.where(np.isnan(seconds), per_epoch, seconds)
+        if equal_epochs:
+            self.seconds = np.ones_like(self.seconds)
         # A config still missing a seed (a build in progress) is left out of the search.
         self.true = values.mean(axis=1)
         self.true[~complete] = np.inf
